@@ -1,0 +1,186 @@
+"""The ``mambaspec`` command line. It only parses and prints; the work is done by the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import MambaspecError
+from .tree import DEFAULT_TREE
+
+app = typer.Typer(
+    help="Speculative decoding with Mamba drafters: generate, benchmark, tune trees, train drafters.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when a GPU is visible).")
+DtypeOpt = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16.")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore")
+
+
+def _fail(error: MambaspecError) -> None:
+    err.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+    raise typer.Exit(error.exit_code)
+
+
+def _not_yet(what: str) -> None:
+    err.print(f"error: `mambaspec {what}` is not implemented yet in this version", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+class _Streamer:
+    """Prints text as tokens are accepted (holds back an incomplete UTF-8 character)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.ids, self.printed = tokenizer, [], ""
+
+    def __call__(self, new: list[int]) -> None:
+        self.ids.extend(new)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        sys.stdout.write(text[len(self.printed):])
+        sys.stdout.flush()
+        self.printed = text
+
+
+def stats_table(stats) -> Table:
+    t = Table(title="generation stats", show_header=True, header_style="bold")
+    t.add_column("stat")
+    t.add_column("value", justify="right")
+    t.add_column("meaning", style="dim")
+    rows = [
+        ("drafter", stats.drafter, "the drafter (none = plain target decoding)"),
+        ("tree", stats.tree, "draft tree shape (N1,...,Nγ); () = no drafting"),
+        ("new_tokens", f"{stats.new_tokens}", f"tokens generated (stopped: {stats.stopped})"),
+        ("seconds", f"{stats.seconds:.2f}", "wall time, prefill included, model loading excluded"),
+        ("tokens_per_s", f"{stats.tokens_per_s:.1f}", "new_tokens / seconds"),
+        ("decode_tokens_per_s", f"{stats.decode_tokens_per_s:.1f}", "new_tokens / (seconds - prefill_s)"),
+        ("prefill_s", f"{stats.prefill_s:.3f}", "target and drafter reading the prompt"),
+        ("rounds", f"{stats.rounds}", "draft-verify rounds = target forwards after prefill"),
+        ("mean_accept_len", f"{stats.mean_accept_len:.2f}", "tokens committed per round (accepted drafts + 1)"),
+        ("mean_tree_nodes", f"{stats.mean_tree_nodes:.1f}", "draft tokens verified per round"),
+        ("draft_s", f"{stats.draft_s:.3f}", "drafter: building trees, feeding accepted tokens"),
+        ("verify_s", f"{stats.verify_s:.3f}", "target: verification forwards, acceptance, cache compaction"),
+        ("target_forward_s", f"{stats.target_forward_s:.3f}", "part of verify_s inside the target's forward"),
+        ("other_s", f"{stats.other_s:.3f}", "everything else in the loop"),
+        ("peak_mem_mb", f"{stats.peak_mem_mb:.0f}", "CUDA: max allocated; CPU: peak resident memory"),
+        ("drafter_state_bytes", f"{stats.drafter_state_bytes:,}", "drafter state / KV cache after the prompt"),
+        ("target_kv_bytes", f"{stats.target_kv_bytes:,}", "target KV cache after the prompt"),
+    ]
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="The text to continue (wrapped in the chat template unless --raw)."),
+    target: str = typer.Option("smollm2-135m", "--target", "-t", help="Target model: a name (see `mambaspec models`), hub id, folder or .gguf file."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter: a name, hub id or folder, or `none` for plain decoding. Default: the target's shipped drafter, if any."),
+    tree: str = typer.Option(DEFAULT_TREE, "--tree", help="Draft tree shape N1,...,Nγ: 1,1,1,1 is a chain of 4, 3,2,2,1,1 a 45-node tree."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Exact number of tokens to generate (fewer only at EOS or the context limit)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples, losslessly."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold (1 = off)."),
+    top_k: int = typer.Option(0, "--top-k", help="Top-k sampling (0 = off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
+    chat: bool = typer.Option(True, "--chat/--raw", help="Apply the tokenizer's chat template (default when it has one) or feed the raw text."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="`auto` shards the target over several GPUs (needs accelerate)."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object (text, token ids, stats) and nothing else on stdout."),
+) -> None:
+    """Generate text with speculative decoding and print the stats."""
+    _quiet_libraries()
+    from .pipeline import default_drafter, load_pipeline
+    from .sampling import SamplingConfig
+    from .tree import TreeShape
+
+    try:
+        shape = TreeShape.parse(tree)
+        sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k)
+        if max_new_tokens < 1:
+            raise MambaspecError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        if not prompt.strip():
+            raise MambaspecError("the prompt is empty; give some text to continue")
+        if drafter is None and default_drafter(target) == "none" and not as_json:
+            err.print(f"[dim]hint: no shipped drafter for '{target}'; decoding without one "
+                      f"(pass --drafter NAME to speculate)[/]")
+        pipe = load_pipeline(target, drafter, device=device, dtype=dtype, device_map=device_map)
+        streamer = None if as_json else _Streamer(pipe.target.tokenizer)
+        result = pipe.generate(prompt, chat=chat, max_new_tokens=max_new_tokens, tree=shape,
+                               sampling=sampling, seed=seed, on_tokens=streamer)
+    except MambaspecError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130)
+    if as_json:
+        print(json.dumps({"text": result.text, "new_token_ids": result.new_token_ids,
+                          "prompt_tokens": len(result.prompt_ids), "stats": result.stats.as_dict()}))
+        return
+    sys.stdout.write("\n")
+    out.print(stats_table(result.stats))
+
+
+@app.command()
+def models() -> None:
+    """List the known model names and whether each is available on this machine."""
+    from .models import availability, registry
+
+    try:
+        entries = registry()
+    except MambaspecError as e:
+        _fail(e)
+    t = Table(title="known models", header_style="bold")
+    for col in ("name", "role", "hub id", "available here"):
+        t.add_column(col)
+    for e in entries.values():
+        t.add_row(e.name, e.role, e.hub_id or "-", availability(e))
+    out.print(t)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Benchmark drafters, peers and plain decoding side by side (not implemented yet)."""
+    _not_yet("bench")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tune(ctx: typer.Context) -> None:
+    """Pick tree shapes with a UCB bandit (not implemented yet)."""
+    _not_yet("tune")
+
+
+@app.command("pretrain-drafter", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def pretrain_drafter(ctx: typer.Context) -> None:
+    """Train a drafter for a target's tokenizer (not implemented yet)."""
+    _not_yet("pretrain-drafter")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

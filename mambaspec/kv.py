@@ -1,0 +1,106 @@
+"""Forwards of a KV-cache causal LM over a committed prefix and over a draft tree.
+
+Used by the target (verification) and by the Transformer drafter alike. The cache is a plain
+``DynamicCache`` whose slots hold, in order, the committed tokens and then the tree nodes of
+the current forward; ``keep_slots`` compacts it back to the committed prefix plus the accepted
+path (SpecInfer, arXiv 2305.09781, §4: tree attention and KV-cache pruning).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+def new_kv_cache() -> DynamicCache:
+    # No config: every layer is a full-length layer, so slots line up across layers and the
+    # sliding window of models such as Gemma 3 is applied through the mask instead.
+    return DynamicCache()
+
+
+def kv_length(cache: DynamicCache) -> int:
+    return cache.get_seq_length() if len(cache.layers) else 0
+
+
+def kv_bytes(cache: DynamicCache) -> int:
+    total = 0
+    for layer in cache.layers:
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+@torch.inference_mode()
+def forward_chain(model, cache: DynamicCache, tokens: list[int], all_logits: bool = False) -> torch.Tensor:
+    """Feed ``tokens`` after the cached prefix; logits of the last token (or of all), float32."""
+    device = model.device
+    past = kv_length(cache)
+    ids = torch.tensor([tokens], device=device)
+    pos = torch.arange(past, past + len(tokens), device=device)[None]
+    out = model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True,
+                logits_to_keep=0 if all_logits else 1)
+    return out.logits[0].float()
+
+
+@torch.inference_mode()
+def forward_tree(
+    model,
+    cache: DynamicCache,
+    tokens: list[int],
+    positions: list[int],
+    visible: torch.Tensor,
+) -> torch.Tensor:
+    """One forward over ``tokens``, tree nodes appended after the cache.
+
+    The last ``m = visible.shape[1]`` slots (cached ones, then the ``n`` new ones) are this
+    tree's nodes, at ``positions`` (length m); ``visible[i, j]`` says new node i may attend to
+    tree slot j (its ancestors and itself). Every node sees all slots before the tree.
+    Returns float32 logits, one row per new node.
+    """
+    device = model.device
+    n, m = len(tokens), visible.shape[1]
+    past = kv_length(cache)
+    start = past + n - m  # first tree slot
+    pos = torch.tensor(positions, device=device)
+    allowed = torch.ones(n, past + n, dtype=torch.bool, device=device)
+    allowed[:, start:] = visible.to(device)
+    mask: torch.Tensor | dict[str, torch.Tensor] = _attention_mask(model, allowed)
+    window = _sliding_window(model)
+    if window is not None:
+        key_pos = torch.cat([torch.arange(start, device=device), pos])
+        in_window = (pos[-n:, None] - key_pos[None, :]) < window
+        mask = {"full_attention": mask, "sliding_attention": _attention_mask(model, allowed & in_window)}
+    out = model(input_ids=torch.tensor([tokens], device=device), position_ids=pos[None, -n:],
+                attention_mask=mask, cache=cache, use_cache=True)
+    return out.logits[0].float()
+
+
+def keep_slots(cache: DynamicCache, prefix_len: int, slots: list[int]) -> None:
+    """Keep cache slots ``[0, prefix_len)`` followed by ``slots`` (ascending, all >= prefix_len)."""
+    k = len(slots)
+    contiguous = slots == list(range(prefix_len, prefix_len + k))
+    idx = None if contiguous else torch.tensor(slots, device=cache.layers[0].keys.device)
+    for layer in cache.layers:
+        if idx is not None:
+            layer.keys[:, :, prefix_len:prefix_len + k] = layer.keys.index_select(2, idx)
+            layer.values[:, :, prefix_len:prefix_len + k] = layer.values.index_select(2, idx)
+        layer.keys = layer.keys[:, :, : prefix_len + k]
+        layer.values = layer.values[:, :, : prefix_len + k]
+
+
+def _attention_mask(model, allowed: torch.Tensor) -> torch.Tensor:
+    """A (1, 1, q, kv) mask in the form the model's attention implementation expects."""
+    mask = allowed[None, None]
+    if getattr(model.config, "_attn_implementation", "sdpa") == "eager":
+        dtype = model.dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask
+
+
+def _sliding_window(model) -> int | None:
+    cfg = model.config.get_text_config(decoder=True)
+    types = getattr(cfg, "layer_types", None) or []
+    if "sliding_attention" in types and getattr(cfg, "sliding_window", None):
+        return int(cfg.sliding_window)
+    return None

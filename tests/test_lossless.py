@@ -1,0 +1,80 @@
+"""Greedy speculative output equals the target's own greedy `generate`, for every drafter and tree."""
+
+import pytest
+import torch
+
+from mambaspec import MambaDrafter, SpeculativeGenerator, TransformerDrafter, TreeShape
+from tiny import prompts, reference_greedy, tiny_llama, tiny_mamba, tiny_mamba2
+
+SHAPES = ["1", "1,1,1,1", "2,2,1", "3,2,2,1,1"]
+MAX_NEW = 24
+PROMPTS = prompts(20)
+
+DRAFTERS = {
+    "mamba1": lambda: MambaDrafter(tiny_mamba(1)),
+    "mamba2": lambda: MambaDrafter(tiny_mamba2(2)),
+    "llama": lambda: TransformerDrafter(tiny_llama(3, layers=1, hidden=32)),
+    "oracle": lambda: TransformerDrafter(tiny_llama(0)),  # the target itself: drafts are mostly accepted
+}
+
+
+@pytest.fixture(scope="module")
+def references(tiny_target):
+    return [reference_greedy(tiny_target, p, MAX_NEW) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("drafter_name", list(DRAFTERS))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_greedy_matches_target_generate(tiny_target, references, drafter_name, shape):
+    gen = SpeculativeGenerator(tiny_target, DRAFTERS[drafter_name]())
+    accept = []
+    for prompt, ref in zip(PROMPTS, references):
+        result = gen.generate(prompt, max_new_tokens=MAX_NEW, tree=shape)
+        assert result.new_token_ids == ref, f"prompt {prompt[:8]}..."
+        accept.append(result.stats.mean_accept_len)
+    if drafter_name == "oracle":  # the loop really does accept deep paths
+        assert sum(accept) / len(accept) > TreeShape.parse(shape).depth * 0.6 + 1
+
+
+def test_plain_decoding_matches(tiny_target, references):
+    gen = SpeculativeGenerator(tiny_target, None)
+    for prompt, ref in zip(PROMPTS, references):
+        assert gen.generate(prompt, max_new_tokens=MAX_NEW).new_token_ids == ref
+
+
+def test_max_new_tokens_is_exact_and_eos_stops(tiny_target, references):
+    gen = SpeculativeGenerator(tiny_target, TransformerDrafter(tiny_llama(0)))
+    for n in (1, 2, 3, 5, 7):
+        res = gen.generate(PROMPTS[0], max_new_tokens=n, tree="3,2,2,1,1")
+        assert res.new_token_ids == references[0][:n]
+    # EOS inside an accepted path ends generation there, EOS included, as generate() does
+    eos_refs = [r for r in references if r and r[-1] == 3]
+    assert eos_refs, "fixture should contain a prompt whose greedy output hits EOS"
+    for prompt, ref in zip(PROMPTS, references):
+        if ref[-1] == 3:
+            res = gen.generate(prompt, max_new_tokens=MAX_NEW, tree="1,1,1,1")
+            assert res.new_token_ids == ref and res.stats.stopped == "eos"
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_mamba(1), lambda: tiny_mamba2(2)], ids=["mamba1", "mamba2"])
+def test_mamba_state_follows_any_accepted_path(make):
+    """After commit, the drafter's state equals a fresh prefill of the committed text, whatever path won."""
+    model = make()
+    drafter = MambaDrafter(model)
+    fresh = MambaDrafter(model)
+    from mambaspec import SamplingConfig
+
+    committed = [5, 17, 40, 8, 9, 22]
+    drafter.prefill(committed)
+    for path_depth in [0, 1, 2, 3, 4, 2, 4, 0]:
+        tree = drafter.draft(committed[-1], TreeShape((3, 2, 1, 1)), SamplingConfig())
+        # choose the last node at path_depth (a non-first branch where there is one)
+        node = max(i for i, d in enumerate(tree.depths) if d == path_depth) if path_depth else 0
+        path = tree.path_to(node)
+        bonus = 11 + path_depth
+        drafter.commit(tree, path, bonus)
+        committed += [tree.tokens[i] for i in path] + [bonus]
+        fresh.prefill(committed)
+        torch.testing.assert_close(drafter._root_logits, fresh._root_logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(drafter.state.ssm[0], fresh.state.ssm[0], rtol=1e-4, atol=1e-4)
+    assert drafter.state_bytes() == fresh.state_bytes() > 0  # fixed size, whatever the length

@@ -1,0 +1,166 @@
+"""Sampled speculative output follows the target's distribution (chi-square tests)."""
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+import mambaspec.verify as verify_mod
+from mambaspec import MambaDrafter, SamplingConfig, SpeculativeGenerator, TransformerDrafter, warp
+from mambaspec.verify import accept_child_sampled
+from tiny import tiny_llama, tiny_mamba2
+
+ALPHA = 1e-3  # fixed seeds make each test deterministic; a correct rule passes, a wrong one is far below
+
+
+def _pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    n = counts.sum().item()
+    expected = probs * n
+    keep = expected >= 5  # merge sparse cells into one
+    obs = torch.cat([counts[keep], counts[~keep].sum(0, keepdim=True)]).double()
+    exp = torch.cat([expected[keep], expected[~keep].sum(0, keepdim=True)]).double()
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    exp = exp * obs.sum() / exp.sum()
+    return chisquare(obs.numpy(), exp.numpy()).pvalue
+
+
+def _one_step_samples(rule, p, q, k, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.zeros_like(p)
+    for _ in range(n):
+        children = torch.multinomial(q, k, replacement=False, generator=g).tolist()
+        i, residual = rule(p, q, children, g)
+        tok = children[i] if i is not None else int(torch.multinomial(residual, 1, generator=g))
+        counts[tok] += 1
+    return counts
+
+
+P = torch.tensor([0.30, 0.25, 0.15, 0.12, 0.08, 0.05, 0.03, 0.02])
+Q = torch.tensor([0.05, 0.10, 0.30, 0.05, 0.20, 0.10, 0.15, 0.05])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_acceptance_rule_reproduces_p(k):
+    counts = _one_step_samples(accept_child_sampled, P, Q, k, 20000)
+    assert _pvalue(counts, P) > ALPHA
+
+
+def _broken_no_residual(p, q, children, g):
+    """A classic bug: on rejection, sample the bonus from p instead of the residual."""
+    _, _ = accept_child_sampled(p, q, children, g)
+    for c in children:
+        if torch.rand((), generator=g) < min(1.0, float(p[c] / q[c])):
+            return children.index(c), p
+    return None, p
+
+
+def _broken_keep_q(p, q, children, g):
+    """Another: forget that later children were drawn without the rejected ones (q not renormalised)."""
+    p = p.clone()
+    for i, c in enumerate(children):
+        if torch.rand((), generator=g) * q[c] < p[c]:
+            return i, p
+        r = torch.clamp(p - q, min=0)
+        p = r / r.sum()
+    return None, p
+
+
+@pytest.mark.parametrize("broken,k", [(_broken_no_residual, 1), (_broken_keep_q, 3)])
+def test_broken_rules_are_caught(broken, k):
+    counts = _one_step_samples(broken, P, Q, k, 20000)
+    assert _pvalue(counts, P) < ALPHA
+
+
+def _exact_two_token_joint(target, prompt, sampling):
+    """p(x1, x2 | prompt) over the whole (small) vocabulary, flattened."""
+    with torch.inference_mode():
+        p1 = warp(target(torch.tensor([prompt])).logits[0, -1], sampling)
+        v = p1.shape[0]
+        batch = torch.tensor([prompt + [x] for x in range(v)])
+        p2 = warp(target(batch).logits[:, -1], sampling)
+    return (p1[:, None] * p2).flatten()
+
+
+def _joint_counts(gen, prompt, sampling, n, tree, v, seed=0):
+    counts = torch.zeros(v * v)
+    torch.manual_seed(seed)
+    for i in range(n):
+        ids = gen.generate(prompt, max_new_tokens=2, tree=tree, sampling=sampling, seed=seed * 100000 + i).new_token_ids
+        if len(ids) == 2:
+            counts[ids[0] * v + ids[1]] += 1
+        else:  # EOS first: count it in row x1 = EOS, column 0 is never used for it otherwise
+            counts[ids[0] * v + 0] += 1
+    return counts
+
+
+def small_vocab_target():
+    torch.manual_seed(0)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, eos_token_id=None)
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(4.0)  # peaked enough that the draft is often right, not always
+    return m
+
+
+@pytest.mark.parametrize("tree", ["1,1", "3,2"])
+@pytest.mark.parametrize("drafter_kind", ["mamba2", "llama"])
+def test_sampled_tokens_follow_target(tree, drafter_kind):
+    target = small_vocab_target()
+    target.generation_config.eos_token_id = None
+    from transformers import LlamaConfig, LlamaForCausalLM, Mamba2Config, Mamba2ForCausalLM
+
+    torch.manual_seed(5)
+    if drafter_kind == "mamba2":
+        dm = Mamba2ForCausalLM(Mamba2Config(vocab_size=12, hidden_size=32, num_hidden_layers=1, state_size=8,
+                                            expand=2, num_heads=4, head_dim=16, n_groups=1, chunk_size=8))
+        drafter = MambaDrafter(dm.eval())
+    else:
+        dm = LlamaForCausalLM(LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))
+        drafter = TransformerDrafter(dm.eval())
+    with torch.no_grad():
+        dm.get_output_embeddings().weight.mul_(3.0)
+    gen = SpeculativeGenerator(target, drafter, eos_token_ids=[])
+    sampling = SamplingConfig(temperature=1.0)
+    prompt = [3, 7, 1]
+    exact = _exact_two_token_joint(target, prompt, sampling)
+    counts = _joint_counts(gen, prompt, sampling, 2500, tree, 12)
+    assert _pvalue(counts, exact) > ALPHA
+
+
+def test_sampling_with_top_k_top_p_follows_warped_target():
+    target = small_vocab_target()
+    drafter = TransformerDrafter(tiny_llama_like(12))
+    gen = SpeculativeGenerator(target, drafter, eos_token_ids=[])
+    sampling = SamplingConfig(temperature=0.8, top_k=6, top_p=0.9)
+    exact = _exact_two_token_joint(target, [2, 5], sampling)
+    counts = _joint_counts(gen, [2, 5], sampling, 2000, "2,2", 12, seed=3)
+    assert _pvalue(counts, exact) > ALPHA
+
+
+def tiny_llama_like(vocab):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(9)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1,
+                                        max_position_embeddings=64)).eval()
+
+
+@pytest.mark.parametrize("rule,correct", [(accept_child_sampled, True), (_broken_no_residual, False)],
+                         ids=["correct", "broken"])
+def test_end_to_end_has_the_power_to_catch_a_broken_rule(monkeypatch, rule, correct):
+    """Same set-up, same samples: the right rule passes, a wrong one fails."""
+    monkeypatch.setattr(verify_mod, "accept_child_sampled", rule)
+    target = small_vocab_target()
+    dm = tiny_llama_like(12)
+    with torch.no_grad():
+        dm.lm_head.weight.mul_(6.0)  # a confident drafter that disagrees with the target
+    gen = SpeculativeGenerator(target, TransformerDrafter(dm), eos_token_ids=[])
+    sampling = SamplingConfig(temperature=1.0)
+    exact = _exact_two_token_joint(target, [3, 7, 1], sampling)
+    counts = _joint_counts(gen, [3, 7, 1], sampling, 2500, "3,2", 12)
+    assert (_pvalue(counts, exact) > ALPHA) == correct
