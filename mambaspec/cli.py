@@ -172,10 +172,53 @@ def tune(ctx: typer.Context) -> None:
     _not_yet("tune")
 
 
-@app.command("pretrain-drafter", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def pretrain_drafter(ctx: typer.Context) -> None:
-    """Train a drafter for a target's tokenizer (not implemented yet)."""
-    _not_yet("pretrain-drafter")
+@app.command("pretrain-drafter")
+def pretrain_drafter(
+    target: str = typer.Option("smollm2-135m", "--target", "-t", help="Target whose tokenizer the drafter speaks; also the teacher for distillation."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="mamba2, mamba or llama (the Transformer baseline, sized to match the Mamba2). Default: the recipe's."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2.yaml."),
+    data: Optional[list[str]] = typer.Option(None, "--data", help="Extra training text: .txt/.md/.py/.jsonl/.parquet files or folders, or a datasets hub id (repeatable)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder (checkpoints, metrics.csv, the model, eval.json, README.md)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Override the recipe's number of steps."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on held-out prompts at the end."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """Train a drafter for a target's tokenizer (LM pretraining + distillation from the target)."""
+    _quiet_libraries()
+    from dataclasses import replace
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .models import recipes_dir
+    from .train import DrafterRecipe, train_drafter
+
+    try:
+        r = DrafterRecipe.load(recipe or recipes_dir() / "drafters" / "mamba2-smollm2.yaml")
+        if arch is not None:
+            r = replace(r, arch=arch)
+        if steps is not None:
+            r = replace(r, steps=steps)
+        r.validate("--arch/--steps")
+        out_dir = out or f"runs/{r.arch}-{target.replace('/', '_')}"
+        with Progress(TextColumn("[bold]training[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                      TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tok_s]:.0f} tok/s"),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:
+            task = bar.add_task("train", total=r.steps, loss=float("nan"), tok_s=0.0)
+
+            def progress(done, total, info):
+                bar.update(task, completed=done, loss=info["loss"], tok_s=info["tok_s"])
+
+            result = train_drafter(r, target, out_dir, extra_data=data or [], resume=resume, device=device,
+                                   evaluate=evaluate, progress=progress, log=lambda m: bar.console.print(m))
+    except MambaspecError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        err.print("interrupted: the last checkpoint is kept; rerun with --resume to continue")
+        raise typer.Exit(130)
+    out.print(f"drafter written to {result.out} ({result.steps} steps, {result.wall_s / 60:.1f} min)")
+    for k, v in result.eval.items():
+        out.print(f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}")
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from transformers import DynamicCache
 from .kv import forward_chain, forward_tree, keep_slots, kv_bytes, kv_length, new_kv_cache
 from .sampling import SamplingConfig, warp
 from .tree import DraftTree, TreeShape
+from .vocab import DraftVocab
 
 MAMBA_TYPES = ("mamba", "mamba2")
 
@@ -53,9 +54,11 @@ class Drafter(ABC):
 
     name: str = "drafter"
 
-    def __init__(self, model=None, tokenizer=None, name: str | None = None) -> None:
+    def __init__(self, model=None, tokenizer=None, name: str | None = None,
+                 draft_vocab: DraftVocab | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.draft_vocab = draft_vocab  # None: the drafter speaks the target's ids directly
         if name:
             self.name = name
         self._root_logits: torch.Tensor | None = None  # (1, V): drafter's logits after the committed text
@@ -115,9 +118,17 @@ class Drafter(ABC):
         return tree
 
 
+    def _encode(self, tokens: list[int]) -> list[int]:
+        """Target ids -> the drafter's input ids."""
+        if self.draft_vocab is None:
+            return tokens
+        return self.draft_vocab.encode(torch.tensor(tokens)).tolist()
+
     def _fit_vocab(self, logits: torch.Tensor) -> torch.Tensor:
-        """Cut or pad (with -inf) the drafter's logits to the target's vocabulary width."""
+        """The drafter's logits over the target's vocabulary (mapped, cut or padded with -inf)."""
         v = self.vocab_size
+        if self.draft_vocab is not None:
+            return self.draft_vocab.logits_to_target(logits, v)
         if v is None or logits.shape[-1] == v:
             return logits
         if logits.shape[-1] > v:
@@ -186,8 +197,8 @@ class MambaDrafter(Drafter):
 
     name = "mamba"
 
-    def __init__(self, model, tokenizer=None, name: str | None = None) -> None:
-        super().__init__(model, tokenizer, name)
+    def __init__(self, model, tokenizer=None, name: str | None = None, draft_vocab: DraftVocab | None = None) -> None:
+        super().__init__(model, tokenizer, name, draft_vocab)
         if model.config.model_type not in MAMBA_TYPES:
             raise ValueError(f"MambaDrafter needs a Mamba model, got {model.config.model_type}")
         # Mamba1 in transformers restarts its scan from zero when fed several tokens after a
@@ -200,6 +211,8 @@ class MambaDrafter(Drafter):
     @torch.inference_mode()
     def _run(self, state: MambaState | None, tokens: torch.Tensor) -> tuple[torch.Tensor, MambaState]:
         """Feed ``tokens`` (B, L) from ``state`` (None = empty); logits of the last position, new state."""
+        if self.draft_vocab is not None:
+            tokens = self.draft_vocab.encode(tokens)
         if state is None:
             self.cache = DynamicCache(config=self.model.config)
         else:
@@ -245,15 +258,15 @@ class TransformerDrafter(Drafter):
 
     name = "transformer"
 
-    def __init__(self, model, tokenizer=None, name: str | None = None) -> None:
-        super().__init__(model, tokenizer, name)
+    def __init__(self, model, tokenizer=None, name: str | None = None, draft_vocab: DraftVocab | None = None) -> None:
+        super().__init__(model, tokenizer, name, draft_vocab)
         self.cache: DynamicCache | None = None
         self._committed = 0  # cache slots holding committed tokens
         self._fed: list[int] = []  # tree nodes fed this round, in cache-slot order
 
     def prefill(self, ids: list[int]) -> None:
         self.cache = new_kv_cache()
-        self._root_logits = forward_chain(self.model, self.cache, ids)
+        self._root_logits = forward_chain(self.model, self.cache, self._encode(ids))
         self._committed = len(ids)
 
     def _begin_tree(self) -> None:
@@ -263,7 +276,7 @@ class TransformerDrafter(Drafter):
         self._fed.extend(nodes)
         visible = tree.ancestor_mask()[nodes][:, self._fed]  # the root is in the cache, committed
         positions = [self._committed - 1 + tree.depths[i] for i in self._fed]
-        return forward_tree(self.model, self.cache, [tree.tokens[i] for i in nodes], positions, visible)
+        return forward_tree(self.model, self.cache, self._encode([tree.tokens[i] for i in nodes]), positions, visible)
 
     def commit(self, tree, path, bonus) -> None:
         slot = {node: self._committed + k for k, node in enumerate(self._fed)}
@@ -271,7 +284,7 @@ class TransformerDrafter(Drafter):
         unfed = [tree.tokens[i] for i in path if i not in slot] + [bonus]
         keep_slots(self.cache, self._committed, [slot[i] for i in kept])
         self._committed += len(kept)
-        self._root_logits = forward_chain(self.model, self.cache, unfed)
+        self._root_logits = forward_chain(self.model, self.cache, self._encode(unfed))
         self._committed += len(unfed)
         self._fed = []
 
@@ -279,10 +292,9 @@ class TransformerDrafter(Drafter):
         return kv_bytes(self.cache) if self.cache is not None else 0
 
 
-def make_drafter(model, tokenizer=None, name: str | None = None) -> Drafter:
+def make_drafter(model, tokenizer=None, name: str | None = None, draft_vocab: DraftVocab | None = None) -> Drafter:
     """The drafter class that fits ``model`` (Mamba/Mamba2 or any other causal LM)."""
     if model is None:
         return NoDrafter()
-    if model.config.model_type in MAMBA_TYPES:
-        return MambaDrafter(model, tokenizer, name)
-    return TransformerDrafter(model, tokenizer, name)
+    cls = MambaDrafter if model.config.model_type in MAMBA_TYPES else TransformerDrafter
+    return cls(model, tokenizer, name, draft_vocab)

@@ -12,7 +12,7 @@ import importlib.util
 import os
 import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,8 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: Any
     name: str
-    source: str  # where the weights came from: a folder, a hub id, or "NAME (converted from PACKAGE)"
+    source: str  # where the weights came from: a folder or a hub id
+    meta: dict = field(default_factory=dict)  # mambaspec.json of a drafter trained here (tokenizer, draft vocab)
 
     @property
     def device(self) -> torch.device:
@@ -242,10 +243,17 @@ def load_model(
         if importlib.util.find_spec("accelerate") is None:
             raise MambaspecError("--device-map needs accelerate; pip install accelerate")
         kwargs["device_map"] = device_map
+    from .vocab import read_meta
+
+    meta = read_meta(where) if Path(where).is_dir() else {}
+    has_tokenizer = not Path(where).is_dir() or any(
+        (Path(where) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    # A drafter trained here names its target's tokenizer instead of carrying a copy of it.
+    tokenizer_from = where if has_tokenizer or "tokenizer" not in meta else locate(meta["tokenizer"])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tokenizer = AutoTokenizer.from_pretrained(where)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
             model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
@@ -254,7 +262,7 @@ def load_model(
         model.to(dev)
     model.eval()
     model.requires_grad_(False)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, source=where)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, source=where, meta=meta)
 
 
 def availability(entry: ModelEntry) -> str:

@@ -8,6 +8,7 @@ from .drafters import Drafter, NoDrafter, make_drafter
 from .engine import GenerationResult, SpeculativeGenerator, check_same_tokenizer, encode_prompt
 from .models import LoadedModel, load_model, registry
 from .sampling import SamplingConfig
+from .vocab import vocab_from_meta
 from .tree import DEFAULT_TREE
 
 DEFAULT_TARGET = "smollm2-135m"
@@ -24,7 +25,7 @@ def load_drafter(name: str, target: LoadedModel, device: str = "auto", dtype: st
         return NoDrafter()
     loaded = load_model(name, device=str(target.device) if device == "auto" else device, dtype=dtype)
     check_same_tokenizer(target.tokenizer, loaded.tokenizer, name)
-    return make_drafter(loaded.model, loaded.tokenizer, name=name)
+    return make_drafter(loaded.model, loaded.tokenizer, name=name, draft_vocab=vocab_from_meta(loaded.meta))
 
 
 @dataclass
