@@ -1,5 +1,6 @@
 """mambaspec: speculative decoding with Mamba drafters (arXiv 2506.01206)."""
 
+from .crosstok import CrossTokenizerDrafter
 from .drafters import Drafter, MambaDrafter, MambaState, NoDrafter, TransformerDrafter, make_drafter
 from .engine import GenerationResult, GenerationStats, SpeculativeGenerator, encode_prompt
 from .errors import MambaspecError
@@ -11,7 +12,7 @@ from .verify import accept_child_sampled, verify_tree
 __version__ = "0.1.0"
 
 __all__ = [
-    "Drafter", "DraftTree", "GenerationResult", "GenerationStats", "LoadedModel", "MambaDrafter",
+    "CrossTokenizerDrafter", "Drafter", "DraftTree", "GenerationResult", "GenerationStats", "LoadedModel", "MambaDrafter",
     "MambaState", "MambaspecError", "NoDrafter", "SamplingConfig", "SpeculativeGenerator",
     "TransformerDrafter", "TreeShape", "accept_child_sampled", "encode_prompt", "load_model",
     "make_drafter", "verify_tree", "warp",

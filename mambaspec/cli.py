@@ -43,11 +43,6 @@ def _fail(error: MambaspecError) -> None:
     raise typer.Exit(error.exit_code)
 
 
-def _not_yet(what: str) -> None:
-    err.print(f"error: `mambaspec {what}` is not implemented yet in this version", soft_wrap=True)
-    raise typer.Exit(2)
-
-
 class _Streamer:
     """Prints text as tokens are accepted (holds back an incomplete UTF-8 character)."""
 
@@ -98,7 +93,11 @@ def generate(
     prompt: str = typer.Argument(..., help="The text to continue (wrapped in the chat template unless --raw)."),
     target: str = typer.Option("smollm2-135m", "--target", "-t", help="Target model: a name (see `mambaspec models`), hub id, folder or .gguf file."),
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter: a name, hub id or folder, or `none` for plain decoding. Default: the target's shipped drafter, if any."),
-    tree: str = typer.Option(DEFAULT_TREE, "--tree", help="Draft tree shape N1,...,Nγ: 1,1,1,1 is a chain of 4, 3,2,2,1,1 a 45-node tree."),
+    cross_tokenizer: str = typer.Option("auto", "--cross-tokenizer", help="A drafter with another tokenizer than the target's: `auto` translates its drafts through text when the tokenizers differ (greedy only), `on` always does, `off` refuses such a drafter."),
+    tree: str = typer.Option(DEFAULT_TREE, "--tree", help="Draft tree shape N1,...,Nγ (1,1,1,1 = chain of 4; 3,2,2,1,1 = 45 nodes), or `auto`: a UCB bandit picks the shape every round."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="With --tree auto: the arms file (default recipes/trees.yaml; a `tune` output warm-starts the bandit)."),
+    ucb_c: float = typer.Option(1.0, "--ucb-c", help="With --tree auto: the UCB exploration constant c."),
+    reward: str = typer.Option("measured", "--reward", help="With --tree auto: `measured` (tokens/s of each round) or `modeled` (the paper's -(1+λγ)/N_accept)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Exact number of tokens to generate (fewer only at EOS or the context limit)."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples, losslessly."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold (1 = off)."),
@@ -114,10 +113,9 @@ def generate(
     _quiet_libraries()
     from .pipeline import default_drafter, load_pipeline
     from .sampling import SamplingConfig
-    from .tree import TreeShape
 
     try:
-        shape = TreeShape.parse(tree)
+        shape = tree_or_policy(tree, arms, ucb_c, reward)
         sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k)
         if max_new_tokens < 1:
             raise MambaspecError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
@@ -126,7 +124,8 @@ def generate(
         if drafter is None and default_drafter(target) == "none" and not as_json:
             err.print(f"[dim]hint: no shipped drafter for '{target}'; decoding without one "
                       f"(pass --drafter NAME to speculate)[/]")
-        pipe = load_pipeline(target, drafter, device=device, dtype=dtype, device_map=device_map)
+        pipe = load_pipeline(target, drafter, device=device, dtype=dtype, device_map=device_map,
+                             cross_tokenizer=cross_tokenizer)
         streamer = None if as_json else _Streamer(pipe.target.tokenizer)
         result = pipe.generate(prompt, chat=chat, max_new_tokens=max_new_tokens, tree=shape,
                                sampling=sampling, seed=seed, on_tokens=streamer)
@@ -141,6 +140,32 @@ def generate(
         return
     sys.stdout.write("\n")
     out.print(stats_table(result.stats))
+    if result.stats.arms:
+        out.print(arms_table(result.stats.arms, "tree arms (UCB bandit)"))
+
+
+def tree_or_policy(tree: str, arms: str | None, c: float, reward: str):
+    """A fixed TreeShape, or for `auto` a UCB policy over the arms file."""
+    from .bandit import UCBPolicy, load_arms
+    from .models import recipes_dir
+    from .tree import TreeShape
+
+    if tree.strip().lower() == "auto":
+        return UCBPolicy(load_arms(arms or recipes_dir() / "trees.yaml"), c=c, reward=reward)
+    if arms is not None:
+        raise MambaspecError("--arms is only used with --tree auto")
+    return TreeShape.parse(tree)
+
+
+def arms_table(arms: list[dict], title: str, best: str | None = None) -> Table:
+    t = Table(title=title, header_style="bold")
+    for col in ("arm", "tree", "pulls", "mean reward", "mean accept len", "tokens/s"):
+        t.add_column(col, justify="left" if col in ("arm", "tree") else "right")
+    for a in arms:
+        style = "bold green" if a["name"] == best else None
+        t.add_row(a["name"], f"({a['tree']})", str(a["pulls"]), f"{a['mean_reward']:.3f}",
+                  f"{a['mean_accept_len']:.2f}", f"{a['tokens_per_s']:.1f}", style=style)
+    return t
 
 
 @app.command()
@@ -160,16 +185,113 @@ def models() -> None:
     out.print(t)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context) -> None:
-    """Benchmark drafters, peers and plain decoding side by side (not implemented yet)."""
-    _not_yet("bench")
+@app.command()
+def bench(
+    dataset: str = typer.Argument(..., help="humaneval (offline), gsm8k, mt-bench, alpaca, xsum, cnn-dm, longbench (hub, or --data), or jsonl (--data FILE of {\"prompt\": ...} lines). See recipes/datasets.yaml."),
+    data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.jsonl.gz/.json/.parquet file with the dataset's fields: replaces its source (offline use)."),
+    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated: ar, mamba, mamba-auto, transformer, hf-assisted, prompt-lookup. Default: all whose drafter is available."),
+    target: str = typer.Option("smollm2-135m", "--target", "-t", help="Target model: a name, hub id, folder or .gguf file."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Mamba drafter for `mamba` (default: the target's, e.g. mamba2-smollm2; `none` = skip)."),
+    transformer_drafter: Optional[str] = typer.Option(None, "--transformer-drafter", help="Transformer drafter for `transformer` and `hf-assisted` (default: the target's, e.g. llama-smollm2; `none` = skip)."),
+    tree: str = typer.Option(DEFAULT_TREE, "--tree", help="Draft tree shape for our loop's methods (N1,...,Nγ)."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."),
+    ucb_c: float = typer.Option(1.0, "--ucb-c", help="mamba-auto's UCB exploration constant."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt (fewer only at EOS)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default; outputs are checked against ar's); > 0 samples."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Prompts per dataset and length (default: all)."),
+    lengths: Optional[str] = typer.Option(None, "--lengths", help="Exact prompt lengths in target tokens, e.g. 1k,2k,4k,8k (k = 1000): the context is cut in the middle, the question kept."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    out_dir: str = typer.Option("runs/bench", "--out", help="Output folder: results.csv (rerun to resume), outputs.jsonl, plots."),
+    plot: bool = typer.Option(False, "--plot", help="Write PNGs of throughput and memory against length (needs matplotlib: the `plot` extra)."),
+    prompt_lookup_tokens: int = typer.Option(10, "--prompt-lookup-tokens", help="prompt_lookup_num_tokens for `prompt-lookup`."),
+    seed: int = typer.Option(0, "--seed", help="Base seed for sampling (prompt i uses seed + i)."),
+) -> None:
+    """Benchmark drafters, peers and plain decoding side by side: throughput, acceptance length, memory."""
+    _quiet_libraries()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .bench import BenchConfig, run_bench
+    from .prompts import parse_lengths
+    from .report import results_tables
+
+    try:
+        cfg = BenchConfig(
+            dataset=dataset, data=data, target=target, drafter=drafter, transformer_drafter=transformer_drafter,
+            methods=None if methods is None else [m.strip() for m in methods.split(",") if m.strip()],
+            tree=tree, arms=arms, ucb_c=ucb_c, max_new_tokens=max_new_tokens, temperature=temperature, limit=limit,
+            lengths=parse_lengths(lengths) if lengths else None, device=device, dtype=dtype, out=out_dir,
+            plot=plot, prompt_lookup_tokens=prompt_lookup_tokens, seed=seed)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
+                      TimeElapsedColumn(), console=err) as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(label: str, done: int, total: int) -> None:
+                if label not in tasks:
+                    tasks[label] = bar.add_task(label, total=total)
+                bar.update(tasks[label], completed=done)
+
+            result = run_bench(cfg, on_progress=progress, log=lambda m: bar.console.print(f"[dim]{m}[/]"))
+    except MambaspecError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished rows are in {out_dir}/results.csv; rerun the same command to resume")
+        raise typer.Exit(130)
+    for table in results_tables(result.rows):
+        out.print(table, width=None if out.is_terminal else 250)  # a log file gets the whole table
+    out.print(f"results: {result.csv_path} ({len(result.rows)} rows, {result.resumed} resumed); "
+              f"outputs: {result.outputs_path}", soft_wrap=True)
+    for path in result.plots:
+        out.print(f"plot: {path}", soft_wrap=True)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def tune(ctx: typer.Context) -> None:
-    """Pick tree shapes with a UCB bandit (not implemented yet)."""
-    _not_yet("tune")
+@app.command()
+def tune(
+    arms: Optional[str] = typer.Option(None, "--arms", help="Arms YAML: named tree shapes (default recipes/trees.yaml). A tuned_arms.yaml from an earlier run warm-starts the bandit."),
+    dataset: str = typer.Option("humaneval", "--dataset", help="Prompt source, as for bench: humaneval (offline), gsm8k, mt-bench, ... or jsonl with --data."),
+    data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.json/.parquet file with the dataset's fields (offline use)."),
+    limit: Optional[int] = typer.Option(20, "--limit", help="Number of prompts."),
+    target: str = typer.Option("smollm2-135m", "--target", "-t", help="Target model: a name, hub id, folder or .gguf file."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (default: the target's, e.g. mamba2-smollm2)."),
+    policy: str = typer.Option("ucb", "--policy", help="ucb: one bandit across all prompts (it learns the workload). fixed: every arm on every prompt (a sweep, the reference)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Stop the bandit after this many rounds in all (ucb)."),
+    ucb_c: float = typer.Option(1.0, "--ucb-c", help="Exploration constant c of UCB (rewards are normalised, so ~1 suits any hardware)."),
+    reward: str = typer.Option("measured", "--reward", help="measured (tokens/s of each round) or modeled (the paper's -(1+λγ)/N_accept)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    out_dir: str = typer.Option("runs/tune", "--out", help="Output folder: arms.csv and tuned_arms.yaml (written after every prompt)."),
+) -> None:
+    """Find the tree shape that pays on a workload and this hardware (UCB bandit or a fixed sweep)."""
+    _quiet_libraries()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .tune import tune_dataset
+
+    try:
+        with Progress(TextColumn(f"tune ({policy})"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
+                      TimeElapsedColumn(), console=err) as bar:
+            task = bar.add_task("tune", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result, csv_path, yaml_path = tune_dataset(
+                arms, dataset=dataset, data=data, limit=limit, target=target, drafter=drafter, policy=policy,
+                rounds=rounds, c=ucb_c, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
+                device=device, dtype=dtype, out=out_dir, progress=progress)
+    except MambaspecError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: the statistics so far are in {out_dir}/tuned_arms.yaml; "
+                  f"rerun with --arms {out_dir}/tuned_arms.yaml to continue from them")
+        raise typer.Exit(130)
+    out.print(arms_table([a.as_dict() for a in result.arms], f"tree arms ({result.policy})", best=result.best.name))
+    out.print(f"best arm: {result.best.name} ({result.best.shape}), {result.best.tokens_per_s:.1f} tok/s in its rounds; "
+              f"overall {result.tokens_per_s:.1f} tok/s", soft_wrap=True)
+    out.print(f"per-arm CSV: {csv_path}; tuned arms: {yaml_path} (use with generate --tree auto --arms, "
+              f"or bench --arms)", soft_wrap=True)
 
 
 @app.command("pretrain-drafter")
@@ -178,7 +300,7 @@ def pretrain_drafter(
     arch: Optional[str] = typer.Option(None, "--arch", help="mamba2, mamba or llama (the Transformer baseline, sized to match the Mamba2). Default: the recipe's."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2.yaml."),
     data: Optional[list[str]] = typer.Option(None, "--data", help="Extra training text: .txt/.md/.py/.jsonl/.parquet files or folders, or a datasets hub id (repeatable)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder (checkpoints, metrics.csv, the model, eval.json, README.md)."),
+    out_dir_opt: Optional[str] = typer.Option(None, "--out", help="Output folder (checkpoints, metrics.csv, the model, eval.json, README.md)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the recipe's number of steps."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on held-out prompts at the end."),
@@ -200,7 +322,7 @@ def pretrain_drafter(
         if steps is not None:
             r = replace(r, steps=steps)
         r.validate("--arch/--steps")
-        out_dir = out or f"runs/{r.arch}-{target.replace('/', '_')}"
+        out_dir = out_dir_opt or f"runs/{r.arch}-{target.replace('/', '_')}"
         with Progress(TextColumn("[bold]training[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                       TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tok_s]:.0f} tok/s"),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -40,12 +40,24 @@ class GenerationStats:
     peak_mem_mb: float = 0.0  # CUDA: max allocated; CPU: peak resident set of the process
     drafter_state_bytes: int = 0  # drafter's recurrent state / KV cache after the prompt
     target_kv_bytes: int = 0  # target's KV cache after the prompt
-    tree: str = ""
+    tree: str = ""  # the fixed shape, or "auto" when a policy chose it per round
     drafter: str = ""
     stopped: str = ""  # "eos", "max_new_tokens" or "context"
+    arms: list[dict] | None = None  # with a tree policy: pulls and mean reward per arm (cumulative)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class TreePolicy(Protocol):
+    """Chooses the tree shape of every round (e.g. ``bandit.UCBPolicy``)."""
+
+    def choose(self) -> TreeShape: ...
+
+    def observe(self, tokens: int, seconds: float, depth: int = 0, draft_s: float = 0.0,
+                forward_s: float = 0.0) -> float: ...
+
+    def summary(self) -> list[dict]: ...
 
 
 @dataclass
@@ -60,17 +72,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def check_same_tokenizer(target_tok, drafter_tok, drafter_name: str) -> None:
-    """Refuse a drafter whose token ids mean something else than the target's."""
-    if target_tok is None or drafter_tok is None:
-        return
-    if target_tok.get_vocab() != drafter_tok.get_vocab():
-        raise MambaspecError(
-            f"drafter '{drafter_name}' uses a different tokenizer than the target "
-            f"({len(drafter_tok)} vs {len(target_tok)} tokens); cross-tokenizer drafting is not supported yet: "
-            f"pick a drafter trained on the target's tokenizer, or --drafter none")
 
 
 class SpeculativeGenerator:
@@ -96,16 +97,21 @@ class SpeculativeGenerator:
         self,
         prompt_ids: list[int],
         max_new_tokens: int = 128,
-        tree: TreeShape | str = "1,1,1,1",
+        tree: TreeShape | str | TreePolicy = "1,1,1,1",
         sampling: SamplingConfig | None = None,
         seed: int | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
     ) -> GenerationResult:
-        """Generate up to ``max_new_tokens`` after ``prompt_ids``; ``on_tokens`` receives each round's tokens."""
+        """Generate up to ``max_new_tokens`` after ``prompt_ids``; ``on_tokens`` receives each round's tokens.
+
+        ``tree`` is a fixed shape, or a policy that picks the shape of every round and learns from
+        each round's outcome (its state carries over from call to call).
+        """
         sampling = sampling or SamplingConfig()
-        shape = TreeShape.parse(tree)
+        policy = tree if hasattr(tree, "choose") else None
+        shape = TreeShape(()) if policy is not None else TreeShape.parse(tree)
         if isinstance(self.drafter, NoDrafter):
-            shape = TreeShape(())
+            shape, policy = TreeShape(()), None
         if not prompt_ids:
             raise MambaspecError("the prompt is empty; give some text to continue")
         if len(prompt_ids) >= self.context_length:
@@ -123,7 +129,7 @@ class SpeculativeGenerator:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-        stats = GenerationStats(tree=str(shape), drafter=self.drafter.name)
+        stats = GenerationStats(tree="auto" if policy is not None else str(shape), drafter=self.drafter.name)
         start = time.perf_counter()
         cache = new_kv_cache()
         if len(prompt_ids) > 1:
@@ -140,6 +146,8 @@ class SpeculativeGenerator:
         while True:
             remaining = budget - len(out)
             t0 = time.perf_counter()
+            if policy is not None:
+                shape = policy.choose()
             draft = self.drafter.draft(pending, shape.truncated(remaining - 1), sampling, generator)
             _sync(device)
             t1 = time.perf_counter()
@@ -162,15 +170,19 @@ class SpeculativeGenerator:
                 on_tokens(new)
             if eos_at is not None:
                 stats.stopped = "eos"
-                break
-            if len(out) >= budget:
+            elif len(out) >= budget:
                 stats.stopped = "max_new_tokens" if len(out) >= max_new_tokens else "context"
+            else:
+                t3 = time.perf_counter()
+                self.drafter.commit(draft, verdict.path, verdict.tokens[-1])
+                _sync(device)
+                stats.draft_s += time.perf_counter() - t3
+                pending = verdict.tokens[-1]
+            if policy is not None:
+                policy.observe(len(new), time.perf_counter() - t0, depth=draft.depth,
+                               draft_s=t1 - t0, forward_s=verdict.forward_s)
+            if stats.stopped:
                 break
-            t3 = time.perf_counter()
-            self.drafter.commit(draft, verdict.path, verdict.tokens[-1])
-            _sync(device)
-            stats.draft_s += time.perf_counter() - t3
-            pending = verdict.tokens[-1]
 
         stats.seconds = time.perf_counter() - start
         stats.new_tokens = len(out)
@@ -181,6 +193,8 @@ class SpeculativeGenerator:
         stats.mean_tree_nodes = nodes_total / stats.rounds
         stats.other_s = max(stats.seconds - stats.prefill_s - stats.draft_s - stats.verify_s, 0.0)
         stats.peak_mem_mb = peak_memory_mb(device)
+        if policy is not None:
+            stats.arms = policy.summary()
         text = self.tokenizer.decode(out, skip_special_tokens=True) if self.tokenizer is not None else ""
         return GenerationResult(new_token_ids=out, stats=stats, text=text, prompt_ids=list(prompt_ids))
 

@@ -4,18 +4,60 @@ Used by the target (verification) and by the Transformer drafter alike. The cach
 ``DynamicCache`` whose slots hold, in order, the committed tokens and then the tree nodes of
 the current forward; ``keep_slots`` compacts it back to the committed prefix plus the accepted
 path (SpecInfer, arXiv 2305.09781, §4: tree attention and KV-cache pruning).
+
+Each layer keeps its keys and values in a preallocated buffer (``PreallocatedLayer``): a forward
+writes only its new tokens, compaction moves the accepted entries in place, and the buffer
+doubles when full, instead of concatenating the whole cache at every step.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+MIN_CAPACITY = 256
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose ``keys``/``values`` are views of buffers with room to grow."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.key_buffer = self.value_buffer = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = self.get_seq_length()
+        end = n + key_states.shape[-2]
+        if self.key_buffer is None or end > self.key_buffer.shape[-2]:
+            capacity = max(end + MIN_CAPACITY, 2 * n)
+            self.key_buffer = self._grow(self.keys, key_states, n, capacity)
+            self.value_buffer = self._grow(self.values, value_states, n, capacity)
+        self.key_buffer[:, :, n:end] = key_states
+        self.value_buffer[:, :, n:end] = value_states
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    @staticmethod
+    def _grow(old: torch.Tensor, new: torch.Tensor, n: int, capacity: int) -> torch.Tensor:
+        buffer = new.new_empty(*new.shape[:-2], capacity, new.shape[-1])
+        if n:
+            buffer[:, :, :n] = old
+        return buffer
+
+    def reset(self) -> None:
+        self.key_buffer = self.value_buffer = None
+        super().reset()
 
 
 def new_kv_cache() -> DynamicCache:
     # No config: every layer is a full-length layer, so slots line up across layers and the
     # sliding window of models such as Gemma 3 is applied through the mask instead.
-    return DynamicCache()
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = PreallocatedLayer
+    return cache
 
 
 def kv_length(cache: DynamicCache) -> int:
@@ -23,9 +65,13 @@ def kv_length(cache: DynamicCache) -> int:
 
 
 def kv_bytes(cache: DynamicCache) -> int:
+    """Bytes the cache holds (a preallocated layer counts its whole buffer)."""
     total = 0
     for layer in cache.layers:
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+        held = (getattr(layer, "key_buffer", None), getattr(layer, "value_buffer", None))
+        if held[0] is None:
+            held = (getattr(layer, "keys", None), getattr(layer, "values", None))
+        for t in held:
             if isinstance(t, torch.Tensor):
                 total += t.numel() * t.element_size()
     return total

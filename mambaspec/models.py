@@ -46,7 +46,9 @@ class ModelEntry:
     role: str = "target"
     offline: dict[str, Any] | None = None
     shipped: str | None = None
-    default_drafter: str | None = None
+    recipe: str | None = None  # for shipped drafters: the recipe that produced them (recipes/...)
+    default_drafter: str | None = None  # --drafter when not given (generate, bench)
+    default_transformer_drafter: str | None = None  # bench's --transformer-drafter when not given
 
     @property
     def shipped_path(self) -> Path | None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .crosstok import adapt_drafter, check_mode
 from .drafters import Drafter, NoDrafter, make_drafter
-from .engine import GenerationResult, SpeculativeGenerator, check_same_tokenizer, encode_prompt
+from .engine import GenerationResult, SpeculativeGenerator, encode_prompt
 from .models import LoadedModel, load_model, registry
 from .sampling import SamplingConfig
 from .vocab import vocab_from_meta
@@ -20,12 +21,16 @@ def default_drafter(target: str) -> str:
     return (entry.default_drafter if entry and entry.default_drafter else None) or "none"
 
 
-def load_drafter(name: str, target: LoadedModel, device: str = "auto", dtype: str = "auto") -> Drafter:
+def load_drafter(name: str, target: LoadedModel, device: str = "auto", dtype: str = "auto",
+                 cross_tokenizer: str = "auto") -> Drafter:
+    """The drafter ``name`` for ``target``; one with another tokenizer drafts through text
+    (``crosstok.CrossTokenizerDrafter``) unless ``cross_tokenizer`` is ``off`` (then it is refused)."""
+    check_mode(cross_tokenizer)
     if name in ("none", "", None):
         return NoDrafter()
     loaded = load_model(name, device=str(target.device) if device == "auto" else device, dtype=dtype)
-    check_same_tokenizer(target.tokenizer, loaded.tokenizer, name)
-    return make_drafter(loaded.model, loaded.tokenizer, name=name, draft_vocab=vocab_from_meta(loaded.meta))
+    drafter = make_drafter(loaded.model, loaded.tokenizer, name=name, draft_vocab=vocab_from_meta(loaded.meta))
+    return adapt_drafter(drafter, target.tokenizer, cross_tokenizer)
 
 
 @dataclass
@@ -46,19 +51,22 @@ def load_pipeline(
     device: str = "auto",
     dtype: str = "auto",
     device_map: str | None = None,
+    cross_tokenizer: str = "auto",
 ) -> Pipeline:
-    """Load ``target`` and ``drafter`` (None = the target's default drafter, "none" = no drafter)."""
+    """Load ``target`` and ``drafter`` (None = the target's default drafter, "none" = no drafter);
+    ``cross_tokenizer`` (auto/on/off) says whether a drafter with another tokenizer drafts through text."""
     tgt = load_model(target, device=device, dtype=dtype, device_map=device_map)
     drafter_name = default_drafter(target) if drafter is None else drafter
-    d = load_drafter(drafter_name, tgt, device=device, dtype=dtype)
+    d = load_drafter(drafter_name, tgt, device=device, dtype=dtype, cross_tokenizer=cross_tokenizer)
     gen = SpeculativeGenerator(tgt.model, d, tokenizer=tgt.tokenizer)
     return Pipeline(target=tgt, drafter=d, generator=gen)
 
 
 def generate(prompt: str, target: str = DEFAULT_TARGET, drafter: str | None = None, tree: str = DEFAULT_TREE,
              max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-             seed: int | None = None, chat: bool = True, device: str = "auto", dtype: str = "auto") -> GenerationResult:
+             seed: int | None = None, chat: bool = True, device: str = "auto", dtype: str = "auto",
+             cross_tokenizer: str = "auto") -> GenerationResult:
     """One call from text to text: ``mambaspec.generate("Write a haiku")``."""
-    pipe = load_pipeline(target, drafter, device=device, dtype=dtype)
+    pipe = load_pipeline(target, drafter, device=device, dtype=dtype, cross_tokenizer=cross_tokenizer)
     sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k)
     return pipe.generate(prompt, chat=chat, max_new_tokens=max_new_tokens, tree=tree, sampling=sampling, seed=seed)

@@ -1,0 +1,152 @@
+"""``mambaspec tune``: learn which tree shape pays on this workload and this hardware.
+
+``ucb`` runs one bandit across all prompts (its state carries over, so it learns the workload);
+``fixed`` runs every arm on every prompt with a fixed tree (a sweep, the reference the bandit
+is judged against). Both report per-arm pulls, mean reward, acceptance length and tokens/s, and
+write a tuned arms file (arms with their statistics) that ``generate --arms`` and ``bench``
+accept as a warm start.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .bandit import Arm, UCBPolicy, save_arms
+from .engine import SpeculativeGenerator
+from .errors import MambaspecError
+from .sampling import SamplingConfig
+
+POLICIES = ("ucb", "fixed")
+
+
+@dataclass
+class TuneResult:
+    arms: list[Arm]
+    best: Arm
+    policy: str
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def tune(
+    generator: SpeculativeGenerator,
+    prompts: list[list[int]],
+    arms: list[Arm],
+    policy: str = "ucb",
+    c: float = 1.0,
+    reward: str = "measured",
+    max_new_tokens: int = 128,
+    rounds: int | None = None,
+    sampling: SamplingConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    checkpoint: Callable[[TuneResult], None] | None = None,
+) -> TuneResult:
+    """Run ``policy`` over ``prompts``; ``rounds`` stops the bandit after that many rounds in all.
+
+    ``checkpoint`` receives the statistics so far after every prompt (so an interrupted run keeps them).
+    """
+    if policy not in POLICIES:
+        raise MambaspecError(f"unknown policy '{policy}'; use one of {', '.join(POLICIES)}")
+    if not prompts:
+        raise MambaspecError("no prompts to tune on")
+    arms = copy.deepcopy(arms)
+    generator.generate(prompts[0], max_new_tokens=4, tree=arms[0].shape, sampling=sampling)  # warm-up, untimed
+    tokens, seconds = 0, 0.0
+    if policy == "ucb":
+        bandit = UCBPolicy(arms, c=c, reward=reward)
+        for i, prompt in enumerate(prompts):
+            res = generator.generate(prompt, max_new_tokens=max_new_tokens, tree=bandit, sampling=sampling)
+            tokens, seconds = tokens + res.stats.new_tokens, seconds + res.stats.seconds
+            if progress:
+                progress(i + 1, len(prompts))
+            if checkpoint:
+                checkpoint(TuneResult(arms, bandit.best, policy, tokens, seconds))
+            if rounds is not None and bandit.t >= rounds:
+                break
+        return TuneResult(arms, bandit.best, policy, tokens, seconds)
+    for k, arm in enumerate(arms):
+        solo = UCBPolicy([arm], c=c, reward=reward)  # one arm: a fixed tree that keeps the same statistics
+        for i, prompt in enumerate(prompts):
+            res = generator.generate(prompt, max_new_tokens=max_new_tokens, tree=solo, sampling=sampling)
+            tokens, seconds = tokens + res.stats.new_tokens, seconds + res.stats.seconds
+            if progress:
+                progress(k * len(prompts) + i + 1, len(arms) * len(prompts))
+        if checkpoint:
+            checkpoint(TuneResult(arms, max(arms[:k + 1], key=lambda a: a.mean_reward), policy, tokens, seconds))
+    best = max(arms, key=lambda a: a.mean_reward)
+    return TuneResult(arms, best, policy, tokens, seconds)
+
+
+def write_tune_outputs(result: TuneResult, out: str | Path, comment: str = "") -> tuple[Path, Path]:
+    """``arms.csv`` (per-arm statistics) and ``tuned_arms.yaml`` (a warm start for the bandit)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, yaml_path = out / "arms.csv", out / "tuned_arms.yaml"
+    rows = [a.as_dict() for a in result.arms]
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*rows[0].keys(), "best", "policy"])
+        w.writeheader()
+        for a, row in zip(result.arms, rows):
+            w.writerow({**row, "best": a is result.best, "policy": result.policy})
+    save_arms(result.arms, yaml_path, comment=comment)
+    return csv_path, yaml_path
+
+
+def tune_dataset(
+    arms_file: str | Path | None = None,
+    dataset: str = "humaneval",
+    data: str | None = None,
+    limit: int | None = 20,
+    target: str = "smollm2-135m",
+    drafter: str | None = None,
+    policy: str = "ucb",
+    rounds: int | None = None,
+    c: float = 1.0,
+    reward: str = "measured",
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    device: str = "auto",
+    dtype: str = "auto",
+    out: str | Path = "runs/tune",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[TuneResult, Path, Path]:
+    """``mambaspec tune``: load the models and the prompts (the sources of ``bench``), tune, write
+    ``arms.csv`` and ``tuned_arms.yaml`` into ``out`` (after every prompt too); returns both paths."""
+    from .bandit import load_arms
+    from .models import recipes_dir
+    from .pipeline import load_pipeline
+    from .prompts import build_prompts, dataset_spec, load_rows
+
+    if limit is not None and limit < 1:
+        raise MambaspecError(f"--limit must be at least 1, got {limit}")
+    if rounds is not None and rounds < 1:
+        raise MambaspecError(f"--rounds must be at least 1, got {rounds}")
+    if max_new_tokens < 1:
+        raise MambaspecError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    arms = load_arms(arms_file or recipes_dir() / "trees.yaml")
+    spec = dataset_spec(dataset)
+    rows = load_rows(spec, data)
+    pipe = load_pipeline(target, drafter, device=device, dtype=dtype)
+    if pipe.drafter.name == "none":
+        raise MambaspecError("tune needs a drafter: pass --drafter NAME (the target has no default drafter)")
+    context = pipe.generator.context_length
+    prompts, _ = build_prompts(spec, rows, pipe.target.tokenizer, max_tokens=context - max_new_tokens, limit=limit)
+    comment = (f"tuned by `mambaspec tune --policy {policy}` on {dataset} ({len(prompts)} prompts, "
+               f"{max_new_tokens} new tokens), target {target}, drafter {pipe.drafter.name}, c={c}, {reward} reward")
+
+    def save(partial: TuneResult) -> None:
+        write_tune_outputs(partial, out, comment=comment)
+
+    result = tune(pipe.generator, [p.ids for p in prompts], arms, policy=policy, c=c, reward=reward,
+                  max_new_tokens=max_new_tokens, rounds=rounds, sampling=SamplingConfig(temperature=temperature),
+                  progress=progress, checkpoint=save)
+    csv_path, yaml_path = write_tune_outputs(result, out, comment=comment)
+    return result, csv_path, yaml_path

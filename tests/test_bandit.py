@@ -1,0 +1,161 @@
+"""UCB over tree shapes: concentrates on the best arm, sub-linear regret, arms files, tune end to end."""
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from mambaspec import MambaDrafter, MambaspecError, SpeculativeGenerator, TransformerDrafter, TreeShape
+from mambaspec.bandit import Arm, UCBPolicy, load_arms, save_arms
+from mambaspec.tune import tune, write_tune_outputs
+from tiny import prompts, reference_greedy, tiny_llama, tiny_mamba2
+
+MEANS = [0.50, 0.62, 0.80, 0.55, 0.70]  # arm 2 is best
+
+
+def run_synthetic(steps, seed=0, c=1.0):
+    rng = random.Random(seed)
+    arms = [Arm(f"a{i}", TreeShape((1,) * (i + 1))) for i in range(len(MEANS))]
+    policy = UCBPolicy(arms, c=c)
+    regret = []
+    total = 0.0
+    for _ in range(steps):
+        policy.choose()
+        k = policy._current
+        # reward as tokens/second of a round: noisy around the arm's mean
+        tokens = max(1, round(rng.gauss(MEANS[k] * 10, 2.0)))
+        policy.observe(tokens, 1.0)
+        total += max(MEANS) - MEANS[k]
+        regret.append(total)
+    return policy, regret
+
+
+def test_pulls_concentrate_on_best_arm():
+    policy, _ = run_synthetic(3000)
+    pulls = [a.pulls for a in policy.arms]
+    assert pulls.index(max(pulls)) == 2 and pulls[2] > 0.5 * sum(pulls)
+    assert policy.best.name == "a2"
+
+
+def test_regret_grows_sublinearly():
+    _, regret = run_synthetic(8000, seed=1)
+    r1, r2 = regret[1999], regret[7999]
+    assert r2 < 2.5 * r1  # linear regret would give 4x
+    assert r2 / 8000 < 0.05
+
+
+def test_each_arm_tried_once_first_and_ties_prefer_earlier():
+    arms = [Arm(str(i), TreeShape((1,))) for i in range(3)]
+    policy = UCBPolicy(arms)
+    order = []
+    for _ in range(3):
+        policy.choose()
+        order.append(policy._current)
+        policy.observe(5, 1.0)
+    assert order == [0, 1, 2]
+    policy.choose()
+    assert policy._current == 0  # all equal: the earliest arm
+
+
+def test_single_arm_and_modeled_reward():
+    policy = UCBPolicy([Arm("only", TreeShape((1, 1)))], reward="modeled")
+    for _ in range(5):
+        assert policy.choose() == TreeShape((1, 1))
+        r = policy.observe(3, 0.1, depth=2, draft_s=0.02, forward_s=0.1)
+        assert r < 0
+    assert policy.arms[0].pulls == 5
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("- {name: a}", "needs a `tree:`"),
+    ("- {name: a, tree: '0,2'}", "entry 1: invalid tree shape"),
+    ("- {name: a, tree: '1'}\n- {name: a, tree: '2'}", "duplicate arm name"),
+    ("arms: []", "non-empty list"),
+    ("- {tree: [1, x]}", "invalid tree shape"),
+    (": : :", "not valid YAML"),
+    ("- {name: a, tree: '0'}", "at least one draft level"),
+])
+def test_arms_file_errors(tmp_path, content, needle):
+    path = tmp_path / "arms.yaml"
+    path.write_text(content)
+    with pytest.raises(MambaspecError, match=needle.replace("(", r"\(").replace("`", "`")):
+        load_arms(path)
+
+
+def test_shipped_arms_file_loads():
+    from mambaspec.models import recipes_dir
+
+    arms = load_arms(recipes_dir() / "trees.yaml")
+    shapes = {a.shape.branching for a in arms}
+    assert {(1, 1), (1, 1, 1, 1, 1, 1), (3, 2, 2, 1, 1), (3, 3, 2, 1), (2, 2, 2, 1, 1, 1)} <= shapes
+
+
+def test_auto_tree_is_lossless(tiny_target):
+    gen = SpeculativeGenerator(tiny_target, TransformerDrafter(tiny_llama(0)))
+    from mambaspec.models import recipes_dir
+
+    policy = UCBPolicy(load_arms(recipes_dir() / "trees.yaml"))
+    for p in prompts(8):
+        res = gen.generate(p, max_new_tokens=20, tree=policy)
+        assert res.new_token_ids == reference_greedy(tiny_target, p, 20)
+        assert res.stats.tree == "auto" and res.stats.arms
+    assert sum(a.pulls for a in policy.arms) == policy.t > len(policy.arms)
+
+
+@pytest.mark.parametrize("policy_name", ["ucb", "fixed"])
+def test_tune_writes_csv_and_a_tuned_file_that_loads(tmp_path, tiny_target, policy_name):
+    gen = SpeculativeGenerator(tiny_target, MambaDrafter(tiny_mamba2(2)))
+    arms = [Arm("c2", TreeShape((1, 1))), Arm("t", TreeShape((2, 1)))]
+    result = tune(gen, prompts(4), arms, policy=policy_name, max_new_tokens=12)
+    csv_path, yaml_path = write_tune_outputs(result, tmp_path)
+    header = csv_path.read_text().splitlines()[0]
+    assert "pulls" in header and "mean_reward" in header and "tokens_per_s" in header
+    warm = load_arms(yaml_path)
+    assert [a.name for a in warm] == ["c2", "t"] and sum(a.pulls for a in warm) > 0
+    assert UCBPolicy(warm).t == sum(a.pulls for a in warm)  # a warm start
+    assert result.best.name in ("c2", "t")
+    save_arms(warm, tmp_path / "again.yaml")
+    assert load_arms(tmp_path / "again.yaml")[0].pulls == warm[0].pulls
+
+
+def test_generate_cli_with_auto_tree_and_tuned_arms(tmp_path, tiny_dir):
+    arms = [Arm("c2", TreeShape((1, 1)), pulls=3, reward_sum=30.0, tokens=6, seconds=0.3),
+            Arm("t", TreeShape((2, 1)), pulls=1, reward_sum=5.0, tokens=2, seconds=0.4)]
+    save_arms(arms, tmp_path / "tuned.yaml")
+    cmd = [sys.executable, "-m", "mambaspec.cli", "generate", "Hello", "--raw", "--target", tiny_dir["target"],
+           "--drafter", tiny_dir["mamba2"], "-n", "12", "--tree", "auto", "--arms", str(tmp_path / "tuned.yaml"),
+           "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)["stats"]
+    assert stats["tree"] == "auto" and sum(a["pulls"] for a in stats["arms"]) > 4
+
+
+def test_tune_cli_end_to_end(tmp_path, tiny_dir):
+    """`mambaspec tune` on a jsonl file: table, best arm, arms.csv and a tuned file that generate accepts."""
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"def f{i}(x):"}) for i in range(3)))
+    arms = tmp_path / "arms.yaml"
+    arms.write_text("- {name: chain2, tree: '1,1'}\n- {name: fork, tree: '2,1'}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    base = [sys.executable, "-m", "mambaspec.cli"]
+    proc = subprocess.run([*base, "tune", "--arms", str(arms), "--dataset", "jsonl", "--data", str(data),
+                           "--target", tiny_dir["target"], "--drafter", tiny_dir["mamba2"], "-n", "10",
+                           "--out", str(tmp_path / "out"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "best arm:" in proc.stdout and "chain2" in proc.stdout
+    rows = list(csv.DictReader(open(tmp_path / "out" / "arms.csv")))
+    assert [r["name"] for r in rows] == ["chain2", "fork"] and sum(int(r["pulls"]) for r in rows) > 2
+    gen = subprocess.run([*base, "generate", "def g(y):", "--raw", "--target", tiny_dir["target"], "--drafter",
+                          tiny_dir["mamba2"], "-n", "8", "--tree", "auto", "--arms",
+                          str(tmp_path / "out" / "tuned_arms.yaml"), "--json"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert gen.returncode == 0, gen.stderr
+    bad = subprocess.run([*base, "tune", "--arms", str(tmp_path / "missing.yaml"), "--target", tiny_dir["target"]],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode != 0 and "arms file not found" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,320 @@
+"""`mambaspec bench` on tiny models: CSV, resume, lossless flags, exact prompt lengths, peers, errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from rich.console import Console
+
+from mambaspec import bench as bench_mod
+from mambaspec.bench import COLUMNS, BenchConfig, Method, MethodRun, run_bench
+from mambaspec.errors import MambaspecError
+from mambaspec.peers import full_vocab_assistant
+from mambaspec.pipeline import load_drafter
+from mambaspec.models import load_model
+from mambaspec.prompts import build_prompts, dataset_spec, load_rows, parse_lengths, read_rows
+from mambaspec.report import results_tables
+from tiny import EOS, VOCAB, char_tokenizer, save_tiny, tiny_llama
+
+NEW = 6
+ALL = ["ar", "mamba", "mamba-auto", "transformer", "hf-assisted", "prompt-lookup"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and lose a lot on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def files(tiny_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    # A Transformer drafter with a draft vocabulary: 40 target ids (EOS included) + the bucket row.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(5)
+    ids = sorted({EOS, *range(4, VOCAB, 2)})[:40]
+    cfg = LlamaConfig(vocab_size=len(ids) + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, eos_token_id=EOS, pad_token_id=EOS)
+    dv = save_tiny(root / "llama_dv", LlamaForCausalLM(cfg).eval(), char_tokenizer())
+    (root / "llama_dv" / "mambaspec.json").write_text(json.dumps({"draft_vocab": ids, "target_vocab_size": VOCAB}))
+    # A Transformer drafter with another tokenizer (and vocabulary size): transformers' universal assisted generation.
+    other = save_tiny(root / "llama_other", tiny_llama(4, layers=1, hidden=32, vocab=VOCAB + 4),
+                      char_tokenizer(shuffle_seed=7))
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "prompt": f"def f(x):\n    return x * {i} + x"})
+                                 for i in range(2)))
+    words = "state space model drafter memory cache tree token verify accept".split()
+    docs = root / "long.jsonl"
+    docs.write_text("\n".join(json.dumps({"_id": f"d{i}", "context": " ".join(words[(i + j) % 10] for j in range(n)),
+                                          "input": f"Which word comes {i}th?"}) for i, n in enumerate([90, 3, 120])))
+    return {**tiny_dir, "llama_dv": dv, "llama_other": other, "prompts": str(prompts), "docs": str(docs), "root": root}
+
+
+def config(files, out, **kw) -> BenchConfig:
+    base = dict(dataset="jsonl", data=files["prompts"], target=files["target"], drafter=files["mamba2"],
+                transformer_drafter=files["llama_dv"], max_new_tokens=NEW, out=str(out), device="cpu")
+    return BenchConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def first_run(files):
+    out = files["root"] / "out"
+    return out, run_bench(config(files, out, methods=ALL))
+
+
+# ---------------------------------------------------------------------------------- the bench
+
+def test_csv_has_every_column_and_every_method(first_run):
+    out, result = first_run
+    with open(out / "results.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == COLUMNS
+    for col in ("new_tokens", "decode_tokens_per_s", "tokens_per_s", "speedup_decode", "mean_accept_len",
+                "draft_ms_per_round", "verify_ms_per_round", "prefill_s", "peak_mem_mb", "drafter_state_bytes",
+                "target_kv_bytes", "greedy_match", "target", "drafter", "tree", "device", "dtype", "torch",
+                "transformers", "git_commit", "date"):
+        assert col in COLUMNS
+    assert [r["method"] for r in rows] == ALL
+    by = {r["method"]: r for r in rows}
+    for r in rows:
+        assert int(r["new_tokens"]) == 2 * NEW and int(r["prompts"]) == 2
+        assert float(r["decode_tokens_per_s"]) > 0 and float(r["peak_mem_mb"]) > 0
+        assert r["mem_measure"] == "cpu_peak_rss_sampled" and r["device"] == "cpu" and r["dtype"] == "float32"
+        assert r["torch"] == torch.__version__ and r["date"]
+        assert r["target_kv_bytes"] == by["ar"]["target_kv_bytes"] != "0"  # same target, same prompts
+        assert r["greedy_match"] == ("" if r["method"] == "ar" else "yes"), r["method"]
+    assert by["ar"]["speedup_decode"] == "1.0" and float(by["mamba"]["speedup_decode"]) > 0
+    assert 0 < float(by["mamba"]["mean_tree_nodes"]) <= 6  # tree (2,1,1), cut near the end
+    assert int(by["mamba"]["drafter_state_bytes"]) > 0 and int(by["ar"]["drafter_state_bytes"]) == 0
+    # hf-assisted runs the same Transformer drafter (through its full-vocabulary view): same KV bytes
+    assert by["hf-assisted"]["drafter_state_bytes"] == by["transformer"]["drafter_state_bytes"] != "0"
+    outputs = [json.loads(line) for line in open(out / "outputs.jsonl")]
+    assert len(outputs) == 2 * len(ALL) and all(len(o["new_token_ids"]) == NEW for o in outputs)
+    assert len(result.rows) == len(ALL) and result.resumed == 0
+
+
+def test_rerun_resumes_and_adds_nothing(files, first_run):
+    out, _ = first_run
+    before = (out / "results.csv").read_bytes(), (out / "outputs.jsonl").read_bytes()
+    again = run_bench(config(files, out, methods=ALL))
+    assert again.resumed == len(ALL) and len(again.rows) == len(ALL)
+    assert ((out / "results.csv").read_bytes(), (out / "outputs.jsonl").read_bytes()) == before
+
+
+def test_new_configuration_is_not_skipped(files, first_run):
+    out, _ = first_run
+    result = run_bench(config(files, out, methods=["ar"], tree="1,1"))
+    assert result.resumed == 0 and len(result.rows) == 1
+
+
+def test_table_compares_methods(first_run):
+    _, result = first_run
+    console = Console(record=True, width=250)
+    for table in results_tables(result.rows):
+        console.print(table)
+    text = console.export_text()
+    for needle in ("speed-up", "accept len", "peak MB", "drafter state", "reference", "✓ same as ar", *ALL):
+        assert needle in text
+
+
+def test_planted_non_lossless_method_is_flagged(files, monkeypatch, tmp_path):
+    def build(models, cfg):
+        plain = bench_mod.METHODS["ar"].build(models, cfg).run
+
+        def run(ids, max_new, seed):
+            result = plain(ids, max_new, seed)
+            result.new_token_ids[-1] = (result.new_token_ids[-1] + 1) % VOCAB
+            return result
+
+        return MethodRun(run, "ar with its last token changed")
+
+    monkeypatch.setitem(bench_mod.METHODS, "broken", Method("broken", None, build))
+    result = run_bench(config(files, tmp_path, methods=["ar", "broken"]))
+    broken = next(r for r in result.rows if r["method"] == "broken")
+    assert broken["greedy_match"] == "no" and broken["mismatched_prompts"] == 2
+    console = Console(record=True, width=250)
+    console.print(*results_tables(result.rows))
+    assert "✗ 2/2 differ" in console.export_text()
+
+
+def test_default_methods_skip_what_has_no_drafter(files, tmp_path):
+    notes = []
+    result = run_bench(config(files, tmp_path, drafter="none", transformer_drafter="none"), log=notes.append)
+    assert [r["method"] for r in result.rows] == ["ar", "prompt-lookup"]
+    assert any("skipping mamba" in n for n in notes) and any("skipping transformer, hf-assisted" in n for n in notes)
+
+
+def test_plots(first_run):
+    pytest.importorskip("matplotlib")
+    out, result = first_run
+    paths = bench_mod.plot_results(result.rows, out)
+    assert {p.name for p in paths} == {"jsonl-throughput.png", "jsonl-memory.png"}
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_plot_without_matplotlib(files, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MambaspecError, match=r"mambaspec\[plot\]"):
+        run_bench(config(files, tmp_path, methods=["ar"], plot=True))
+
+
+# ------------------------------------------------------------------------------- HF assisted
+
+def test_full_vocab_assistant_is_a_same_tokenizer_assistant(files, monkeypatch):
+    from transformers import GenerationConfig
+    from transformers.generation.candidate_generator import AssistedCandidateGenerator
+
+    target = load_model(files["target"], device="cpu")
+    drafter = load_drafter(files["llama_dv"], target, device="cpu")
+    drafter.vocab_size = VOCAB
+    view = full_vocab_assistant(drafter, VOCAB)
+    assert view is not drafter.model and view.config.vocab_size == VOCAB
+    ids = torch.tensor([[5, 17, 40, 9, 3, 88, 64]])
+    own = drafter._fit_vocab(drafter.model(input_ids=drafter.draft_vocab.encode(ids)).logits.float())
+    full = view(input_ids=ids).logits.float()
+    kept = drafter.draft_vocab.to_target
+    torch.testing.assert_close(full[..., kept], own[..., kept])
+    assert (full.argmax(-1) == own.argmax(-1)).all()
+    others = torch.ones(VOCAB, dtype=torch.bool)
+    others[kept] = False
+    assert full[..., others].max() < full[..., kept].min()
+
+    used = []
+    original = type(target.model)._get_candidate_generator
+
+    def spy(self, *args, **kwargs):
+        used.append(original(self, *args, **kwargs))
+        return used[-1]
+
+    monkeypatch.setattr(type(target.model), "_get_candidate_generator", spy)
+    target.model.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=view,
+                          generation_config=GenerationConfig(max_new_tokens=4, do_sample=False, pad_token_id=EOS))
+    assert type(used[0]) is AssistedCandidateGenerator  # not the different-tokenizer generator
+    plain = load_drafter(files["llama"], target, device="cpu")  # no draft vocabulary: used as it is
+    assert full_vocab_assistant(plain, VOCAB) is plain.model
+
+
+def test_hf_assisted_with_another_tokenizer(files, tmp_path):
+    result = run_bench(config(files, tmp_path, methods=["ar", "hf-assisted"], transformer_drafter=files["llama_other"]))
+    hf = result.rows[1]
+    assert hf["greedy_match"] == "yes" and hf["drafter_state_bytes"] > 0
+
+
+# ---------------------------------------------------------------------------------- prompts
+
+def test_parse_lengths():
+    assert parse_lengths("1k,2k,4k,8k") == [1000, 2000, 4000, 8000]
+    assert parse_lengths("512, 1.5k") == [512, 1500]
+    for bad in ("", "k", "-1", "1.5", "2x"):
+        with pytest.raises(MambaspecError, match="invalid --lengths"):
+            parse_lengths(bad)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_lengths_are_exact_and_keep_the_question(files, chat):
+    tok = char_tokenizer()
+    if chat:
+        tok.chat_template = ("{% for m in messages %}<bos>[user] {{ m['content'] }}\n{% endfor %}"
+                             "{% if add_generation_prompt %}[assistant] {% endif %}")
+    spec = dataset_spec("longbench")
+    rows = read_rows(files["docs"])
+    for length in (300, 360):
+        prompts, short = build_prompts(spec, rows, tok, length=length)
+        assert all(len(p.ids) == length for p in prompts)
+        assert short == 1 and len(prompts) == 2  # the 3-word document cannot fill the length: passed over
+        text = tok.decode(prompts[0].ids, skip_special_tokens=False)
+        row = next(r for r in rows if r["_id"] == prompts[0].id)
+        assert row["context"][:12] in text and row["context"][-12:] in text and row["context"] not in text
+        assert text.rstrip().endswith("[assistant]" if chat else "Answer:")
+        assert f"Question: {row['input']}" in text
+
+
+def test_prompts_over_the_context_are_cut_to_fit(files):
+    tok = char_tokenizer()
+    prompts, _ = build_prompts(dataset_spec("longbench"), read_rows(files["docs"]), tok, max_tokens=260)
+    assert [len(p.ids) for p in prompts] == [260, len(prompts[1].ids), 260] and len(prompts[1].ids) < 260
+
+
+def test_humaneval_is_offline():
+    spec = dataset_spec("humaneval")
+    rows = load_rows(spec)
+    assert len(rows) == 164
+    prompts, _ = build_prompts(spec, rows, char_tokenizer(), limit=3)
+    assert [p.id for p in prompts] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+
+
+def test_hub_datasets_go_through_datasets(monkeypatch):
+    calls = []
+    fake = types.SimpleNamespace(load_dataset=lambda *a, **kw: calls.append((a, kw)) or [{"question": "1+1?"}])
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.setattr("mambaspec.prompts.hub_reachable", lambda: True)
+    assert load_rows(dataset_spec("gsm8k")) == [{"question": "1+1?"}]
+    assert calls == [(("openai/gsm8k", "main"), {"split": "test"})]
+    monkeypatch.setattr("mambaspec.prompts.hub_reachable", lambda: False)
+    with pytest.raises(MambaspecError, match="not reachable; pass --data FILE"):
+        load_rows(dataset_spec("xsum"))
+
+
+# ----------------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"dataset": "nope"}, "unknown dataset 'nope'"),
+    ({"methods": ["ar", "medusa"]}, "unknown method 'medusa'"),
+    ({"data": "/nonexistent.jsonl"}, "cannot read --data /nonexistent.jsonl"),
+    ({"dataset": "longbench", "lengths": [1000]}, "exceeds the target's context of 512"),
+    ({"dataset": "humaneval", "data": None, "lengths": [100]}, "no long context"),
+    ({"methods": ["mamba"], "drafter": "none"}, "needs a Mamba drafter"),
+    ({"methods": ["mamba"], "drafter": "llama"}, "is not a Mamba model"),
+])
+def test_bad_input(files, tmp_path, kw, needle):
+    if kw.get("drafter") == "llama":
+        kw = {**kw, "drafter": files["llama"]}
+    if kw.get("dataset") == "longbench":
+        kw = {**kw, "data": files["docs"]}
+    with pytest.raises(MambaspecError, match=needle):
+        run_bench(config(files, tmp_path, **kw))
+
+
+def test_bad_data_file(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{not json\n')
+    with pytest.raises(MambaspecError, match="line 2 is not valid JSON"):
+        read_rows(bad)
+    missing = tmp_path / "missing_field.jsonl"
+    missing.write_text('{"text": "no prompt field"}\n')
+    with pytest.raises(MambaspecError, match="has no field 'prompt'"):
+        build_prompts(dataset_spec("jsonl"), read_rows(missing), char_tokenizer())
+
+
+# -------------------------------------------------------------------------------------- CLI
+
+def run_cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "mambaspec.cli", "bench", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_cli_prints_the_table(files, tmp_path):
+    proc = run_cli("jsonl", "--data", files["prompts"], "--target", files["target"], "--methods", "ar,prompt-lookup",
+                   "-n", "4", "--out", str(tmp_path), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "speed-up" in proc.stdout and "prompt-lookup" in proc.stdout and "results.csv" in proc.stdout
+    assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 2
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    proc = run_cli("gsm8k", "--out", str(tmp_path))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "--data" in lines[0] and "not reachable" in lines[0]
