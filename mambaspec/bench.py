@@ -41,6 +41,7 @@ from .drafters import MAMBA_TYPES, Drafter
 from .engine import GenerationResult, SpeculativeGenerator
 from .errors import MambaspecError
 from .models import PACKAGE_DIR, LoadedModel, load_model, recipes_dir, registry, resolve_device, resolve_dtype
+from .optimize import optimize_model
 from .peers import full_vocab_assistant, hf_generate
 from .pipeline import DEFAULT_TARGET, load_drafter
 from .prompts import BenchPrompt, build_prompts, dataset_spec, load_rows
@@ -75,6 +76,9 @@ class BenchConfig:
     lengths: list[int] | None = None  # exact prompt lengths in target tokens; None = as the dataset has them
     device: str = "auto"
     dtype: str = "auto"
+    linear: str = "auto"  # the target's and drafters' linear layers (optimize.optimize_model); ar uses the same
+    quantize: str = "none"
+    compile: bool = False
     out: str = "runs/bench"
     plot: bool = False
     prompt_lookup_tokens: int = 10
@@ -233,7 +237,7 @@ class PeakMemory:
 # ------------------------------------------------------------------------------------ the CSV
 
 CONFIG_COLUMNS = ["target", "drafter", "transformer_drafter", "tree", "arms", "ucb_c", "max_new_tokens", "temperature", "limit",
-                  "data", "device", "dtype", "seed", "prompt_lookup_tokens"]
+                  "data", "device", "dtype", "linear", "quantize", "compile", "target_options", "seed", "prompt_lookup_tokens"]
 COLUMNS = [
     "config_id", "dataset", "length", "method",
     "prompts", "prompt_tokens", "new_tokens", "decode_tokens_per_s", "tokens_per_s", "speedup_decode",
@@ -373,6 +377,7 @@ def _load_models(cfg: BenchConfig, methods: list[str], log: Callable[[str], None
     names = dict(zip(("mamba", "transformer"), _resolve_drafters(cfg)))
     kinds = {"mamba": (True, "--drafter", "a Mamba"), "transformer": (False, "--transformer-drafter", "a Transformer")}
     target = load_model(cfg.target, device=cfg.device, dtype=cfg.dtype)
+    optimize_model(target.model, linear=cfg.linear, quantize=cfg.quantize, compile=cfg.compile)  # for every method
     models = BenchModels(target, SpeculativeGenerator(target.model, None, tokenizer=target.tokenizer))
     for kind in ("mamba", "transformer"):
         users = [m for m in methods if METHODS[m].drafter == kind]
@@ -382,7 +387,8 @@ def _load_models(cfg: BenchConfig, methods: list[str], log: Callable[[str], None
         try:
             if names[kind] is None:
                 raise MambaspecError(f"method {', '.join(users)} needs {what} drafter: pass {option}")
-            drafter = load_drafter(names[kind], target, device=str(target.device), dtype=cfg.dtype)
+            drafter = load_drafter(names[kind], target, device=str(target.device), dtype=cfg.dtype,
+                                   linear=cfg.linear)
             if (drafter.model.config.model_type in MAMBA_TYPES) != is_mamba:  # (also under a cross-tokenizer wrapper)
                 raise MambaspecError(f"{option} {names[kind]} is not {what} model "
                                      f"({drafter.model.config.model_type}); pass {what} drafter")
@@ -439,6 +445,8 @@ def run_bench(
               "max_new_tokens": cfg.max_new_tokens,
               "temperature": cfg.temperature, "limit": cfg.limit or "", "data": cfg.data or "",
               "device": str(device), "dtype": str(resolve_dtype(cfg.dtype, device)).replace("torch.", ""),
+              "linear": cfg.linear, "quantize": cfg.quantize, "compile": cfg.compile,
+              "target_options": getattr(models.target.model, "_mambaspec_optimized", "stock"),
               "seed": cfg.seed, "prompt_lookup_tokens": cfg.prompt_lookup_tokens}
     config_id = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     out = Path(cfg.out)

@@ -25,6 +25,9 @@ err = Console(stderr=True, highlight=False)
 
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when a GPU is visible).")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16.")
+LinearOpt = typer.Option("auto", "--linear", help="Linear layers: auto (oneDNN-packed weights on CPU float32, 2-3x faster GEMMs for a few rows), onednn, or torch (stock).")
+QuantizeOpt = typer.Option("none", "--quantize", help="int8: dynamic int8 linear layers on CPU (faster, but a different model than float32: compare with ar run the same way).")
+CompileOpt = typer.Option(False, "--compile/--no-compile", help="torch.compile the target's forward (compilation runs in an untimed warm-up).")
 
 
 def _quiet_libraries() -> None:
@@ -66,6 +69,7 @@ def stats_table(stats) -> Table:
     t.add_column("meaning", style="dim")
     rows = [
         ("drafter", stats.drafter, "the drafter (none = plain target decoding)"),
+        ("target_options", stats.target_options, "how the target's forward was made cheap (--linear, --quantize, --compile)"),
         ("tree", stats.tree, "draft tree shape (N1,...,Nγ); () = no drafting"),
         ("new_tokens", f"{stats.new_tokens}", f"tokens generated (stopped: {stats.stopped})"),
         ("seconds", f"{stats.seconds:.2f}", "wall time, prefill included, model loading excluded"),
@@ -107,6 +111,9 @@ def generate(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     device_map: Optional[str] = typer.Option(None, "--device-map", help="`auto` shards the target over several GPUs (needs accelerate)."),
+    linear: str = LinearOpt,
+    quantize: str = QuantizeOpt,
+    compile_: bool = CompileOpt,
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object (text, token ids, stats) and nothing else on stdout."),
 ) -> None:
     """Generate text with speculative decoding and print the stats."""
@@ -125,7 +132,9 @@ def generate(
             err.print(f"[dim]hint: no shipped drafter for '{target}'; decoding without one "
                       f"(pass --drafter NAME to speculate)[/]")
         pipe = load_pipeline(target, drafter, device=device, dtype=dtype, device_map=device_map,
-                             cross_tokenizer=cross_tokenizer)
+                             cross_tokenizer=cross_tokenizer, linear=linear, quantize=quantize, compile=compile_)
+        if compile_:  # compilation happens here, outside the timed generation
+            pipe.generate(prompt, chat=chat, max_new_tokens=min(8, max_new_tokens), tree=shape, sampling=sampling)
         streamer = None if as_json else _Streamer(pipe.target.tokenizer)
         result = pipe.generate(prompt, chat=chat, max_new_tokens=max_new_tokens, tree=shape,
                                sampling=sampling, seed=seed, on_tokens=streamer)
@@ -202,6 +211,9 @@ def bench(
     lengths: Optional[str] = typer.Option(None, "--lengths", help="Exact prompt lengths in target tokens, e.g. 1k,2k,4k,8k (k = 1000): the context is cut in the middle, the question kept."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    linear: str = LinearOpt,
+    quantize: str = QuantizeOpt,
+    compile_: bool = CompileOpt,
     out_dir: str = typer.Option("runs/bench", "--out", help="Output folder: results.csv (rerun to resume), outputs.jsonl, plots."),
     plot: bool = typer.Option(False, "--plot", help="Write PNGs of throughput and memory against length (needs matplotlib: the `plot` extra)."),
     prompt_lookup_tokens: int = typer.Option(10, "--prompt-lookup-tokens", help="prompt_lookup_num_tokens for `prompt-lookup`."),
@@ -220,7 +232,8 @@ def bench(
             dataset=dataset, data=data, target=target, drafter=drafter, transformer_drafter=transformer_drafter,
             methods=None if methods is None else [m.strip() for m in methods.split(",") if m.strip()],
             tree=tree, arms=arms, ucb_c=ucb_c, max_new_tokens=max_new_tokens, temperature=temperature, limit=limit,
-            lengths=parse_lengths(lengths) if lengths else None, device=device, dtype=dtype, out=out_dir,
+            lengths=parse_lengths(lengths) if lengths else None, device=device, dtype=dtype, linear=linear,
+            quantize=quantize, compile=compile_, out=out_dir,
             plot=plot, prompt_lookup_tokens=prompt_lookup_tokens, seed=seed)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
                       TimeElapsedColumn(), console=err) as bar:
@@ -261,6 +274,9 @@ def tune(
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    linear: str = LinearOpt,
+    quantize: str = QuantizeOpt,
+    compile_: bool = CompileOpt,
     out_dir: str = typer.Option("runs/tune", "--out", help="Output folder: arms.csv and tuned_arms.yaml (written after every prompt)."),
 ) -> None:
     """Find the tree shape that pays on a workload and this hardware (UCB bandit or a fixed sweep)."""
@@ -280,7 +296,8 @@ def tune(
             result, csv_path, yaml_path = tune_dataset(
                 arms, dataset=dataset, data=data, limit=limit, target=target, drafter=drafter, policy=policy,
                 rounds=rounds, c=ucb_c, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
-                device=device, dtype=dtype, out=out_dir, progress=progress)
+                device=device, dtype=dtype, linear=linear, quantize=quantize, compile=compile_, out=out_dir,
+                progress=progress)
     except MambaspecError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -292,6 +309,52 @@ def tune(
               f"overall {result.tokens_per_s:.1f} tok/s", soft_wrap=True)
     out.print(f"per-arm CSV: {csv_path}; tuned arms: {yaml_path} (use with generate --tree auto --arms, "
               f"or bench --arms)", soft_wrap=True)
+
+
+@app.command("verify-cost")
+def verify_cost_cmd(
+    target: str = typer.Option("smollm2-135m", "--target", "-t", help="Target model: a name, hub id, folder or .gguf file."),
+    prefix: int = typer.Option(512, "--prefix", help="Tokens already in the KV cache."),
+    nodes: str = typer.Option("1,2,4,5,8,16,32", "--nodes", help="Tree sizes to time (comma-separated)."),
+    repeats: int = typer.Option(10, "--repeats", help="Timings per size (the median is reported)."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    linear: str = LinearOpt,
+    quantize: str = QuantizeOpt,
+    compile_: bool = CompileOpt,
+    out_dir: str = typer.Option("runs/verify-cost", "--out", help="Folder of verify_cost.csv (rows are appended, with their settings)."),
+) -> None:
+    """Time one verification forward by tree size: the engine's path next to a plain transformers forward."""
+    _quiet_libraries()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .verifycost import verify_cost
+
+    try:
+        try:
+            sizes = tuple(int(x) for x in nodes.split(",") if x.strip())
+        except ValueError:
+            raise MambaspecError(f"--nodes must be comma-separated integers like 1,2,4,8, got '{nodes}'") from None
+        if not sizes:
+            raise MambaspecError("--nodes names no size; e.g. --nodes 1,2,4,8")
+        with Progress(TextColumn("verify-cost"), BarColumn(), MofNCompleteColumn(), TextColumn("sizes"),
+                      TimeElapsedColumn(), console=err) as bar:
+            task = bar.add_task("sizes", total=len(sizes))
+            rows, settings, path = verify_cost(
+                target, prefix=prefix, nodes=sizes, repeats=repeats, device=device, dtype=dtype, linear=linear,
+                quantize=quantize, compile=compile_, out=out_dir,
+                progress=lambda done, total: bar.update(task, completed=done))
+    except MambaspecError as e:
+        _fail(e)
+    t = Table(title=f"verification forward, {target}, prefix {prefix}, {settings['dtype']}, "
+                    f"{settings['threads']} threads; engine: {settings['engine_options']}", header_style="bold")
+    for col in ("nodes", "engine ms", "plain transformers ms", "engine / plain 1 token", "plain / plain 1 token"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(str(r.nodes), f"{r.engine_ms:.1f}", f"{r.plain_ms:.1f}", f"{r.engine_ratio:.2f}",
+                  f"{r.plain_ratio:.2f}")
+    out.print(t)
+    out.print(f"appended to {path}", soft_wrap=True)
 
 
 @app.command("pretrain-drafter")

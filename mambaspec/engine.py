@@ -17,6 +17,7 @@ import torch
 
 from .drafters import Drafter, NoDrafter
 from .errors import MambaspecError
+from .attention import use_packed_attention
 from .kv import forward_chain, kv_bytes, new_kv_cache
 from .sampling import SamplingConfig
 from .tree import TreeShape
@@ -42,6 +43,7 @@ class GenerationStats:
     target_kv_bytes: int = 0  # target's KV cache after the prompt
     tree: str = ""  # the fixed shape, or "auto" when a policy chose it per round
     drafter: str = ""
+    target_options: str = ""  # how the target's forward was made cheap (optimize.optimize_model): onednn, int8, ...
     stopped: str = ""  # "eos", "max_new_tokens" or "context"
     arms: list[dict] | None = None  # with a tree policy: pulls and mean reward per arm (cumulative)
 
@@ -79,6 +81,7 @@ class SpeculativeGenerator:
 
     def __init__(self, target, drafter: Drafter | None = None, tokenizer=None, eos_token_ids=None) -> None:
         self.target = target
+        use_packed_attention(target)  # tree verification without copying grouped K/V heads
         self.drafter = drafter if drafter is not None else NoDrafter()
         self.tokenizer = tokenizer
         if eos_token_ids is None:
@@ -129,7 +132,8 @@ class SpeculativeGenerator:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-        stats = GenerationStats(tree="auto" if policy is not None else str(shape), drafter=self.drafter.name)
+        stats = GenerationStats(tree="auto" if policy is not None else str(shape), drafter=self.drafter.name,
+                                target_options=getattr(self.target, "_mambaspec_optimized", "stock"))
         start = time.perf_counter()
         cache = new_kv_cache()
         if len(prompt_ids) > 1:

@@ -65,13 +65,11 @@ def kv_length(cache: DynamicCache) -> int:
 
 
 def kv_bytes(cache: DynamicCache) -> int:
-    """Bytes the cache holds (a preallocated layer counts its whole buffer)."""
+    """Bytes of the keys and values the cache holds (comparable across caches; a preallocated
+    layer's spare room, up to as much again, shows in the peak memory instead)."""
     total = 0
     for layer in cache.layers:
-        held = (getattr(layer, "key_buffer", None), getattr(layer, "value_buffer", None))
-        if held[0] is None:
-            held = (getattr(layer, "keys", None), getattr(layer, "values", None))
-        for t in held:
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
             if isinstance(t, torch.Tensor):
                 total += t.numel() * t.element_size()
     return total

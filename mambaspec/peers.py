@@ -21,6 +21,7 @@ from .drafters import Drafter
 from .engine import GenerationResult, GenerationStats
 from .errors import MambaspecError
 from .kv import kv_bytes, kv_length
+from .optimize import OneDNNLinear
 from .sampling import SamplingConfig
 
 
@@ -57,6 +58,8 @@ def full_vocab_assistant(drafter: Drafter, vocab_size: int) -> torch.nn.Module:
         lm_head.bias[vocab.to_target.to(weight_in.device)] = 0.0
         if getattr(head, "bias", None) is not None:
             lm_head.bias += head.bias[rows]
+    if isinstance(head, OneDNNLinear):  # the drafter's layers are packed: so is the view's new head
+        lm_head = OneDNNLinear(lm_head, keep_weight=True)
     view.set_input_embeddings(embed)
     view.set_output_embeddings(lm_head)
     view.config.get_text_config().vocab_size = vocab_size

@@ -8,6 +8,7 @@ from .crosstok import adapt_drafter, check_mode
 from .drafters import Drafter, NoDrafter, make_drafter
 from .engine import GenerationResult, SpeculativeGenerator, encode_prompt
 from .models import LoadedModel, load_model, registry
+from .optimize import optimize_model
 from .sampling import SamplingConfig
 from .vocab import vocab_from_meta
 from .tree import DEFAULT_TREE
@@ -22,13 +23,15 @@ def default_drafter(target: str) -> str:
 
 
 def load_drafter(name: str, target: LoadedModel, device: str = "auto", dtype: str = "auto",
-                 cross_tokenizer: str = "auto") -> Drafter:
+                 cross_tokenizer: str = "auto", linear: str = "auto") -> Drafter:
     """The drafter ``name`` for ``target``; one with another tokenizer drafts through text
-    (``crosstok.CrossTokenizerDrafter``) unless ``cross_tokenizer`` is ``off`` (then it is refused)."""
+    (``crosstok.CrossTokenizerDrafter``) unless ``cross_tokenizer`` is ``off`` (then it is refused).
+    ``linear`` is the drafter's linear-layer backend (``optimize.optimize_model``)."""
     check_mode(cross_tokenizer)
     if name in ("none", "", None):
         return NoDrafter()
     loaded = load_model(name, device=str(target.device) if device == "auto" else device, dtype=dtype)
+    optimize_model(loaded.model, linear=linear)
     drafter = make_drafter(loaded.model, loaded.tokenizer, name=name, draft_vocab=vocab_from_meta(loaded.meta))
     return adapt_drafter(drafter, target.tokenizer, cross_tokenizer)
 
@@ -52,12 +55,17 @@ def load_pipeline(
     dtype: str = "auto",
     device_map: str | None = None,
     cross_tokenizer: str = "auto",
+    linear: str = "auto",
+    quantize: str = "none",
+    compile: bool = False,
 ) -> Pipeline:
     """Load ``target`` and ``drafter`` (None = the target's default drafter, "none" = no drafter);
-    ``cross_tokenizer`` (auto/on/off) says whether a drafter with another tokenizer drafts through text."""
+    ``cross_tokenizer`` (auto/on/off) says whether a drafter with another tokenizer drafts through text;
+    ``linear``/``quantize``/``compile`` make the target's forward cheaper (``optimize.optimize_model``)."""
     tgt = load_model(target, device=device, dtype=dtype, device_map=device_map)
+    optimize_model(tgt.model, linear=linear, quantize=quantize, compile=compile)
     drafter_name = default_drafter(target) if drafter is None else drafter
-    d = load_drafter(drafter_name, tgt, device=device, dtype=dtype, cross_tokenizer=cross_tokenizer)
+    d = load_drafter(drafter_name, tgt, device=device, dtype=dtype, cross_tokenizer=cross_tokenizer, linear=linear)
     gen = SpeculativeGenerator(tgt.model, d, tokenizer=tgt.tokenizer)
     return Pipeline(target=tgt, drafter=d, generator=gen)
 

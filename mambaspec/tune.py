@@ -115,6 +115,9 @@ def tune_dataset(
     temperature: float = 0.0,
     device: str = "auto",
     dtype: str = "auto",
+    linear: str = "auto",
+    quantize: str = "none",
+    compile: bool = False,
     out: str | Path = "runs/tune",
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[TuneResult, Path, Path]:
@@ -134,7 +137,8 @@ def tune_dataset(
     arms = load_arms(arms_file or recipes_dir() / "trees.yaml")
     spec = dataset_spec(dataset)
     rows = load_rows(spec, data)
-    pipe = load_pipeline(target, drafter, device=device, dtype=dtype)
+    pipe = load_pipeline(target, drafter, device=device, dtype=dtype, linear=linear, quantize=quantize,
+                         compile=compile)
     if pipe.drafter.name == "none":
         raise MambaspecError("tune needs a drafter: pass --drafter NAME (the target has no default drafter)")
     context = pipe.generator.context_length

@@ -105,3 +105,22 @@ def test_llama_baseline_matches_mamba2_size():
         m = build_model(DrafterRecipe.from_dict({**yaml.safe_load(yaml.safe_dump(r.__dict__)), "arch": arch}), 8193, 2)
         sizes[arch] = sum(p.numel() for p in m.parameters())
     assert abs(sizes["llama"] - sizes["mamba2"]) / sizes["mamba2"] < 0.15, sizes
+
+
+@pytest.mark.parametrize("name", ["mamba2-smollm2", "llama-smollm2"])
+def test_shipped_drafter_loads_and_drafts(name):
+    """The shipped drafter loads by name with SmolLM2, proposes tokens the target accepts, and the
+    output is the target's own greedy output."""
+    from mambaspec.models import registry
+    from mambaspec.pipeline import load_pipeline
+
+    if name not in registry():
+        pytest.skip(f"{name} not shipped in this version")
+    pipe = load_pipeline("smollm2-135m", name, device="cpu")
+    plain = load_pipeline("smollm2-135m", "none", device="cpu")
+    prompt = 'def add(a, b):\n    """Return the sum of a and b."""\n'
+    spec = pipe.generate(prompt, chat=False, max_new_tokens=24, tree="1,1,1,1")
+    ref = plain.generate(prompt, chat=False, max_new_tokens=24)
+    assert spec.new_token_ids == ref.new_token_ids
+    assert spec.stats.drafter == name and spec.stats.mean_accept_len > 1.2
+    assert sum(p.stat().st_size for p in registry()[name].shipped_path.iterdir()) < 10 * 2**20
