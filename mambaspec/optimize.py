@@ -13,7 +13,8 @@ SmolLM2: 25 ms -> 7 ms for 5 rows) and is no slower for one row or for a 512-tok
 - ``quantize="int8"``: int8 linear layers (``Int8Linear``: weights per channel, activations per
   token, exact int32 sums), CPU only. It is another model than the float32 one (compare with
   ``ar`` run with the same option), and speculation stays lossless against it.
-- ``compile=True``: ``torch.compile`` of the forward (dynamic shapes); the first calls compile.
+- ``compile=True``: ``torch.compile`` of every decoder layer's feed-forward block (``compile_blocks``);
+  the first calls compile (an untimed warm-up in ``generate``, ``bench`` and ``tune``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def onednn_usable(model: nn.Module) -> bool:
 
 def _replace_linears(model: nn.Module, make) -> int:
     count = 0
-    for parent in list(model.modules()):
+    for path, parent in list(model.named_modules()):
+        if "_orig_mod" in path:  # inside a compiled block: inductor packs those weights itself
+            continue
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
                 new = make(child)
@@ -116,6 +119,30 @@ def quantize_int8(model: nn.Module) -> int:
     return _replace_linears(model, lambda lin: Int8Linear(lin, keep_weight=lin is head))
 
 
+def compile_blocks(model: nn.Module) -> int:
+    """``torch.compile`` (inductor, frozen weights) of every decoder layer's feed-forward block.
+
+    The blocks are pure tensor functions; attention stays eager, since dynamo cannot trace the KV
+    cache's in-place bookkeeping (measured: a compiled whole forward fails on the cache).
+    """
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # weights as constants: inductor prepacks them for the CPU GEMM
+    count = 0
+    for module in list(model.modules()):
+        mlp = getattr(module, "mlp", None)
+        if isinstance(mlp, nn.Module) and not hasattr(mlp, "_orig_mod"):
+            module.mlp = torch.compile(mlp, dynamic=True)
+            count += 1
+    if not count:
+        raise MambaspecError("--compile found no feed-forward blocks (`mlp`) in this model; drop --compile")
+    # one compiled graph per block (they share code): room for every block's guards
+    dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 2 * count)
+    dynamo_config.accumulated_cache_size_limit = max(dynamo_config.accumulated_cache_size_limit, 8 * count)
+    return count
+
+
 def optimize_model(model: nn.Module, linear: str = "auto", quantize: str = "none", compile: bool = False) -> str:
     """Apply the options to ``model`` in place; returns a short description (for stats and CSVs)."""
     if linear not in LINEAR_BACKENDS:
@@ -126,6 +153,10 @@ def optimize_model(model: nn.Module, linear: str = "auto", quantize: str = "none
         return model._mambaspec_optimized
     device = next(model.parameters()).device.type
     done = []
+    if compile and quantize == "int8":
+        raise MambaspecError("--compile and --quantize int8 do not combine; pick one")
+    if compile:
+        compile_blocks(model)
     if quantize == "int8":
         if device != "cpu":
             raise MambaspecError("--quantize int8 runs on CPU only; drop it or use --device cpu")
@@ -135,7 +166,6 @@ def optimize_model(model: nn.Module, linear: str = "auto", quantize: str = "none
             raise MambaspecError("--linear onednn needs a float32 model on CPU with oneDNN; use --linear torch")
         done.append(f"onednn ({pack_linears(model)} linears)")
     if compile:
-        model.forward = torch.compile(model.forward, dynamic=True)
-        done.append("compiled")
+        done.append("feed-forward blocks compiled")
     model._mambaspec_optimized = ", ".join(done) or "stock"
     return model._mambaspec_optimized

@@ -64,7 +64,7 @@ def test_preallocated_cache_matches_dynamic_layers():
 OPTIONS = {
     "onednn": dict(linear="onednn"),
     "int8": dict(linear="torch", quantize="int8"),
-    "compile": dict(linear="torch", compile=True),
+    "compile": dict(compile=True),
 }
 
 
