@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .bandit import UCBPolicy, load_arms
+from .bandit import DEFAULT_C, UCBPolicy, load_arms
 from .drafters import MAMBA_TYPES, Drafter
 from .engine import GenerationResult, SpeculativeGenerator
 from .errors import MambaspecError
@@ -69,7 +69,7 @@ class BenchConfig:
     transformer_drafter: str | None = None  # for transformer and hf-assisted; "none" = neither
     tree: str = DEFAULT_TREE
     arms: str | None = None  # mamba-auto's arms file (None: recipes/trees.yaml); a tuned file warm-starts it
-    ucb_c: float = 1.0
+    ucb_c: float = DEFAULT_C
     max_new_tokens: int = 128
     temperature: float = 0.0
     limit: int | None = None  # prompts per (dataset, length)

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .bandit import DEFAULT_C
 from .errors import MambaspecError
 from .tree import DEFAULT_TREE
 
@@ -100,7 +101,7 @@ def generate(
     cross_tokenizer: str = typer.Option("auto", "--cross-tokenizer", help="A drafter with another tokenizer than the target's: `auto` translates its drafts through text when the tokenizers differ (greedy only), `on` always does, `off` refuses such a drafter."),
     tree: str = typer.Option(DEFAULT_TREE, "--tree", help="Draft tree shape N1,...,Nγ (1,1,1,1 = chain of 4; 3,2,2,1,1 = 45 nodes), or `auto`: a UCB bandit picks the shape every round."),
     arms: Optional[str] = typer.Option(None, "--arms", help="With --tree auto: the arms file (default recipes/trees.yaml; a `tune` output warm-starts the bandit)."),
-    ucb_c: float = typer.Option(1.0, "--ucb-c", help="With --tree auto: the UCB exploration constant c."),
+    ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="With --tree auto: the UCB exploration constant c."),
     reward: str = typer.Option("measured", "--reward", help="With --tree auto: `measured` (tokens/s of each round) or `modeled` (the paper's -(1+λγ)/N_accept)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Exact number of tokens to generate (fewer only at EOS or the context limit)."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples, losslessly."),
@@ -204,7 +205,7 @@ def bench(
     transformer_drafter: Optional[str] = typer.Option(None, "--transformer-drafter", help="Transformer drafter for `transformer` and `hf-assisted` (default: the target's, e.g. llama-smollm2; `none` = skip)."),
     tree: str = typer.Option(DEFAULT_TREE, "--tree", help="Draft tree shape for our loop's methods (N1,...,Nγ)."),
     arms: Optional[str] = typer.Option(None, "--arms", help="mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."),
-    ucb_c: float = typer.Option(1.0, "--ucb-c", help="mamba-auto's UCB exploration constant."),
+    ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="mamba-auto's UCB exploration constant."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt (fewer only at EOS)."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default; outputs are checked against ar's); > 0 samples."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Prompts per dataset and length (default: all)."),
@@ -268,7 +269,7 @@ def tune(
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (default: the target's, e.g. mamba2-smollm2)."),
     policy: str = typer.Option("ucb", "--policy", help="ucb: one bandit across all prompts (it learns the workload). fixed: every arm on every prompt (a sweep, the reference)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Stop the bandit after this many rounds in all (ucb)."),
-    ucb_c: float = typer.Option(1.0, "--ucb-c", help="Exploration constant c of UCB (rewards are normalised, so ~1 suits any hardware)."),
+    ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="Exploration constant c of UCB (rewards are normalised by the best arm's mean; larger explores more)."),
     reward: str = typer.Option("measured", "--reward", help="measured (tokens/s of each round) or modeled (the paper's -(1+λγ)/N_accept)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),

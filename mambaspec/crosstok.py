@@ -24,9 +24,8 @@ import math
 
 import torch
 
-from .drafters import Drafter, MambaDrafter, TransformerDrafter
+from .drafters import Drafter
 from .errors import MambaspecError
-from .kv import keep_slots
 from .sampling import SamplingConfig
 from .tree import MAX_TREE_NODES, DraftTree, TreeShape
 
@@ -181,7 +180,7 @@ class CrossTokenizerDrafter(Drafter):
             self._snaps.pop()
         if self._snaps and self._snaps[-1][1] is not None:
             pos, snap = self._snaps[-1]
-            _restore(self.inner, snap)
+            self.inner.restore(snap)
             feed = self._dids[pos:]
             if feed:
                 chain = DraftTree(tokens=self._dids[pos - 1:-1], parents=list(range(-1, len(feed) - 1)),
@@ -191,7 +190,7 @@ class CrossTokenizerDrafter(Drafter):
             self.inner.prefill(self._dids)
             self._snaps = []
         if not self._snaps or self._snaps[-1][0] < len(self._dids):
-            self._snaps.append((len(self._dids), _snapshot(self.inner)))
+            self._snaps.append((len(self._dids), self.inner.snapshot()))
         del self._snaps[: -(self.lookbehind + MAX_CHAR_TOKENS)]
 
     def _inner_shape(self, shape: TreeShape) -> TreeShape:
@@ -244,26 +243,3 @@ def _trie(root: int, paths: list[list[int]], max_nodes: int) -> DraftTree:
                 nxt.append((len(tree.tokens) - 1, below))
         frontier = nxt
     return tree
-
-
-def _snapshot(drafter: Drafter) -> object:
-    """What restores ``drafter`` to where it is now (None: it cannot be restored; it is prefilled again).
-
-    Both are cheap: a Mamba drafter's state tensors are never updated in place once stepped past (each
-    step runs on a copy), and a Transformer drafter only needs its cache cropped back."""
-    if isinstance(drafter, MambaDrafter):
-        return drafter.state, drafter._root_logits
-    if isinstance(drafter, TransformerDrafter):
-        return drafter._committed, drafter._root_logits
-    return None
-
-
-def _restore(drafter: Drafter, snap: object) -> None:
-    if isinstance(drafter, MambaDrafter):
-        drafter.state, drafter._root_logits = snap
-        drafter._depth_states = []
-    else:
-        committed, drafter._root_logits = snap
-        keep_slots(drafter.cache, committed, [])
-        drafter._committed = committed
-        drafter._fed = []

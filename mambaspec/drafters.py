@@ -21,12 +21,14 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from .kv import forward_chain, forward_tree, keep_slots, kv_bytes, kv_length, new_kv_cache
+from .kv import forward_chain, forward_tree, keep_slots, kv_bytes, new_kv_cache
+from .mamba_step import mamba2_step, supports_fast_step
 from .sampling import SamplingConfig, warp
 from .tree import DraftTree, TreeShape
 from .vocab import DraftVocab
 
 MAMBA_TYPES = ("mamba", "mamba2")
+FAST_STEP_MAX_TOKENS = 8  # a commit of up to this many tokens runs as fast single steps (else the chunked scan)
 
 
 def pick_children(
@@ -84,6 +86,14 @@ class Drafter(ABC):
     @abstractmethod
     def state_bytes(self) -> int:
         """Bytes of the drafter's per-sequence state (recurrent state or KV cache) right now."""
+
+    def snapshot(self) -> object | None:
+        """What ``restore`` needs to return the drafter to where it is now (between rounds);
+        None when it cannot be rolled back (then it is prefilled again)."""
+        return None
+
+    def restore(self, snap: object) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot be rolled back")
 
     def draft(
         self,
@@ -204,6 +214,8 @@ class MambaDrafter(Drafter):
         # Mamba1 in transformers restarts its scan from zero when fed several tokens after a
         # prefill (design.md §3), so it is fed one token at a time; Mamba2 continues exactly.
         self.multi_token_steps = model.config.model_type == "mamba2"
+        # Mamba2 steps after the prefill run through mamba_step.mamba2_step (same recurrence, no module overhead)
+        self.fast_steps = supports_fast_step(model)
         self.cache: DynamicCache | None = None
         self.state: MambaState | None = None  # after the committed text, batch 1
         self._depth_states: list[MambaState] = []  # [d] = after feeding each frontier node at depth d
@@ -213,6 +225,11 @@ class MambaDrafter(Drafter):
         """Feed ``tokens`` (B, L) from ``state`` (None = empty); logits of the last position, new state."""
         if self.draft_vocab is not None:
             tokens = self.draft_vocab.encode(tokens)
+        if state is not None and self.fast_steps and tokens.shape[1] <= FAST_STEP_MAX_TOKENS:
+            conv, ssm = state.conv, state.ssm
+            for column in tokens.unbind(1):
+                logits, conv, ssm = mamba2_step(self.model, conv, ssm, column)
+            return logits, MambaState(conv, ssm)
         if state is None:
             self.cache = DynamicCache(config=self.model.config)
         else:
@@ -252,6 +269,14 @@ class MambaDrafter(Drafter):
     def state_bytes(self) -> int:
         return self.state.nbytes if self.state is not None else 0
 
+    def snapshot(self) -> object:
+        # cheap: state tensors are never updated in place once stepped past (each step runs on a copy)
+        return self.state, self._root_logits
+
+    def restore(self, snap: object) -> None:
+        self.state, self._root_logits = snap
+        self._depth_states = []
+
 
 class TransformerDrafter(Drafter):
     """Any causal LM with a KV cache; trees through a tree attention mask."""
@@ -290,6 +315,14 @@ class TransformerDrafter(Drafter):
 
     def state_bytes(self) -> int:
         return kv_bytes(self.cache) if self.cache is not None else 0
+
+    def snapshot(self) -> object:
+        return self._committed, self._root_logits  # the cache is cropped back on restore
+
+    def restore(self, snap: object) -> None:
+        self._committed, self._root_logits = snap
+        keep_slots(self.cache, self._committed, [])
+        self._fed = []
 
 
 def make_drafter(model, tokenizer=None, name: str | None = None, draft_vocab: DraftVocab | None = None) -> Drafter:

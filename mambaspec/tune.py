@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .bandit import Arm, UCBPolicy, save_arms
+from .bandit import DEFAULT_C, Arm, UCBPolicy, save_arms
 from .engine import SpeculativeGenerator
 from .errors import MambaspecError
 from .sampling import SamplingConfig
@@ -41,7 +41,7 @@ def tune(
     prompts: list[list[int]],
     arms: list[Arm],
     policy: str = "ucb",
-    c: float = 1.0,
+    c: float = DEFAULT_C,
     reward: str = "measured",
     max_new_tokens: int = 128,
     rounds: int | None = None,
@@ -109,7 +109,7 @@ def tune_dataset(
     drafter: str | None = None,
     policy: str = "ucb",
     rounds: int | None = None,
-    c: float = 1.0,
+    c: float = DEFAULT_C,
     reward: str = "measured",
     max_new_tokens: int = 128,
     temperature: float = 0.0,

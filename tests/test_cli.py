@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-from mambaspec.models import load_model
 
 
 def run_cli(*args, timeout=300):

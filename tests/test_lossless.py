@@ -13,9 +13,15 @@ PROMPTS = prompts(20)
 DRAFTERS = {
     "mamba1": lambda: MambaDrafter(tiny_mamba(1)),
     "mamba2": lambda: MambaDrafter(tiny_mamba2(2)),
+    "mamba2-module-steps": lambda: _module_steps(MambaDrafter(tiny_mamba2(2))),
     "llama": lambda: TransformerDrafter(tiny_llama(3, layers=1, hidden=32)),
     "oracle": lambda: TransformerDrafter(tiny_llama(0)),  # the target itself: drafts are mostly accepted
 }
+
+
+def _module_steps(drafter: MambaDrafter) -> MambaDrafter:
+    drafter.fast_steps = False  # every step through the model's own forward
+    return drafter
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +84,25 @@ def test_mamba_state_follows_any_accepted_path(make):
         torch.testing.assert_close(drafter._root_logits, fresh._root_logits, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(drafter.state.ssm[0], fresh.state.ssm[0], rtol=1e-4, atol=1e-4)
     assert drafter.state_bytes() == fresh.state_bytes() > 0  # fixed size, whatever the length
+
+
+def test_fast_mamba2_step_equals_the_model_forward():
+    """mamba_step.mamba2_step: same logits and states as the model's forward from the same state."""
+    from transformers import DynamicCache
+
+    from mambaspec.drafters import MambaState
+    from mambaspec.mamba_step import mamba2_step
+
+    model = tiny_mamba2(2)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([PROMPTS[0]]), cache=cache, use_cache=True)
+        state = MambaState.read(cache).select([0, 0, 0])
+        tokens = torch.tensor([5, 17, 40])
+        logits, conv, ssm = mamba2_step(model, state.conv, state.ssm, tokens)
+        state.select([0, 1, 2]).install(cache)
+        ref = model(input_ids=tokens[:, None], cache=cache, use_cache=True).logits[:, -1]
+    after = MambaState.read(cache)
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
+    for a, b in zip(conv + ssm, after.conv + after.ssm):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

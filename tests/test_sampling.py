@@ -7,7 +7,6 @@ from scipy.stats import chisquare
 import mambaspec.verify as verify_mod
 from mambaspec import MambaDrafter, SamplingConfig, SpeculativeGenerator, TransformerDrafter, warp
 from mambaspec.verify import accept_child_sampled
-from tiny import tiny_llama, tiny_mamba2
 
 ALPHA = 1e-3  # fixed seeds make each test deterministic; a correct rule passes, a wrong one is far below
 
