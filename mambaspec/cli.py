@@ -111,7 +111,7 @@ def generate(
     chat: bool = typer.Option(True, "--chat/--raw", help="Apply the tokenizer's chat template (default when it has one) or feed the raw text."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
-    device_map: Optional[str] = typer.Option(None, "--device-map", help="`auto` shards the target over several GPUs (needs accelerate)."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="`auto` shards the target over several GPUs (accelerate)."),
     linear: str = LinearOpt,
     quantize: str = QuantizeOpt,
     compile_: bool = CompileOpt,
