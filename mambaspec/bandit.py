@@ -4,20 +4,33 @@ Mamba Drafters (arXiv 2506.01206, §3.3) pick the draft tree per round with UCB:
 
     k* = argmax_k  r̄_k + c · sqrt(2 ln t / n_k)          (every arm is tried once first)
 
-Rewards, per round:
-- ``measured`` (default): committed tokens per second of the round's wall time (drafting,
-  verification, commit). It adapts to the hardware itself: on a CPU a 45-node tree costs far
-  more to verify than a 5-node chain, on a GPU almost the same.
+Rewards:
+- ``replayed`` (default): tokens per second, estimated as (committed tokens per round) / (wall
+  seconds per round). The seconds come from the arm's own rounds; the tokens per round are
+  *replayed for every arm on every round*: in greedy decoding a shape (N1, ..., Nγ) accepts the
+  i-th token of a round exactly when the drafter ranks it below N_i given the text before it,
+  and the drafter has ranked every committed token anyway (``Drafter.committed_ranks``). So
+  all arms are judged on the same text, a hard prompt no longer makes the arm that happened to
+  run on it look bad, and only the (steady) cost of a round has to be learnt per arm.
+  The replayed acceptance is also kept per *context*: the drafter's top-1 probability at the
+  round's root, cut into buckets (``edges``, default 0.5 and 0.9), so a confident drafter (e.g.
+  boilerplate) gets deep chains and an unsure one short ones; a bucket with fewer than
+  ``MIN_BUCKET_ROUNDS`` replayed rounds uses the arm's overall acceptance. With sampling, or a
+  drafter with another tokenizer, there are no ranks and it falls back to ``measured``.
+- ``measured``: committed tokens per second of each round the arm ran (drafting, verification,
+  commit). It adapts to the hardware itself: on a CPU a 45-node tree costs far more to verify
+  than a 5-node chain, on a GPU almost the same.
 - ``modeled``: the paper's speed-up model, −(1 + λ·γ) / N_accept, with γ the tree depth,
   N_accept the committed tokens and λ the drafter/target cost ratio measured so far (drafter
   time per depth over target forward time).
 
-Rewards are divided by the largest |mean reward| among the arms before the bonus is added, so
-``c`` means the same whatever the units and the hardware.
+Values are divided by the largest |value| among the arms before the bonus is added, so ``c``
+means the same whatever the units and the hardware.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +40,14 @@ import yaml
 from .errors import MambaspecError
 from .tree import TreeShape
 
-REWARDS = ("measured", "modeled")
-# Exploration constant. Per-round rewards are noisy (1 to γ+1 tokens a round) while the best few
-# arms are within a few percent of each other, so a small c pays: measured on 20 HumanEval prompts
-# with SmolLM2 + mamba2-smollm2 on CPU (mambaspec tune --ucb-c C), overall tokens/s were
-# c=1.0: 30.1, c=0.3: 30.6, c=0.15: 33.5 (the best fixed arm alone: ~34).
-DEFAULT_C = 0.2
+REWARDS = ("replayed", "measured", "modeled")
+# Exploration constant. With the replayed reward only the cost of a round (steady) is learnt from
+# an arm's own rounds, so little exploration is needed; c = 0.1 was chosen by replaying the
+# recorded ranks of 20 HumanEval prompts (SmolLM2 + mamba2-smollm2, CPU) through the policy with
+# c in {0.02, 0.05, 0.1, 0.2}; the measured reward used 0.2 (c = 1.0 explored far too much).
+DEFAULT_C = 0.1
+DEFAULT_EDGES = (0.5, 0.9)  # replayed reward: buckets of the drafter's root top-1 probability
+MIN_BUCKET_ROUNDS = 5  # replayed rounds a bucket needs before its own acceptance is trusted
 
 
 @dataclass
@@ -43,6 +58,9 @@ class Arm:
     reward_sum: float = 0.0
     tokens: int = 0  # committed tokens over all pulls
     seconds: float = 0.0  # wall time over all pulls
+    replay_tokens: list[float] = field(default_factory=list)  # per context bucket: replayed rounds' tokens, summed
+    replay_rounds: list[float] = field(default_factory=list)  # ... and their number
+    _pos: int = field(default=0, repr=False)  # where this arm's next replayed round starts in the sequence
 
     @property
     def mean_reward(self) -> float:
@@ -56,22 +74,67 @@ class Arm:
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
+    def replay_accept_len(self, bucket: int | None = None) -> float:
+        """Replayed tokens per round, in one context bucket (None: all)."""
+        tokens = self.replay_tokens if bucket is None else self.replay_tokens[bucket:bucket + 1]
+        rounds = self.replay_rounds if bucket is None else self.replay_rounds[bucket:bucket + 1]
+        return sum(tokens) / sum(rounds) if sum(rounds) else 0.0
+
+    def replayed_tokens_per_s(self, bucket: int | None = None) -> float:
+        """Replayed tokens per round over the measured seconds per round of the arm's own rounds."""
+        return self.replay_accept_len(bucket) * self.pulls / self.seconds if self.seconds else 0.0
+
     def as_dict(self) -> dict:
         return {"name": self.name, "tree": ",".join(map(str, self.shape.branching)), "pulls": self.pulls,
                 "mean_reward": round(self.mean_reward, 6), "mean_accept_len": round(self.mean_accept_len, 4),
-                "tokens_per_s": round(self.tokens_per_s, 3), "tokens": self.tokens,
-                "seconds": round(self.seconds, 4), "reward_sum": round(self.reward_sum, 6)}
+                "tokens_per_s": round(self.tokens_per_s, 3),
+                "replay_accept_len": round(self.replay_accept_len(), 4),
+                "replayed_tokens_per_s": round(self.replayed_tokens_per_s(), 3), "tokens": self.tokens,
+                "seconds": round(self.seconds, 4), "reward_sum": round(self.reward_sum, 6),
+                "replay_tokens": [round(x, 4) for x in self.replay_tokens],
+                "replay_rounds": [round(x, 4) for x in self.replay_rounds]}
+
+
+def replayed_round(branching: tuple[int, ...], ranks: list[int], start: int) -> int | None:
+    """Tokens a round of shape ``branching`` commits from ``start``, given the drafter's rank of every
+    committed token (greedy); None when ``ranks`` does not reach far enough to tell."""
+    for i, width in enumerate(branching):
+        if start + i >= len(ranks):
+            return None
+        if ranks[start + i] >= width:
+            return i + 1  # i accepted, then the target's token
+    return len(branching) + 1 if start + len(branching) < len(ranks) else None
+
+
+def parse_edges(text: str | tuple[float, ...] | list[float]) -> tuple[float, ...]:
+    """Confidence bucket edges from ``"0.5,0.9"`` ("" or "none": one bucket)."""
+    if isinstance(text, (tuple, list)):
+        values = list(text)
+    else:
+        cleaned = text.strip().lower()
+        try:
+            values = [] if cleaned in ("", "none") else [float(v) for v in cleaned.split(",")]
+        except ValueError:
+            raise MambaspecError(f"invalid confidence buckets '{text}': use increasing probabilities, e.g. 0.5,0.9") from None
+    if any(not 0 < v < 1 for v in values) or values != sorted(set(values)):
+        raise MambaspecError(f"invalid confidence buckets '{text}': use increasing probabilities between 0 and 1, "
+                             f"e.g. 0.5,0.9 (or none)")
+    return tuple(float(v) for v in values)
 
 
 @dataclass
 class UCBPolicy:
     arms: list[Arm]
     c: float = DEFAULT_C
-    reward: str = "measured"
+    reward: str = "replayed"
+    edges: tuple[float, ...] = DEFAULT_EDGES
     t: int = 0  # rounds observed
     _draft_per_depth: float = field(default=0.0, repr=False)  # running means for λ (modeled reward)
     _forward: float = field(default=0.0, repr=False)
     _current: int = field(default=0, repr=False)
+    _bucket: int | None = field(default=None, repr=False)  # context of the current round
+    _ranks: list[int] = field(default_factory=list, repr=False)  # the current sequence: drafter ranks ...
+    _buckets: list[int] = field(default_factory=list, repr=False)  # ... and context buckets of its tokens
 
     def __post_init__(self) -> None:
         if not self.arms:
@@ -80,49 +143,101 @@ class UCBPolicy:
             raise MambaspecError(f"unknown reward '{self.reward}'; use one of {', '.join(REWARDS)}")
         if self.c < 0:
             raise MambaspecError(f"the exploration constant c must be >= 0, got {self.c}")
+        self.edges = parse_edges(self.edges)
+        n = len(self.edges) + 1
+        for arm in self.arms:
+            if not arm.replay_rounds:
+                arm.replay_tokens, arm.replay_rounds = [0.0] * n, [0.0] * n
+            elif len(arm.replay_rounds) != n or len(arm.replay_tokens) != n:
+                raise MambaspecError(
+                    f"arm '{arm.name}' has replayed statistics for {len(arm.replay_rounds)} confidence buckets, "
+                    f"this bandit uses {n}; pass the confidence buckets it was tuned with")
         self.t = max(self.t, sum(a.pulls for a in self.arms))
 
     def __str__(self) -> str:
-        return f"auto (UCB over {len(self.arms)} arms, c={self.c}, {self.reward} reward)"
+        context = f", confidence buckets {','.join(map(str, self.edges)) or 'none'}" if self.wants_ranks else ""
+        return f"auto (UCB over {len(self.arms)} arms, c={self.c}, {self.reward} reward{context})"
 
-    def choose(self) -> TreeShape:
-        """The shape for the next round (and remember which arm it is)."""
+    @property
+    def wants_ranks(self) -> bool:
+        """Whether ``observe`` uses the drafter's ranks of the committed tokens (and ``choose`` its confidence)."""
+        return self.reward == "replayed"
+
+    def begin_sequence(self) -> None:
+        """A new sequence starts: replayed rounds start again at its first token."""
+        self._ranks, self._buckets = [], []
+        for arm in self.arms:
+            arm._pos = 0
+
+    def bucket(self, confidence: float | None) -> int | None:
+        return None if confidence is None else bisect.bisect_right(self.edges, confidence)
+
+    def choose(self, confidence: float | None = None) -> TreeShape:
+        """The shape for the next round (and remember which arm it is); ``confidence`` is the
+        drafter's top-1 probability at the root, the context of the replayed reward."""
+        self._bucket = self.bucket(confidence)
         self._current = self.select()
         return self.arms[self._current].shape
+
+    def value(self, arm: Arm, bucket: int | None = None) -> float:
+        """The arm's estimated reward (what UCB maximises, before the bonus), in a context bucket."""
+        if self.reward == "replayed" and sum(arm.replay_rounds):
+            if bucket is not None and arm.replay_rounds[bucket] >= MIN_BUCKET_ROUNDS:
+                return arm.replayed_tokens_per_s(bucket)
+            return arm.replayed_tokens_per_s()
+        return arm.mean_reward
 
     def select(self) -> int:
         untried = [i for i, a in enumerate(self.arms) if a.pulls == 0]
         if untried:
             return untried[0]
-        scale = max(abs(a.mean_reward) for a in self.arms) or 1.0
+        values = [self.value(a, self._bucket) for a in self.arms]
+        scale = max(abs(v) for v in values) or 1.0
         log_t = math.log(max(self.t, 1))
-        scores = [a.mean_reward / scale + self.c * math.sqrt(2 * log_t / a.pulls) for a in self.arms]
+        scores = [v / scale + self.c * math.sqrt(2 * log_t / a.pulls) for v, a in zip(values, self.arms)]
         return max(range(len(scores)), key=lambda i: (scores[i], -i))  # ties: the earlier arm
 
     def observe(self, tokens: int, seconds: float, depth: int = 0, draft_s: float = 0.0,
-                forward_s: float = 0.0) -> float:
-        """Credit the arm of the last ``choose`` with one round's outcome; returns the reward."""
+                forward_s: float = 0.0, ranks: list[int] | None = None,
+                confidences: list[float] | None = None) -> float:
+        """Credit the arm of the last ``choose`` with one round's outcome; returns the reward.
+
+        ``ranks`` and ``confidences``: the drafter's rank of each token committed this round and its
+        top-1 probability at that position (``Drafter.committed_ranks``).
+        """
         arm = self.arms[self._current]
         if depth:
             self._draft_per_depth += (draft_s / depth - self._draft_per_depth) / (self.t + 1)
         self._forward += (forward_s - self._forward) / (self.t + 1)
-        if self.reward == "measured":
-            r = tokens / seconds if seconds > 0 else 0.0
-        else:
+        if self.reward == "modeled":
             lam = self._draft_per_depth / self._forward if self._forward > 0 else 0.0
             r = -(1 + lam * depth) / max(tokens, 1)
+        else:
+            r = tokens / seconds if seconds > 0 else 0.0
         arm.pulls += 1
         arm.reward_sum += r
         arm.tokens += tokens
         arm.seconds += seconds
         self.t += 1
+        if ranks is not None and self.wants_ranks:
+            self._replay(ranks, confidences or [0.0] * len(ranks))
         return r
+
+    def _replay(self, ranks: list[int], confidences: list[float]) -> None:
+        self._ranks.extend(ranks)
+        self._buckets.extend(self.bucket(p) for p in confidences)
+        for arm in self.arms:
+            while (n := replayed_round(arm.shape.branching, self._ranks, arm._pos)) is not None:
+                b = self._buckets[arm._pos]
+                arm.replay_tokens[b] += n
+                arm.replay_rounds[b] += 1
+                arm._pos += n
 
     @property
     def best(self) -> Arm:
-        """The arm with the highest mean reward among those pulled."""
+        """The arm with the highest value (over all contexts) among those pulled."""
         pulled = [a for a in self.arms if a.pulls] or self.arms
-        return max(pulled, key=lambda a: a.mean_reward)
+        return max(pulled, key=self.value)
 
     def summary(self) -> list[dict]:
         return [a.as_dict() for a in self.arms]
@@ -132,7 +247,10 @@ def load_arms(path: str | Path) -> list[Arm]:
     """Arms from YAML: a list of ``{name, tree}`` (``pulls``/``reward_sum``/... from a tuned file warm-start)."""
     path = Path(path)
     if not path.is_file():
-        raise MambaspecError(f"arms file not found: {path}; see recipes/trees.yaml")
+        from .models import recipes_dir
+
+        raise MambaspecError(f"arms file not found: {path}; check the path, or omit --arms for the shipped "
+                             f"{recipes_dir() / 'trees.yaml'}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError:
@@ -158,13 +276,15 @@ def load_arms(path: str | Path) -> list[Arm]:
         if name in names:
             raise MambaspecError(f"{where}: duplicate arm name '{name}'")
         names.add(name)
-        stats = {k: entry[k] for k in ("pulls", "reward_sum", "tokens", "seconds") if k in entry}
         try:
-            arms.append(Arm(name=name, shape=shape, pulls=int(stats.get("pulls", 0)),
-                            reward_sum=float(stats.get("reward_sum", 0.0)), tokens=int(stats.get("tokens", 0)),
-                            seconds=float(stats.get("seconds", 0.0))))
+            replay = [[float(x) for x in (entry.get(k) or [])] for k in ("replay_tokens", "replay_rounds")]
+            arms.append(Arm(name=name, shape=shape, pulls=int(entry.get("pulls", 0)),
+                            reward_sum=float(entry.get("reward_sum", 0.0)), tokens=int(entry.get("tokens", 0)),
+                            seconds=float(entry.get("seconds", 0.0)), replay_tokens=replay[0],
+                            replay_rounds=replay[1]))
         except (TypeError, ValueError):
-            raise MambaspecError(f"{where}: pulls/reward_sum/tokens/seconds must be numbers") from None
+            raise MambaspecError(f"{where}: pulls/reward_sum/tokens/seconds must be numbers, replay_tokens/"
+                                 f"replay_rounds lists of numbers") from None
     return arms
 
 

@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .bandit import DEFAULT_C, UCBPolicy, load_arms
+from .bandit import DEFAULT_C, DEFAULT_EDGES, Arm, UCBPolicy, load_arms
 from .drafters import MAMBA_TYPES, Drafter
 from .engine import GenerationResult, SpeculativeGenerator
 from .errors import MambaspecError
@@ -70,6 +70,7 @@ class BenchConfig:
     tree: str = DEFAULT_TREE
     arms: str | None = None  # mamba-auto's arms file (None: recipes/trees.yaml); a tuned file warm-starts it
     ucb_c: float = DEFAULT_C
+    confidence_buckets: str = ",".join(map(str, DEFAULT_EDGES))  # mamba-auto's contexts (bandit.UCBPolicy)
     max_new_tokens: int = 128
     temperature: float = 0.0
     limit: int | None = None  # prompts per (dataset, length)
@@ -144,7 +145,7 @@ def _engine_method(drafter: str | None,
 
 def _auto_tree(cfg: BenchConfig) -> UCBPolicy:
     """mamba-auto's tree: one UCB bandit over the arms file, learning across the prompts of a row."""
-    return UCBPolicy(load_arms(cfg.arms or recipes_dir() / "trees.yaml"), c=cfg.ucb_c)
+    return UCBPolicy(load_arms(cfg.arms or recipes_dir() / "trees.yaml"), c=cfg.ucb_c, edges=cfg.confidence_buckets)
 
 
 def _build_hf_assisted(models: BenchModels, cfg: BenchConfig) -> MethodRun:
@@ -236,7 +237,7 @@ class PeakMemory:
 
 # ------------------------------------------------------------------------------------ the CSV
 
-CONFIG_COLUMNS = ["target", "drafter", "transformer_drafter", "tree", "arms", "ucb_c", "max_new_tokens", "temperature", "limit",
+CONFIG_COLUMNS = ["target", "drafter", "transformer_drafter", "tree", "arms", "ucb_c", "confidence_buckets", "max_new_tokens", "temperature", "limit",
                   "data", "device", "dtype", "linear", "quantize", "compile", "target_options", "seed", "prompt_lookup_tokens"]
 COLUMNS = [
     "config_id", "dataset", "length", "method",
@@ -423,6 +424,8 @@ def run_bench(
         raise MambaspecError(f"--max-new-tokens must be at least 1, got {cfg.max_new_tokens}")
     if cfg.limit is not None and cfg.limit < 1:
         raise MambaspecError(f"--limit must be at least 1, got {cfg.limit}")
+    if "mamba-auto" in methods:
+        UCBPolicy([Arm("check", TreeShape((1,)))], c=cfg.ucb_c, edges=cfg.confidence_buckets)  # fail before loading
     if cfg.lengths and spec.context is None:
         raise MambaspecError(f"dataset '{cfg.dataset}' has no long context to cut, so it takes no --lengths")
     TreeShape.parse(cfg.tree)
@@ -442,7 +445,7 @@ def run_bench(
     config = {"target": cfg.target, "drafter": mamba_name if models.mamba else "",
               "transformer_drafter": transformer_name if models.transformer else "",
               "tree": str(TreeShape.parse(cfg.tree)), "arms": cfg.arms or "", "ucb_c": cfg.ucb_c,
-              "max_new_tokens": cfg.max_new_tokens,
+              "confidence_buckets": cfg.confidence_buckets, "max_new_tokens": cfg.max_new_tokens,
               "temperature": cfg.temperature, "limit": cfg.limit or "", "data": cfg.data or "",
               "device": str(device), "dtype": str(resolve_dtype(cfg.dtype, device)).replace("torch.", ""),
               "linear": cfg.linear, "quantize": cfg.quantize, "compile": cfg.compile,

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .bandit import DEFAULT_C
+from .bandit import DEFAULT_C, DEFAULT_EDGES
 from .errors import MambaspecError
 from .tree import DEFAULT_TREE
 
@@ -28,6 +28,12 @@ DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when 
 DtypeOpt = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16.")
 LinearOpt = typer.Option("auto", "--linear", help="Linear layers: auto (oneDNN-packed weights on CPU float32, 2-3x faster GEMMs for a few rows), onednn, or torch (stock).")
 QuantizeOpt = typer.Option("none", "--quantize", help="int8: dynamic int8 linear layers on CPU (faster, but a different model than float32: compare with ar run the same way).")
+RewardHelp = ("With --tree auto, the bandit's reward: `replayed` (tokens/s: every arm's acceptance replayed on every "
+              "round from the drafter's ranks, each arm's cost per round measured; greedy, else as measured), "
+              "`measured` (tokens/s of the rounds each arm ran) or `modeled` (the paper's -(1+λγ)/N_accept).")
+EdgesHelp = ("Replayed reward: the drafter's top-1 probability at the root cuts rounds into contexts at these "
+             "edges, and each context learns its own best arm (`none`: one context).")
+EDGES = ",".join(map(str, DEFAULT_EDGES))
 CompileOpt = typer.Option(False, "--compile/--no-compile", help="torch.compile the target's forward (compilation runs in an untimed warm-up).")
 
 
@@ -102,7 +108,8 @@ def generate(
     tree: str = typer.Option(DEFAULT_TREE, "--tree", help="Draft tree shape N1,...,Nγ (1,1,1,1 = chain of 4; 3,2,2,1,1 = 45 nodes), or `auto`: a UCB bandit picks the shape every round."),
     arms: Optional[str] = typer.Option(None, "--arms", help="With --tree auto: the arms file (default recipes/trees.yaml; a `tune` output warm-starts the bandit)."),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="With --tree auto: the UCB exploration constant c."),
-    reward: str = typer.Option("measured", "--reward", help="With --tree auto: `measured` (tokens/s of each round) or `modeled` (the paper's -(1+λγ)/N_accept)."),
+    reward: str = typer.Option("replayed", "--reward", help=RewardHelp),
+    edges: str = typer.Option(EDGES, "--confidence-buckets", help=EdgesHelp),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Exact number of tokens to generate (fewer only at EOS or the context limit)."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples, losslessly."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold (1 = off)."),
@@ -123,17 +130,17 @@ def generate(
     from .sampling import SamplingConfig
 
     try:
-        shape = tree_or_policy(tree, arms, ucb_c, reward)
+        shape = tree_or_policy(tree, arms, ucb_c, reward, edges)
         sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k)
         if max_new_tokens < 1:
             raise MambaspecError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
         if not prompt.strip():
             raise MambaspecError("the prompt is empty; give some text to continue")
+        pipe = load_pipeline(target, drafter, device=device, dtype=dtype, device_map=device_map,
+                             cross_tokenizer=cross_tokenizer, linear=linear, quantize=quantize, compile=compile_)
         if drafter is None and default_drafter(target) == "none" and not as_json:
             err.print(f"[dim]hint: no shipped drafter for '{target}'; decoding without one "
                       f"(pass --drafter NAME to speculate)[/]")
-        pipe = load_pipeline(target, drafter, device=device, dtype=dtype, device_map=device_map,
-                             cross_tokenizer=cross_tokenizer, linear=linear, quantize=quantize, compile=compile_)
         if compile_:  # compilation happens here, outside the timed generation
             pipe.generate(prompt, chat=chat, max_new_tokens=min(8, max_new_tokens), tree=shape, sampling=sampling)
         streamer = None if as_json else _Streamer(pipe.target.tokenizer)
@@ -154,14 +161,14 @@ def generate(
         out.print(arms_table(result.stats.arms, "tree arms (UCB bandit)"))
 
 
-def tree_or_policy(tree: str, arms: str | None, c: float, reward: str):
+def tree_or_policy(tree: str, arms: str | None, c: float, reward: str, edges: str = EDGES):
     """A fixed TreeShape, or for `auto` a UCB policy over the arms file."""
     from .bandit import UCBPolicy, load_arms
     from .models import recipes_dir
     from .tree import TreeShape
 
     if tree.strip().lower() == "auto":
-        return UCBPolicy(load_arms(arms or recipes_dir() / "trees.yaml"), c=c, reward=reward)
+        return UCBPolicy(load_arms(arms or recipes_dir() / "trees.yaml"), c=c, reward=reward, edges=edges)
     if arms is not None:
         raise MambaspecError("--arms is only used with --tree auto")
     return TreeShape.parse(tree)
@@ -169,12 +176,17 @@ def tree_or_policy(tree: str, arms: str | None, c: float, reward: str):
 
 def arms_table(arms: list[dict], title: str, best: str | None = None) -> Table:
     t = Table(title=title, header_style="bold")
-    for col in ("arm", "tree", "pulls", "mean reward", "mean accept len", "tokens/s"):
+    columns = ("arm", "tree", "pulls", "mean reward", "mean accept len", "tokens/s", "replayed accept len",
+               "replayed tokens/s")
+    for col in columns:
         t.add_column(col, justify="left" if col in ("arm", "tree") else "right")
     for a in arms:
         style = "bold green" if a["name"] == best else None
+        replayed = a.get("replay_accept_len", 0.0)
         t.add_row(a["name"], f"({a['tree']})", str(a["pulls"]), f"{a['mean_reward']:.3f}",
-                  f"{a['mean_accept_len']:.2f}", f"{a['tokens_per_s']:.1f}", style=style)
+                  f"{a['mean_accept_len']:.2f}", f"{a['tokens_per_s']:.1f}",
+                  f"{replayed:.2f}" if replayed else "-",
+                  f"{a['replayed_tokens_per_s']:.1f}" if a.get("replayed_tokens_per_s") else "-", style=style)
     return t
 
 
@@ -206,6 +218,7 @@ def bench(
     tree: str = typer.Option(DEFAULT_TREE, "--tree", help="Draft tree shape for our loop's methods (N1,...,Nγ)."),
     arms: Optional[str] = typer.Option(None, "--arms", help="mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="mamba-auto's UCB exploration constant."),
+    edges: str = typer.Option(EDGES, "--confidence-buckets", help="mamba-auto: " + EdgesHelp),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt (fewer only at EOS)."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default; outputs are checked against ar's); > 0 samples."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Prompts per dataset and length (default: all)."),
@@ -232,7 +245,7 @@ def bench(
         cfg = BenchConfig(
             dataset=dataset, data=data, target=target, drafter=drafter, transformer_drafter=transformer_drafter,
             methods=None if methods is None else [m.strip() for m in methods.split(",") if m.strip()],
-            tree=tree, arms=arms, ucb_c=ucb_c, max_new_tokens=max_new_tokens, temperature=temperature, limit=limit,
+            tree=tree, arms=arms, ucb_c=ucb_c, confidence_buckets=edges, max_new_tokens=max_new_tokens, temperature=temperature, limit=limit,
             lengths=parse_lengths(lengths) if lengths else None, device=device, dtype=dtype, linear=linear,
             quantize=quantize, compile=compile_, out=out_dir,
             plot=plot, prompt_lookup_tokens=prompt_lookup_tokens, seed=seed)
@@ -270,7 +283,8 @@ def tune(
     policy: str = typer.Option("ucb", "--policy", help="ucb: one bandit across all prompts (it learns the workload). fixed: every arm on every prompt (a sweep, the reference)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Stop the bandit after this many rounds in all (ucb)."),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="Exploration constant c of UCB (rewards are normalised by the best arm's mean; larger explores more)."),
-    reward: str = typer.Option("measured", "--reward", help="measured (tokens/s of each round) or modeled (the paper's -(1+λγ)/N_accept)."),
+    reward: str = typer.Option("replayed", "--reward", help=RewardHelp),
+    edges: str = typer.Option(EDGES, "--confidence-buckets", help=EdgesHelp),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
     device: str = DeviceOpt,
@@ -284,19 +298,23 @@ def tune(
     _quiet_libraries()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .tune import tune_dataset
+    from .tune import check_options, tune_dataset
 
     try:
-        with Progress(TextColumn(f"tune ({policy})"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
+        check_options(policy, ucb_c, reward, edges)  # before the progress bar draws
+        with Progress(TextColumn(f"tune ({policy})"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("prompts" if policy == "ucb" else "runs (arm x prompt)"),
                       TimeElapsedColumn(), console=err) as bar:
-            task = bar.add_task("tune", total=None)
+            tasks: list[int] = []  # added at the first report, so an early error prints alone
 
             def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+                if not tasks:
+                    tasks.append(bar.add_task("tune", total=total))
+                bar.update(tasks[0], completed=done, total=total)
 
             result, csv_path, yaml_path = tune_dataset(
                 arms, dataset=dataset, data=data, limit=limit, target=target, drafter=drafter, policy=policy,
-                rounds=rounds, c=ucb_c, reward=reward, max_new_tokens=max_new_tokens, temperature=temperature,
+                rounds=rounds, c=ucb_c, reward=reward, edges=edges, max_new_tokens=max_new_tokens, temperature=temperature,
                 device=device, dtype=dtype, linear=linear, quantize=quantize, compile=compile_, out=out_dir,
                 progress=progress)
     except MambaspecError as e:

@@ -51,6 +51,11 @@ def pick_children(
     return kids, q
 
 
+def _top_probability(logits: torch.Tensor) -> float:
+    """max softmax(logits) without materialising the softmax."""
+    return float(torch.exp(logits.max() - torch.logsumexp(logits, dim=-1)))
+
+
 class Drafter(ABC):
     """Proposes a tree of draft tokens after the committed text."""
 
@@ -64,6 +69,7 @@ class Drafter(ABC):
         if name:
             self.name = name
         self._root_logits: torch.Tensor | None = None  # (1, V): drafter's logits after the committed text
+        self._bonus_logits: torch.Tensor | None = None  # (1, V): set by commit when it fed the accepted leaf
         self.vocab_size: int | None = None  # the target's vocabulary width; set by the engine
 
     @abstractmethod
@@ -104,14 +110,18 @@ class Drafter(ABC):
     ) -> DraftTree:
         """Grow a tree of ``shape`` below ``root_token`` (the last committed token), depth by depth."""
         tree = DraftTree.root_only(root_token)
+        self._bonus_logits = None
         if not sampling.greedy:
             tree.q_by_depth = []
+        else:
+            tree.logits_by_depth = [self._fit_vocab(self._root_logits)]
         if shape.depth == 0:
             return tree
         self._begin_tree()
         logits, frontier = self._root_logits, [0]
         for depth, n in enumerate(shape.branching, start=1):
-            kids, q = pick_children(self._fit_vocab(logits), n, sampling, generator)
+            fitted = tree.logits_by_depth[depth - 1] if sampling.greedy else self._fit_vocab(logits)
+            kids, q = pick_children(fitted, n, sampling, generator)
             if q is not None:
                 tree.q_by_depth.append(q)
             nodes, parent_rows = [], []
@@ -124,9 +134,42 @@ class Drafter(ABC):
                     parent_rows.append(row)
             if depth < shape.depth:
                 logits = self._expand(tree, depth, parent_rows, nodes)
+                if sampling.greedy:
+                    tree.logits_by_depth.append(self._fit_vocab(logits))
             frontier = nodes
         return tree
 
+    def committed_ranks(self, tree: DraftTree, path: list[int], tokens: list[int]
+                        ) -> tuple[list[int], list[float]] | None:
+        """For each token committed by a greedy round: the drafter's rank of it (0 = its first choice)
+        given the committed text before it, and the drafter's top-1 probability there. None when
+        the tree does not carry the drafter's logits.
+
+        A shape (N1, ..., Nγ) would have accepted the i-th token exactly when its rank is below N_i,
+        so these ranks replay the round for every other shape too (``bandit``). The rank of the bonus
+        after a fully accepted tree needs the leaf's logits, which ``commit`` computes; the lists stop
+        short when they are missing (the round was not committed).
+        """
+        if tree.logits_by_depth is None:
+            return None
+        ranks, confidences = [], []
+        for i, tok in enumerate(tokens):
+            if i < len(tree.logits_by_depth):
+                parent = path[i - 1] if i else 0
+                row = tree.logits_by_depth[i][parent - tree.depth_offset(i)]
+            elif i == tree.depth and self._bonus_logits is not None:
+                row = self._fit_vocab(self._bonus_logits)[0]
+            else:
+                break
+            ranks.append(int((row > row[tok]).sum()))
+            confidences.append(_top_probability(row))
+        return ranks, confidences
+
+    def root_confidence(self) -> float | None:
+        """The drafter's top-1 probability for the next token (None before a prefill or when unknown)."""
+        if self._root_logits is None:
+            return None
+        return _top_probability(self._fit_vocab(self._root_logits)[0])
 
     def _encode(self, tokens: list[int]) -> list[int]:
         """Target ids -> the drafter's input ids."""
@@ -221,26 +264,32 @@ class MambaDrafter(Drafter):
         self._depth_states: list[MambaState] = []  # [d] = after feeding each frontier node at depth d
 
     @torch.inference_mode()
-    def _run(self, state: MambaState | None, tokens: torch.Tensor) -> tuple[torch.Tensor, MambaState]:
-        """Feed ``tokens`` (B, L) from ``state`` (None = empty); logits of the last position, new state."""
+    def _run(self, state: MambaState | None, tokens: torch.Tensor, n_logits: int = 1
+             ) -> tuple[torch.Tensor, MambaState]:
+        """Feed ``tokens`` (B, L) from ``state`` (None = empty); the logits of the last ``n_logits``
+        positions (B, n_logits, V) and the new state."""
         if self.draft_vocab is not None:
             tokens = self.draft_vocab.encode(tokens)
+        kept: list[torch.Tensor] = []
         if state is not None and self.fast_steps and tokens.shape[1] <= FAST_STEP_MAX_TOKENS:
             conv, ssm = state.conv, state.ssm
             for column in tokens.unbind(1):
                 logits, conv, ssm = mamba2_step(self.model, conv, ssm, column)
-            return logits, MambaState(conv, ssm)
+                kept = [*kept[1 - n_logits:], logits[:, None]] if n_logits > 1 else [logits[:, None]]
+            return torch.cat(kept, dim=1), MambaState(conv, ssm)
         if state is None:
             self.cache = DynamicCache(config=self.model.config)
         else:
             state.install(self.cache)
         steps = [tokens] if (state is None or self.multi_token_steps) else tokens.split(1, dim=1)
         for chunk in steps:
-            out = self.model(input_ids=chunk, cache=self.cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].float(), MambaState.read(self.cache)
+            out = self.model(input_ids=chunk, cache=self.cache, use_cache=True, logits_to_keep=n_logits)
+            kept = [*kept, out.logits.float()]
+        return torch.cat(kept, dim=1)[:, -n_logits:], MambaState.read(self.cache)
 
     def prefill(self, ids: list[int]) -> None:
-        self._root_logits, self.state = self._run(None, torch.tensor([ids], device=self.model.device))
+        logits, self.state = self._run(None, torch.tensor([ids], device=self.model.device))
+        self._root_logits = logits[:, -1]
 
     def _begin_tree(self) -> None:
         self._depth_states = [self.state]
@@ -250,7 +299,7 @@ class MambaDrafter(Drafter):
         tokens = torch.tensor([[tree.tokens[i]] for i in nodes], device=self.model.device)
         logits, state = self._run(state, tokens)
         self._depth_states.append(state)
-        return logits
+        return logits[:, -1]
 
     def commit(self, tree, path, bonus) -> None:
         fed_depth = len(self._depth_states) - 1 if tree.depth else 0  # deepest depth whose state is kept
@@ -263,7 +312,10 @@ class MambaDrafter(Drafter):
             state = self._depth_states[d].select([fed[-1] - tree.depth_offset(d)])
         if state is self.state:
             state = state.select([0])  # the next step updates in place; keep self.state intact
-        self._root_logits, self.state = self._run(state, torch.tensor([unfed], device=self.model.device))
+        logits, self.state = self._run(state, torch.tensor([unfed], device=self.model.device), min(len(unfed), 2))
+        self._root_logits = logits[:, -1]
+        # the accepted leaf was fed here: its logits rank the bonus (committed_ranks)
+        self._bonus_logits = logits[:, 0] if len(unfed) > 1 and len(path) == tree.depth > 0 else None
         self._depth_states = []
 
     def state_bytes(self) -> int:
@@ -309,7 +361,9 @@ class TransformerDrafter(Drafter):
         unfed = [tree.tokens[i] for i in path if i not in slot] + [bonus]
         keep_slots(self.cache, self._committed, [slot[i] for i in kept])
         self._committed += len(kept)
-        self._root_logits = forward_chain(self.model, self.cache, self._encode(unfed))
+        logits = forward_chain(self.model, self.cache, self._encode(unfed), all_logits=len(unfed) > 1)
+        self._root_logits = logits[-1:]
+        self._bonus_logits = logits[-2:-1] if len(unfed) > 1 and len(path) == tree.depth > 0 else None
         self._committed += len(unfed)
         self._fed = []
 

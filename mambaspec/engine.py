@@ -54,10 +54,15 @@ class GenerationStats:
 class TreePolicy(Protocol):
     """Chooses the tree shape of every round (e.g. ``bandit.UCBPolicy``)."""
 
-    def choose(self) -> TreeShape: ...
+    def choose(self, confidence: float | None = None) -> TreeShape: ...
 
-    def observe(self, tokens: int, seconds: float, depth: int = 0, draft_s: float = 0.0,
-                forward_s: float = 0.0) -> float: ...
+    def observe(self, tokens: int, seconds: float, depth: int = 0, draft_s: float = 0.0, forward_s: float = 0.0,
+                ranks: list[int] | None = None, confidences: list[float] | None = None) -> float: ...
+
+    def begin_sequence(self) -> None: ...
+
+    @property
+    def wants_ranks(self) -> bool: ...  # observe wants the drafter's ranks of the committed tokens, choose its confidence
 
     def summary(self) -> list[dict]: ...
 
@@ -146,12 +151,15 @@ class SpeculativeGenerator:
 
         out: list[int] = []
         pending = prompt_ids[-1]
+        if policy is not None:
+            policy.begin_sequence()
+        ranked = policy is not None and policy.wants_ranks
         accepted_total = nodes_total = 0
         while True:
             remaining = budget - len(out)
             t0 = time.perf_counter()
             if policy is not None:
-                shape = policy.choose()
+                shape = policy.choose(self.drafter.root_confidence() if ranked else None)
             draft = self.drafter.draft(pending, shape.truncated(remaining - 1), sampling, generator)
             _sync(device)
             t1 = time.perf_counter()
@@ -183,8 +191,10 @@ class SpeculativeGenerator:
                 stats.draft_s += time.perf_counter() - t3
                 pending = verdict.tokens[-1]
             if policy is not None:
-                policy.observe(len(new), time.perf_counter() - t0, depth=draft.depth,
-                               draft_s=t1 - t0, forward_s=verdict.forward_s)
+                marks = self.drafter.committed_ranks(draft, verdict.path, new) if ranked else None
+                ranks, confidences = marks or (None, None)
+                policy.observe(len(new), time.perf_counter() - t0, depth=draft.depth, draft_s=t1 - t0,
+                               forward_s=verdict.forward_s, ranks=ranks, confidences=confidences)
             if stats.stopped:
                 break
 

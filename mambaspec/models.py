@@ -209,6 +209,9 @@ def locate(name_or_path: str) -> str:
         raise MambaspecError(
             f"model '{entry.name}' ({entry.hub_id}) is not available offline; {hint}, "
             f"or pass a local folder / .gguf file")
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise MambaspecError(f"folder {name_or_path} does not exist; check the path (a saved transformers model "
+                             f"or a .gguf file)")
     if _looks_like_hub_id(name_or_path):
         if _in_hf_cache(name_or_path) or hub_reachable():
             return name_or_path

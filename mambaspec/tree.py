@@ -78,12 +78,15 @@ class DraftTree:
 
     ``q_by_depth[d]`` (sampling only) holds the drafter's distribution at each frontier node of
     depth ``d``, one row per node in BFS order; the children of those nodes were drawn from it.
+    ``logits_by_depth[d]`` (greedy only) holds the drafter's logits there, from which the children
+    were the top-N.
     """
 
     tokens: list[int]
     parents: list[int]
     depths: list[int]
     q_by_depth: list[torch.Tensor] | None = None
+    logits_by_depth: list[torch.Tensor] | None = None  # greedy: the drafter's logits at each frontier node, by depth
     _children: list[list[int]] | None = field(default=None, repr=False)
 
     @classmethod

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .bandit import DEFAULT_C, Arm, UCBPolicy, save_arms
+from .bandit import DEFAULT_C, DEFAULT_EDGES, Arm, UCBPolicy, save_arms
 from .engine import SpeculativeGenerator
 from .errors import MambaspecError
 from .sampling import SamplingConfig
+from .tree import TreeShape
 
 POLICIES = ("ucb", "fixed")
 
@@ -42,7 +43,8 @@ def tune(
     arms: list[Arm],
     policy: str = "ucb",
     c: float = DEFAULT_C,
-    reward: str = "measured",
+    reward: str = "replayed",
+    edges: str | tuple[float, ...] = DEFAULT_EDGES,
     max_new_tokens: int = 128,
     rounds: int | None = None,
     sampling: SamplingConfig | None = None,
@@ -61,7 +63,7 @@ def tune(
     generator.generate(prompts[0], max_new_tokens=4, tree=arms[0].shape, sampling=sampling)  # warm-up, untimed
     tokens, seconds = 0, 0.0
     if policy == "ucb":
-        bandit = UCBPolicy(arms, c=c, reward=reward)
+        bandit = UCBPolicy(arms, c=c, reward=reward, edges=edges)
         for i, prompt in enumerate(prompts):
             res = generator.generate(prompt, max_new_tokens=max_new_tokens, tree=bandit, sampling=sampling)
             tokens, seconds = tokens + res.stats.new_tokens, seconds + res.stats.seconds
@@ -73,16 +75,23 @@ def tune(
                 break
         return TuneResult(arms, bandit.best, policy, tokens, seconds)
     for k, arm in enumerate(arms):
-        solo = UCBPolicy([arm], c=c, reward=reward)  # one arm: a fixed tree that keeps the same statistics
+        solo = UCBPolicy([arm], c=c, reward=reward, edges=edges)  # one arm: a fixed tree that keeps the same statistics
         for i, prompt in enumerate(prompts):
             res = generator.generate(prompt, max_new_tokens=max_new_tokens, tree=solo, sampling=sampling)
             tokens, seconds = tokens + res.stats.new_tokens, seconds + res.stats.seconds
             if progress:
                 progress(k * len(prompts) + i + 1, len(arms) * len(prompts))
         if checkpoint:
-            checkpoint(TuneResult(arms, max(arms[:k + 1], key=lambda a: a.mean_reward), policy, tokens, seconds))
-    best = max(arms, key=lambda a: a.mean_reward)
+            checkpoint(TuneResult(arms, max(arms[:k + 1], key=solo.value), policy, tokens, seconds))
+    best = max(arms, key=solo.value)
     return TuneResult(arms, best, policy, tokens, seconds)
+
+
+def check_options(policy: str, c: float, reward: str, edges: str | tuple[float, ...]) -> None:
+    """Fail on a bad policy, c, reward or confidence buckets before anything is loaded."""
+    if policy not in POLICIES:
+        raise MambaspecError(f"unknown policy '{policy}'; use one of {', '.join(POLICIES)}")
+    UCBPolicy([Arm("check", TreeShape((1,)))], c=c, reward=reward, edges=edges)
 
 
 def write_tune_outputs(result: TuneResult, out: str | Path, comment: str = "") -> tuple[Path, Path]:
@@ -110,7 +119,8 @@ def tune_dataset(
     policy: str = "ucb",
     rounds: int | None = None,
     c: float = DEFAULT_C,
-    reward: str = "measured",
+    reward: str = "replayed",
+    edges: str | tuple[float, ...] = DEFAULT_EDGES,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     device: str = "auto",
@@ -128,6 +138,7 @@ def tune_dataset(
     from .pipeline import load_pipeline
     from .prompts import build_prompts, dataset_spec, load_rows
 
+    check_options(policy, c, reward, edges)
     if limit is not None and limit < 1:
         raise MambaspecError(f"--limit must be at least 1, got {limit}")
     if rounds is not None and rounds < 1:
@@ -144,12 +155,13 @@ def tune_dataset(
     context = pipe.generator.context_length
     prompts, _ = build_prompts(spec, rows, pipe.target.tokenizer, max_tokens=context - max_new_tokens, limit=limit)
     comment = (f"tuned by `mambaspec tune --policy {policy}` on {dataset} ({len(prompts)} prompts, "
-               f"{max_new_tokens} new tokens), target {target}, drafter {pipe.drafter.name}, c={c}, {reward} reward")
+               f"{max_new_tokens} new tokens), target {target}, drafter {pipe.drafter.name}, c={c}, {reward} reward"
+               + (f", confidence buckets {edges}" if reward == "replayed" else ""))
 
     def save(partial: TuneResult) -> None:
         write_tune_outputs(partial, out, comment=comment)
 
-    result = tune(pipe.generator, [p.ids for p in prompts], arms, policy=policy, c=c, reward=reward,
+    result = tune(pipe.generator, [p.ids for p in prompts], arms, policy=policy, c=c, reward=reward, edges=edges,
                   max_new_tokens=max_new_tokens, rounds=rounds, sampling=SamplingConfig(temperature=temperature),
                   progress=progress, checkpoint=save)
     csv_path, yaml_path = write_tune_outputs(result, out, comment=comment)

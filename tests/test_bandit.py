@@ -159,3 +159,69 @@ def test_tune_cli_end_to_end(tmp_path, tiny_dir):
     bad = subprocess.run([*base, "tune", "--arms", str(tmp_path / "missing.yaml"), "--target", tiny_dir["target"]],
                          capture_output=True, text=True, timeout=300, env=env)
     assert bad.returncode != 0 and "arms file not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+class RecordRanks:
+    """A fixed shape that records each round's committed tokens and the drafter's ranks of them."""
+
+    wants_ranks = True
+
+    def __init__(self, shape):
+        self.shape, self.rounds, self.ranks = TreeShape.parse(shape), [], []
+
+    def begin_sequence(self):
+        self.rounds, self.ranks = [], []
+
+    def choose(self, confidence=None):
+        assert confidence is not None and 0 < confidence <= 1
+        return self.shape
+
+    def observe(self, tokens, seconds, depth=0, draft_s=0.0, forward_s=0.0, ranks=None, confidences=None):
+        assert len(confidences) == len(ranks) and all(0 < p <= 1 for p in confidences)
+        self.rounds.append(tokens)
+        self.ranks.extend(ranks)
+        return 0.0
+
+    def summary(self):
+        return []
+
+
+def drafter_ranks(model, ids, start, n):
+    """Ranks of ``ids[start:start + n]`` under ``model`` run over the whole sequence at once."""
+    import torch
+
+    logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    out = []
+    for pos in range(start, start + n):
+        row = logits[pos - 1]
+        out.append(int((row > row[ids[pos]]).sum()))
+    return out
+
+
+@pytest.mark.parametrize("drafter_name", ["mamba2", "mamba", "llama", "oracle"])
+@pytest.mark.parametrize("shape", ["1,1,1,1", "2,2,1", "3,1"])
+def test_committed_ranks_replay_every_round(tiny_target, drafter_name, shape):
+    """The ranks the engine hands the policy are the drafter's ranks of the committed text, and replaying
+    the shape on them gives back exactly the tokens each real round committed (greedy)."""
+    from tiny import tiny_mamba
+    from mambaspec.bandit import replayed_round
+
+    model = {"mamba2": lambda: tiny_mamba2(2), "mamba": lambda: tiny_mamba(1),
+             "llama": lambda: tiny_llama(3, layers=1, hidden=32), "oracle": lambda: tiny_target}[drafter_name]()
+    drafter = (MambaDrafter if drafter_name.startswith("mamba") else TransformerDrafter)(model)
+    gen = SpeculativeGenerator(tiny_target, drafter)
+    rec = RecordRanks(shape)
+    full_rounds = 0
+    for p in prompts(6):
+        res = gen.generate(p, max_new_tokens=40, tree=rec)
+        out = res.new_token_ids
+        assert res.new_token_ids == reference_greedy(tiny_target, p, 40)
+        assert rec.ranks == drafter_ranks(model, p + out, len(p), len(rec.ranks))
+        assert len(out) - len(rec.ranks) <= 1  # only an uncommitted last round may miss its bonus's rank
+        pos = 0
+        for tokens in rec.rounds[:-1]:  # the last round may be cut short by the token budget
+            assert replayed_round(rec.shape.branching, rec.ranks, pos) == tokens
+            full_rounds += tokens == rec.shape.depth + 1
+            pos += tokens
+    if drafter_name == "oracle":
+        assert full_rounds > 0  # the bonus after a fully accepted tree is ranked too

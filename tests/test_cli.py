@@ -63,4 +63,20 @@ def test_drafter_with_other_tokenizer(tiny_dir):
 
 def test_missing_drafter_folder(tiny_dir):
     assert_clean_error(run_cli("generate", "hi", "--target", tiny_dir["target"], "--drafter", "./missing-drafter"),
-                       "unknown model")
+                       "folder ./missing-drafter does not exist")
+
+
+def test_unknown_target_without_drafter_is_one_line():
+    """No 'no shipped drafter' hint before the real error."""
+    assert_clean_error(run_cli("generate", "hi", "--target", "no-such-model"), "unknown model 'no-such-model'")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--policy", "bogus"], "unknown policy 'bogus'"),
+    (["--reward", "bogus"], "unknown reward 'bogus'"),
+    (["--ucb-c", "-1"], "c must be >= 0"),
+    (["--confidence-buckets", "0.9,0.5"], "invalid confidence buckets"),
+    (["--arms", "missing.yaml"], "omit --arms"),
+])
+def test_tune_rejects_bad_options_before_loading_models(args, needle):
+    assert_clean_error(run_cli("tune", "--target", "no-such-model", *args), needle)
