@@ -6,7 +6,8 @@ Mamba Drafters (arXiv 2506.01206, §3.3) pick the draft tree per round with UCB:
 
 Rewards:
 - ``replayed`` (default): tokens per second, estimated as (committed tokens per round) / (wall
-  seconds per round). The seconds come from the arm's own rounds; the tokens per round are
+  seconds per round). The seconds come from the arm's own rounds (the median of its recent ones);
+  the tokens per round are
   *replayed for every arm on every round*: in greedy decoding a shape (N1, ..., Nγ) accepts the
   i-th token of a round exactly when the drafter ranks it below N_i given the text before it,
   and the drafter has ranked every committed token anyway (``Drafter.committed_ranks``). So
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,7 @@ REWARDS = ("replayed", "measured", "modeled")
 # c in {0.02, 0.05, 0.1, 0.2}; the measured reward used 0.2 (c = 1.0 explored far too much).
 DEFAULT_C = 0.1
 DEFAULT_EDGES = (0.5, 0.9)  # replayed reward: buckets of the drafter's root top-1 probability
+ROUND_MEMORY = 64  # the cost of an arm's round is the median of its last this many rounds
 MIN_BUCKET_ROUNDS = 5  # replayed rounds a bucket needs before its own acceptance is trusted
 
 
@@ -60,6 +63,7 @@ class Arm:
     seconds: float = 0.0  # wall time over all pulls
     replay_tokens: list[float] = field(default_factory=list)  # per context bucket: replayed rounds' tokens, summed
     replay_rounds: list[float] = field(default_factory=list)  # ... and their number
+    round_seconds: list[float] = field(default_factory=list)  # wall time of its last ROUND_MEMORY rounds
     _pos: int = field(default=0, repr=False)  # where this arm's next replayed round starts in the sequence
 
     @property
@@ -80,9 +84,18 @@ class Arm:
         rounds = self.replay_rounds if bucket is None else self.replay_rounds[bucket:bucket + 1]
         return sum(tokens) / sum(rounds) if sum(rounds) else 0.0
 
+    @property
+    def round_cost(self) -> float:
+        """Seconds per round: the median of its recent rounds (a one-off slow round, such as the
+        first forward of a new size or a busy machine, does not decide), else the mean."""
+        if self.round_seconds:
+            return statistics.median(self.round_seconds)
+        return self.seconds / self.pulls if self.pulls else 0.0
+
     def replayed_tokens_per_s(self, bucket: int | None = None) -> float:
         """Replayed tokens per round over the measured seconds per round of the arm's own rounds."""
-        return self.replay_accept_len(bucket) * self.pulls / self.seconds if self.seconds else 0.0
+        cost = self.round_cost
+        return self.replay_accept_len(bucket) / cost if cost else 0.0
 
     def as_dict(self) -> dict:
         return {"name": self.name, "tree": ",".join(map(str, self.shape.branching)), "pulls": self.pulls,
@@ -92,7 +105,8 @@ class Arm:
                 "replayed_tokens_per_s": round(self.replayed_tokens_per_s(), 3), "tokens": self.tokens,
                 "seconds": round(self.seconds, 4), "reward_sum": round(self.reward_sum, 6),
                 "replay_tokens": [round(x, 4) for x in self.replay_tokens],
-                "replay_rounds": [round(x, 4) for x in self.replay_rounds]}
+                "replay_rounds": [round(x, 4) for x in self.replay_rounds],
+                "round_seconds": [round(x, 5) for x in self.round_seconds]}
 
 
 def replayed_round(branching: tuple[int, ...], ranks: list[int], start: int) -> int | None:
@@ -218,6 +232,7 @@ class UCBPolicy:
         arm.reward_sum += r
         arm.tokens += tokens
         arm.seconds += seconds
+        arm.round_seconds = [*arm.round_seconds[1 - ROUND_MEMORY:], seconds]
         self.t += 1
         if ranks is not None and self.wants_ranks:
             self._replay(ranks, confidences or [0.0] * len(ranks))
@@ -277,14 +292,15 @@ def load_arms(path: str | Path) -> list[Arm]:
             raise MambaspecError(f"{where}: duplicate arm name '{name}'")
         names.add(name)
         try:
-            replay = [[float(x) for x in (entry.get(k) or [])] for k in ("replay_tokens", "replay_rounds")]
+            replay = [[float(x) for x in (entry.get(k) or [])]
+                      for k in ("replay_tokens", "replay_rounds", "round_seconds")]
             arms.append(Arm(name=name, shape=shape, pulls=int(entry.get("pulls", 0)),
                             reward_sum=float(entry.get("reward_sum", 0.0)), tokens=int(entry.get("tokens", 0)),
                             seconds=float(entry.get("seconds", 0.0)), replay_tokens=replay[0],
-                            replay_rounds=replay[1]))
+                            replay_rounds=replay[1], round_seconds=replay[2]))
         except (TypeError, ValueError):
             raise MambaspecError(f"{where}: pulls/reward_sum/tokens/seconds must be numbers, replay_tokens/"
-                                 f"replay_rounds lists of numbers") from None
+                                 f"replay_rounds/round_seconds lists of numbers") from None
     return arms
 
 

@@ -104,6 +104,7 @@ class BenchModels:
 class MethodRun:
     run: Runner
     detail: str  # what the method ran with, for the CSV (tree, HF settings)
+    warm_up: Runner | None = None  # the untimed warm-up, when it must differ from ``run``
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,14 @@ def _engine_method(drafter: str | None,
         def run(ids: list[int], max_new: int, seed: int | None) -> GenerationResult:
             return gen.generate(ids, max_new_tokens=max_new, tree=shape, sampling=sampling, seed=seed)
 
+        def warm_up(ids: list[int], max_new: int, seed: int | None) -> None:
+            # a policy warms every arm's shape without learning from it (first forwards of a new size are slow)
+            for arm_shape in dict.fromkeys(a.shape for a in shape.arms):
+                gen.generate(ids, max_new_tokens=max_new, tree=arm_shape, sampling=sampling, seed=seed)
+
         detail = f"our loop, tree {shape}" if isinstance(shape, TreeShape) else f"our loop, {shape}"
-        return MethodRun(run, "our loop, no drafter" if drafter is None else detail)
+        return MethodRun(run, "our loop, no drafter" if drafter is None else detail,
+                         warm_up=None if isinstance(shape, TreeShape) else warm_up)
 
     return build
 
@@ -478,7 +485,7 @@ def run_bench(
             if method not in built:
                 built[method] = METHODS[method].build(models, cfg)
                 warm = prompts[0].ids[-WARMUP_PROMPT_TOKENS:]
-                built[method].run(warm, min(WARMUP_NEW_TOKENS, cfg.max_new_tokens), cfg.seed)
+                (built[method].warm_up or built[method].run)(warm, min(WARMUP_NEW_TOKENS, cfg.max_new_tokens), cfg.seed)
             label = f"{cfg.dataset}{f' · {length} tokens' if length else ''} · {method}"
             results, peak = _run_prompts(built[method].run, prompts, cfg, device, label, on_progress)
             row = {**where, "length": length or "", "method": method, **_summarize(results, peak),

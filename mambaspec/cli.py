@@ -21,7 +21,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
+# A pipe or a log file gets whole tables (rich would squeeze them to 80 columns); COLUMNS still wins.
+out = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 250)
 err = Console(stderr=True, highlight=False)
 
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when a GPU is visible).")
@@ -265,7 +266,7 @@ def bench(
         err.print(f"interrupted: finished rows are in {out_dir}/results.csv; rerun the same command to resume")
         raise typer.Exit(130)
     for table in results_tables(result.rows):
-        out.print(table, width=None if out.is_terminal else 250)  # a log file gets the whole table
+        out.print(table)
     out.print(f"results: {result.csv_path} ({len(result.rows)} rows, {result.resumed} resumed); "
               f"outputs: {result.outputs_path}", soft_wrap=True)
     for path in result.plots:

@@ -22,6 +22,7 @@ from .sampling import SamplingConfig
 from .tree import TreeShape
 
 POLICIES = ("ucb", "fixed")
+WARMUP_TOKENS = 16
 
 
 @dataclass
@@ -60,7 +61,8 @@ def tune(
     if not prompts:
         raise MambaspecError("no prompts to tune on")
     arms = copy.deepcopy(arms)
-    generator.generate(prompts[0], max_new_tokens=4, tree=arms[0].shape, sampling=sampling)  # warm-up, untimed
+    for shape in dict.fromkeys(a.shape for a in arms):  # untimed: the first forwards of a new size are slow
+        generator.generate(prompts[0], max_new_tokens=WARMUP_TOKENS, tree=shape, sampling=sampling)
     tokens, seconds = 0, 0.0
     if policy == "ucb":
         bandit = UCBPolicy(arms, c=c, reward=reward, edges=edges)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from mambaspec import MambaDrafter, MambaspecError, SpeculativeGenerator, TransformerDrafter, TreeShape
-from mambaspec.bandit import Arm, UCBPolicy, load_arms, save_arms
+from mambaspec.bandit import Arm, UCBPolicy, load_arms, replayed_round, save_arms
 from mambaspec.tune import tune, write_tune_outputs
 from tiny import prompts, reference_greedy, tiny_llama, tiny_mamba2
 
@@ -204,7 +204,6 @@ def test_committed_ranks_replay_every_round(tiny_target, drafter_name, shape):
     """The ranks the engine hands the policy are the drafter's ranks of the committed text, and replaying
     the shape on them gives back exactly the tokens each real round committed (greedy)."""
     from tiny import tiny_mamba
-    from mambaspec.bandit import replayed_round
 
     model = {"mamba2": lambda: tiny_mamba2(2), "mamba": lambda: tiny_mamba(1),
              "llama": lambda: tiny_llama(3, layers=1, hidden=32), "oracle": lambda: tiny_target}[drafter_name]()
@@ -225,3 +224,62 @@ def test_committed_ranks_replay_every_round(tiny_target, drafter_name, shape):
             pos += tokens
     if drafter_name == "oracle":
         assert full_rounds > 0  # the bonus after a fully accepted tree is ranked too
+
+
+def test_replayed_reward_learns_the_best_arm_per_context():
+    """Synthetic text: where the drafter is confident it is always right (deep chains pay), elsewhere it is
+    right one time in five (the cheap short chain pays). Costs grow with depth. The replayed bandit
+    picks per context, and judges every arm on all the text, not only on its own rounds."""
+    rng = random.Random(0)
+    arms = [Arm("chain1", TreeShape((1,))), Arm("chain2", TreeShape((1, 1))), Arm("chain6", TreeShape((1,) * 6))]
+    cost = {"chain1": 1.0, "chain2": 1.15, "chain6": 1.6}
+    policy = UCBPolicy(arms, c=0.1, edges="0.5")
+    picks = {True: [], False: []}
+    for _ in range(30):  # sequences
+        confident = [i // 40 % 2 == 0 for i in range(400)]  # runs of 40 easy then 40 hard tokens
+        ranks = [0 if easy or rng.random() < 0.2 else 5 for easy in confident]
+        conf = [0.95 if easy else 0.2 for easy in confident]
+        policy.begin_sequence()
+        pos = 0
+        while pos < len(ranks):
+            shape = policy.choose(conf[pos])
+            n = replayed_round(shape.branching, ranks, pos) or len(ranks) - pos
+            name = policy.arms[policy._current].name
+            policy.observe(n, cost[name] * rng.uniform(0.9, 1.1), ranks=ranks[pos:pos + n],
+                           confidences=conf[pos:pos + n])
+            picks[conf[pos] > 0.5].append(name)
+            pos += n
+    late = {k: v[len(v) // 2:] for k, v in picks.items()}
+    assert late[True].count("chain6") > 0.8 * len(late[True])
+    assert late[False].count("chain1") > 0.8 * len(late[False])
+    chain6 = policy.arms[2]
+    assert sum(chain6.replay_rounds) > 3 * chain6.pulls  # judged on far more rounds than it ran
+
+
+def test_replayed_stats_round_trip_and_bucket_mismatch(tmp_path):
+    arm = Arm("c2", TreeShape((1, 1)), pulls=2, tokens=5, seconds=0.2, replay_tokens=[3.0, 4.0, 9.0],
+              replay_rounds=[2.0, 2.0, 3.0])
+    save_arms([arm], tmp_path / "t.yaml")
+    back = load_arms(tmp_path / "t.yaml")[0]
+    assert back.replay_rounds == [2.0, 2.0, 3.0] and back.replay_accept_len() == 16 / 7
+    policy = UCBPolicy([back])  # default: two edges, three buckets
+    assert policy.value(back, 2) == pytest.approx(back.replay_accept_len() * 2 / 0.2)  # 3 rounds < minimum
+    with pytest.raises(MambaspecError, match="confidence buckets"):
+        UCBPolicy(load_arms(tmp_path / "t.yaml"), edges="none")
+
+
+@pytest.mark.parametrize("edges", ["0.9,0.5", "1.5", "a", "0.5,0.5"])
+def test_bad_confidence_buckets(edges):
+    with pytest.raises(MambaspecError, match="invalid confidence buckets"):
+        UCBPolicy([Arm("a", TreeShape((1,)))], edges=edges)
+
+
+def test_auto_tree_with_sampling_falls_back_to_measured(tiny_target):
+    gen = SpeculativeGenerator(tiny_target, MambaDrafter(tiny_mamba2(2)))
+    from mambaspec.sampling import SamplingConfig
+
+    policy = UCBPolicy([Arm("c2", TreeShape((1, 1))), Arm("f", TreeShape((2, 1)))])
+    for i, p in enumerate(prompts(3)):
+        gen.generate(p, max_new_tokens=12, tree=policy, sampling=SamplingConfig(temperature=0.8), seed=i)
+    assert all(sum(a.replay_rounds) == 0 for a in policy.arms) and policy.t > 2
+    assert policy.value(policy.arms[0]) == policy.arms[0].mean_reward
