@@ -2,11 +2,12 @@
 
 Mamba Drafters (arXiv 2506.01206, §3.3) pick the draft tree per round with UCB:
 
-    k* = argmax_k  r̄_k + c · sqrt(2 ln t / n_k)          (every arm is tried once first)
+    k* = argmax_k  r̄_k + c · sqrt(2 ln t / n_k)          (every arm is tried once first;
+                                                           twice with the replayed reward)
 
 Rewards:
 - ``replayed`` (default): tokens per second, estimated as (committed tokens per round) / (wall
-  seconds per round). The seconds come from the arm's own rounds (the median of its recent ones);
+  seconds per round). The seconds come from the arm's own rounds (``Arm.round_cost``);
   the tokens per round are
   *replayed for every arm on every round*: in greedy decoding a shape (N1, ..., Nγ) accepts the
   i-th token of a round exactly when the drafter ranks it below N_i given the text before it,
@@ -51,6 +52,9 @@ DEFAULT_C = 0.1
 DEFAULT_EDGES = (0.5, 0.9)  # replayed reward: buckets of the drafter's root top-1 probability
 ROUND_MEMORY = 64  # the cost of an arm's round is the median of its last this many rounds
 MIN_BUCKET_ROUNDS = 5  # replayed rounds a bucket needs before its own acceptance is trusted
+# Tries of every arm before UCB takes over (replayed reward), a round apart: with one try, one slow
+# round (another process: 300 ms instead of 46 ms was seen) ruled an arm out for good.
+FIRST_PULLS = 2
 
 
 @dataclass
@@ -86,10 +90,13 @@ class Arm:
 
     @property
     def round_cost(self) -> float:
-        """Seconds per round: the median of its recent rounds (a one-off slow round, such as the
-        first forward of a new size or a busy machine, does not decide), else the mean."""
-        if self.round_seconds:
+        """Seconds per round: the median of its recent rounds, the faster one of its first two, so
+        that a one-off slow round (another process, the first forward of a new size) does not
+        decide; the mean when only totals are known (an older tuned file)."""
+        if len(self.round_seconds) > 2:
             return statistics.median(self.round_seconds)
+        if self.round_seconds:
+            return min(self.round_seconds)
         return self.seconds / self.pulls if self.pulls else 0.0
 
     def replayed_tokens_per_s(self, bucket: int | None = None) -> float:
@@ -142,6 +149,7 @@ class UCBPolicy:
     c: float = DEFAULT_C
     reward: str = "replayed"
     edges: tuple[float, ...] = DEFAULT_EDGES
+    first_pulls: int = FIRST_PULLS  # replayed reward: tries of every arm before UCB (its cost is a median)
     t: int = 0  # rounds observed
     _draft_per_depth: float = field(default=0.0, repr=False)  # running means for λ (modeled reward)
     _forward: float = field(default=0.0, repr=False)
@@ -202,9 +210,11 @@ class UCBPolicy:
         return arm.mean_reward
 
     def select(self) -> int:
-        untried = [i for i, a in enumerate(self.arms) if a.pulls == 0]
-        if untried:
-            return untried[0]
+        first = self.first_pulls if self.reward == "replayed" else 1
+        for k in range(first):  # round robin, so that one busy moment does not hit all tries of an arm
+            untried = [i for i, a in enumerate(self.arms) if a.pulls == k]
+            if untried:
+                return untried[0]
         values = [self.value(a, self._bucket) for a in self.arms]
         scale = max(abs(v) for v in values) or 1.0
         log_t = math.log(max(self.t, 1))

@@ -48,15 +48,16 @@ def test_regret_grows_sublinearly():
     assert r2 / 8000 < 0.05
 
 
-def test_each_arm_tried_once_first_and_ties_prefer_earlier():
+@pytest.mark.parametrize("reward,first", [("measured", 1), ("replayed", 2)])
+def test_each_arm_tried_first_round_robin_and_ties_prefer_earlier(reward, first):
     arms = [Arm(str(i), TreeShape((1,))) for i in range(3)]
-    policy = UCBPolicy(arms)
+    policy = UCBPolicy(arms, reward=reward)
     order = []
-    for _ in range(3):
+    for _ in range(3 * first):
         policy.choose()
         order.append(policy._current)
         policy.observe(5, 1.0)
-    assert order == [0, 1, 2]
+    assert order == [0, 1, 2] * first
     policy.choose()
     assert policy._current == 0  # all equal: the earliest arm
 
@@ -266,6 +267,19 @@ def test_replayed_stats_round_trip_and_bucket_mismatch(tmp_path):
     assert policy.value(back, 2) == pytest.approx(back.replay_accept_len() * 2 / 0.2)  # 3 rounds < minimum
     with pytest.raises(MambaspecError, match="confidence buckets"):
         UCBPolicy(load_arms(tmp_path / "t.yaml"), edges="none")
+
+
+def test_round_cost_ignores_a_one_off_slow_round():
+    arm = Arm("a", TreeShape((1,)))
+    policy = UCBPolicy([arm])
+    for seconds in (0.3, 0.05):  # the first try hit a busy moment
+        policy.choose()
+        policy.observe(2, seconds)
+    assert arm.round_cost == 0.05
+    for seconds in (0.05, 0.06, 0.04, 0.5):
+        policy.choose()
+        policy.observe(2, seconds)
+    assert arm.round_cost == 0.055  # the median
 
 
 @pytest.mark.parametrize("edges", ["0.9,0.5", "1.5", "a", "0.5,0.5"])
