@@ -5,6 +5,9 @@ Mamba Drafters (arXiv 2506.01206, §3.3) pick the draft tree per round with UCB:
     k* = argmax_k  r̄_k + c · sqrt(2 ln t / n_k)          (every arm is tried once first;
                                                            twice with the replayed reward)
 
+``r̄_k`` is ``UCBPolicy.value``; values are divided by the largest |value| among the arms before
+the bonus is added, so ``c`` means the same whatever the units and the hardware.
+
 Rewards:
 - ``replayed`` (default): tokens per second, estimated as (committed tokens per round) / (wall
   seconds per round). The seconds come from the arm's own rounds (``Arm.round_cost``);
@@ -13,7 +16,8 @@ Rewards:
   i-th token of a round exactly when the drafter ranks it below N_i given the text before it,
   and the drafter has ranked every committed token anyway (``Drafter.committed_ranks``). So
   all arms are judged on the same text, a hard prompt no longer makes the arm that happened to
-  run on it look bad, and only the (steady) cost of a round has to be learnt per arm.
+  run on it look bad, and only the cost of a round (far steadier than its acceptance) has to be
+  learnt per arm.
   The replayed acceptance is also kept per *context*: the drafter's top-1 probability at the
   round's root, cut into buckets (``edges``, default 0.5 and 0.9), so a confident drafter (e.g.
   boilerplate) gets deep chains and an unsure one short ones; a bucket with fewer than
@@ -25,9 +29,6 @@ Rewards:
 - ``modeled``: the paper's speed-up model, −(1 + λ·γ) / N_accept, with γ the tree depth,
   N_accept the committed tokens and λ the drafter/target cost ratio measured so far (drafter
   time per depth over target forward time).
-
-Values are divided by the largest |value| among the arms before the bonus is added, so ``c``
-means the same whatever the units and the hardware.
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ REWARDS = ("replayed", "measured", "modeled")
 # c in {0.02, 0.05, 0.1, 0.2}; the measured reward used 0.2 (c = 1.0 explored far too much).
 DEFAULT_C = 0.1
 DEFAULT_EDGES = (0.5, 0.9)  # replayed reward: buckets of the drafter's root top-1 probability
-ROUND_MEMORY = 64  # the cost of an arm's round is the median of its last this many rounds
+ROUND_MEMORY = 64  # the cost of an arm's round comes from its last this many rounds (Arm.round_cost)
 MIN_BUCKET_ROUNDS = 5  # replayed rounds a bucket needs before its own acceptance is trusted
-# Tries of every arm before UCB takes over (replayed reward), a round apart: with one try, one slow
-# round (another process: 300 ms instead of 46 ms was seen) ruled an arm out for good.
+# Tries of every arm before UCB takes over (replayed reward), a dozen rounds apart: with one try, one
+# slow round (another process: 300 ms instead of 46 ms was seen) ruled an arm out for good.
 FIRST_PULLS = 2
 
 
@@ -90,11 +91,11 @@ class Arm:
 
     @property
     def round_cost(self) -> float:
-        """Seconds per round: the median of its recent rounds, the faster one of its first two, so
-        that a one-off slow round (another process, the first forward of a new size) does not
-        decide; the mean when only totals are known (an older tuned file)."""
-        if len(self.round_seconds) > 2:
-            return statistics.median(self.round_seconds)
+        """Seconds per round: the lower quartile of its recent rounds (the fastest of its first
+        three), so that slow rounds from a busy machine or the first forward of a new size, which
+        only ever add time, do not decide; the mean when only totals are known (an older file)."""
+        if len(self.round_seconds) > 3:
+            return statistics.quantiles(self.round_seconds, n=4, method="inclusive")[0]
         if self.round_seconds:
             return min(self.round_seconds)
         return self.seconds / self.pulls if self.pulls else 0.0
@@ -108,7 +109,8 @@ class Arm:
         return {"name": self.name, "tree": ",".join(map(str, self.shape.branching)), "pulls": self.pulls,
                 "mean_reward": round(self.mean_reward, 6), "mean_accept_len": round(self.mean_accept_len, 4),
                 "tokens_per_s": round(self.tokens_per_s, 3),
-                "replay_accept_len": round(self.replay_accept_len(), 4),
+                "round_cost_ms": round(1000 * self.round_cost, 3),
+                "replayed_accept_len": round(self.replay_accept_len(), 4),
                 "replayed_tokens_per_s": round(self.replayed_tokens_per_s(), 3), "tokens": self.tokens,
                 "seconds": round(self.seconds, 4), "reward_sum": round(self.reward_sum, 6),
                 "replay_tokens": [round(x, 4) for x in self.replay_tokens],
@@ -136,9 +138,9 @@ def parse_edges(text: str | tuple[float, ...] | list[float]) -> tuple[float, ...
         try:
             values = [] if cleaned in ("", "none") else [float(v) for v in cleaned.split(",")]
         except ValueError:
-            raise MambaspecError(f"invalid confidence buckets '{text}': use increasing probabilities, e.g. 0.5,0.9") from None
+            raise MambaspecError(f"invalid --confidence-buckets '{text}': use increasing probabilities, e.g. 0.5,0.9") from None
     if any(not 0 < v < 1 for v in values) or values != sorted(set(values)):
-        raise MambaspecError(f"invalid confidence buckets '{text}': use increasing probabilities between 0 and 1, "
+        raise MambaspecError(f"invalid --confidence-buckets '{text}': use increasing probabilities between 0 and 1, "
                              f"e.g. 0.5,0.9 (or none)")
     return tuple(float(v) for v in values)
 
@@ -162,9 +164,9 @@ class UCBPolicy:
         if not self.arms:
             raise MambaspecError("the bandit needs at least one arm")
         if self.reward not in REWARDS:
-            raise MambaspecError(f"unknown reward '{self.reward}'; use one of {', '.join(REWARDS)}")
+            raise MambaspecError(f"unknown reward '{self.reward}' (--reward); use one of {', '.join(REWARDS)}")
         if self.c < 0:
-            raise MambaspecError(f"the exploration constant c must be >= 0, got {self.c}")
+            raise MambaspecError(f"the exploration constant c (--ucb-c) must be >= 0, got {self.c}")
         self.edges = parse_edges(self.edges)
         n = len(self.edges) + 1
         for arm in self.arms:
@@ -172,8 +174,9 @@ class UCBPolicy:
                 arm.replay_tokens, arm.replay_rounds = [0.0] * n, [0.0] * n
             elif len(arm.replay_rounds) != n or len(arm.replay_tokens) != n:
                 raise MambaspecError(
-                    f"arm '{arm.name}' has replayed statistics for {len(arm.replay_rounds)} confidence buckets, "
-                    f"this bandit uses {n}; pass the confidence buckets it was tuned with")
+                    f"arm '{arm.name}' has replayed statistics for {len(arm.replay_rounds)} confidence buckets "
+                    f"but --confidence-buckets {','.join(map(str, self.edges)) or 'none'} makes {n}; pass the "
+                    f"buckets it was tuned with (the file's first line says them)")
         self.t = max(self.t, sum(a.pulls for a in self.arms))
 
     def __str__(self) -> str:
@@ -265,7 +268,8 @@ class UCBPolicy:
         return max(pulled, key=self.value)
 
     def summary(self) -> list[dict]:
-        return [a.as_dict() for a in self.arms]
+        """Per arm: its statistics and ``value``, what the bandit ranks it by (over all contexts)."""
+        return [{**a.as_dict(), "value": round(self.value(a), 6)} for a in self.arms]
 
 
 def load_arms(path: str | Path) -> list[Arm]:
@@ -278,8 +282,10 @@ def load_arms(path: str | Path) -> list[Arm]:
                              f"{recipes_dir() / 'trees.yaml'}")
     try:
         raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise MambaspecError(f"arms file {path} is not valid YAML; fix it (see recipes/trees.yaml)") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise MambaspecError(f"arms file {path} is not valid YAML{where}; fix it (see recipes/trees.yaml)") from None
     if isinstance(raw, dict) and "arms" in raw:
         raw = raw["arms"]
     if not isinstance(raw, list) or not raw:
@@ -311,6 +317,12 @@ def load_arms(path: str | Path) -> list[Arm]:
         except (TypeError, ValueError):
             raise MambaspecError(f"{where}: pulls/reward_sum/tokens/seconds must be numbers, replay_tokens/"
                                  f"replay_rounds/round_seconds lists of numbers") from None
+        arm = arms[-1]
+        counts = [entry.get(k, 0) for k in ("pulls", "tokens")]
+        if any(isinstance(v, float) and not v.is_integer() for v in counts) or min(
+                [arm.pulls, arm.tokens, arm.seconds, *arm.replay_tokens, *arm.replay_rounds, *arm.round_seconds]) < 0:
+            raise MambaspecError(f"{where}: pulls and tokens must be whole numbers >= 0, the other statistics >= 0 "
+                                 f"(or drop them to start the arm afresh)")
     return arms
 
 

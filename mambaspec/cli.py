@@ -29,10 +29,10 @@ DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when 
 DtypeOpt = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16.")
 LinearOpt = typer.Option("auto", "--linear", help="Linear layers: auto (oneDNN-packed weights on CPU float32, 2-3x faster GEMMs for a few rows), onednn, or torch (stock).")
 QuantizeOpt = typer.Option("none", "--quantize", help="int8: dynamic int8 linear layers on CPU (faster, but a different model than float32: compare with ar run the same way).")
-RewardHelp = ("With --tree auto, the bandit's reward: `replayed` (tokens/s: every arm's acceptance replayed on every "
+RewardHelp = ("The tree bandit's reward: `replayed` (tokens/s: every arm's acceptance replayed on every "
               "round from the drafter's ranks, each arm's cost per round measured; greedy, else as measured), "
               "`measured` (tokens/s of the rounds each arm ran) or `modeled` (the paper's -(1+λγ)/N_accept).")
-EdgesHelp = ("Replayed reward: the drafter's top-1 probability at the root cuts rounds into contexts at these "
+EdgesHelp = ("Contexts of the replayed reward: the drafter's top-1 probability at the root cuts rounds into contexts at these "
              "edges, and each context learns its own best arm (`none`: one context).")
 EDGES = ",".join(map(str, DEFAULT_EDGES))
 CompileOpt = typer.Option(False, "--compile/--no-compile", help="torch.compile the target's forward (compilation runs in an untimed warm-up).")
@@ -142,6 +142,9 @@ def generate(
         if drafter is None and default_drafter(target) == "none" and not as_json:
             err.print(f"[dim]hint: no shipped drafter for '{target}'; decoding without one "
                       f"(pass --drafter NAME to speculate)[/]")
+        if hasattr(shape, "arms") and not as_json:
+            for line in policy_notes(shape, pipe.drafter, sampling):
+                err.print(f"[dim]note: {line}[/]", soft_wrap=True)
         if compile_:  # compilation happens here, outside the timed generation
             pipe.generate(prompt, chat=chat, max_new_tokens=min(8, max_new_tokens), tree=shape, sampling=sampling)
         streamer = None if as_json else _Streamer(pipe.target.tokenizer)
@@ -159,15 +162,16 @@ def generate(
     sys.stdout.write("\n")
     out.print(stats_table(result.stats))
     if result.stats.arms:
-        out.print(arms_table(result.stats.arms, "tree arms (UCB bandit)"))
+        out.print(arms_table(result.stats.arms, f"tree arms: {result.stats.tree_policy}", reward=reward))
 
 
 def tree_or_policy(tree: str, arms: str | None, c: float, reward: str, edges: str = EDGES):
     """A fixed TreeShape, or for `auto` a UCB policy over the arms file."""
-    from .bandit import UCBPolicy, load_arms
+    from .bandit import Arm, UCBPolicy, load_arms
     from .models import recipes_dir
     from .tree import TreeShape
 
+    UCBPolicy([Arm("check", TreeShape((1,)))], c=c, reward=reward, edges=edges)  # bad values fail even unused
     if tree.strip().lower() == "auto":
         return UCBPolicy(load_arms(arms or recipes_dir() / "trees.yaml"), c=c, reward=reward, edges=edges)
     if arms is not None:
@@ -175,19 +179,39 @@ def tree_or_policy(tree: str, arms: str | None, c: float, reward: str, edges: st
     return TreeShape.parse(tree)
 
 
-def arms_table(arms: list[dict], title: str, best: str | None = None) -> Table:
-    t = Table(title=title, header_style="bold")
-    columns = ("arm", "tree", "pulls", "mean reward", "mean accept len", "tokens/s", "replayed accept len",
-               "replayed tokens/s")
+def policy_notes(policy, drafter, sampling) -> list[str]:
+    """What a user of --tree auto should know about this run before it starts."""
+    if drafter.name == "none":
+        return ["--tree auto has nothing to choose without a drafter: plain decoding"]
+    notes = []
+    if policy.wants_ranks and (not sampling.greedy or getattr(drafter, "inner", None) is not None):
+        why = "sampling" if not sampling.greedy else "a drafter with another tokenizer"
+        notes.append(f"the replayed reward needs greedy decoding with the target's tokenizer; with {why} each arm "
+                     f"is judged on its own rounds (as --reward measured)")
+    if not any(a.pulls for a in policy.arms):
+        first = policy.first_pulls if policy.wants_ranks else 1
+        notes.append(f"the bandit starts cold: it tries each of the {len(policy.arms)} arms {first}x first; for short "
+                     f"generations warm-start it from `mambaspec tune` (--arms runs/tune/tuned_arms.yaml)")
+    return notes
+
+
+def arms_table(arms: list[dict], title: str, best: str | None = None, reward: str = "replayed") -> Table:
+    ranked_by = {"replayed": "est. tokens/s: replayed tokens/round ÷ round cost (per confidence context when choosing)",
+                 "measured": "mean tokens/s of its rounds", "modeled": "the paper's −(1+λγ)/N_accept"}
+    t = Table(title=title, header_style="bold", caption=f"the bandit ranks arms by value = {ranked_by[reward]}; "
+              "tokens/round and tokens/s are over the rounds the arm ran, replayed over all rounds")
+    this_run = any("run_pulls" in a for a in arms)
+    columns = ("arm", "tree", "pulls (this run)" if this_run else "pulls", "tokens/round", "tokens/s",
+               "ms/round", "replayed tokens/round", "value")
     for col in columns:
         t.add_column(col, justify="left" if col in ("arm", "tree") else "right")
     for a in arms:
         style = "bold green" if a["name"] == best else None
-        replayed = a.get("replay_accept_len", 0.0)
-        t.add_row(a["name"], f"({a['tree']})", str(a["pulls"]), f"{a['mean_reward']:.3f}",
-                  f"{a['mean_accept_len']:.2f}", f"{a['tokens_per_s']:.1f}",
-                  f"{replayed:.2f}" if replayed else "-",
-                  f"{a['replayed_tokens_per_s']:.1f}" if a.get("replayed_tokens_per_s") else "-", style=style)
+        pulls = f"{a['pulls']} ({a['run_pulls']})" if this_run else str(a["pulls"])
+        replayed = a.get("replayed_accept_len", 0.0)
+        t.add_row(a["name"], f"({a['tree']})", pulls, f"{a['mean_accept_len']:.2f}", f"{a['tokens_per_s']:.1f}",
+                  f"{a['round_cost_ms']:.1f}", f"{replayed:.2f}" if replayed else "-",
+                  f"{a['value']:.2f}" if "value" in a else "-", style=style)
     return t
 
 
@@ -219,7 +243,7 @@ def bench(
     tree: str = typer.Option(DEFAULT_TREE, "--tree", help="Draft tree shape for our loop's methods (N1,...,Nγ)."),
     arms: Optional[str] = typer.Option(None, "--arms", help="mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="mamba-auto's UCB exploration constant."),
-    edges: str = typer.Option(EDGES, "--confidence-buckets", help="mamba-auto: " + EdgesHelp),
+    edges: str = typer.Option(EDGES, "--confidence-buckets", help="mamba-auto (replayed reward): " + EdgesHelp[0].lower() + EdgesHelp[1:]),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt (fewer only at EOS)."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default; outputs are checked against ar's); > 0 samples."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Prompts per dataset and length (default: all)."),
@@ -283,7 +307,7 @@ def tune(
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (default: the target's, e.g. mamba2-smollm2)."),
     policy: str = typer.Option("ucb", "--policy", help="ucb: one bandit across all prompts (it learns the workload). fixed: every arm on every prompt (a sweep, the reference)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Stop the bandit after this many rounds in all (ucb)."),
-    ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="Exploration constant c of UCB (rewards are normalised by the best arm's mean; larger explores more)."),
+    ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="Exploration constant c of UCB (arm values are divided by the largest one first; larger explores more)."),
     reward: str = typer.Option("replayed", "--reward", help=RewardHelp),
     edges: str = typer.Option(EDGES, "--confidence-buckets", help=EdgesHelp),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt."),
@@ -324,9 +348,11 @@ def tune(
         err.print(f"interrupted: the statistics so far are in {out_dir}/tuned_arms.yaml; "
                   f"rerun with --arms {out_dir}/tuned_arms.yaml to continue from them")
         raise typer.Exit(130)
-    out.print(arms_table([a.as_dict() for a in result.arms], f"tree arms ({result.policy})", best=result.best.name))
-    out.print(f"best arm: {result.best.name} ({result.best.shape}), {result.best.tokens_per_s:.1f} tok/s in its rounds; "
-              f"overall {result.tokens_per_s:.1f} tok/s", soft_wrap=True)
+    rows = [{**a.as_dict(), "value": v} for a, v in zip(result.arms, result.values)]
+    out.print(arms_table(rows, f"tree arms ({result.policy})", best=result.best.name, reward=reward))
+    best_value = result.values[result.arms.index(result.best)]
+    out.print(f"best arm: {result.best.name} {result.best.shape}, value {best_value:.1f}; "
+              f"overall {result.tokens_per_s:.1f} tok/s (all prompts; prefill and exploration included)", soft_wrap=True)
     out.print(f"per-arm CSV: {csv_path}; tuned arms: {yaml_path} (use with generate --tree auto --arms, "
               f"or bench --arms)", soft_wrap=True)
 

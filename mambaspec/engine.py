@@ -45,7 +45,8 @@ class GenerationStats:
     drafter: str = ""
     target_options: str = ""  # how the target's forward was made cheap (optimize.optimize_model): onednn, int8, ...
     stopped: str = ""  # "eos", "max_new_tokens" or "context"
-    arms: list[dict] | None = None  # with a tree policy: pulls and mean reward per arm (cumulative)
+    tree_policy: str = ""  # with a tree policy: what it is (reward, c, contexts)
+    arms: list[dict] | None = None  # with a tree policy: per arm statistics (cumulative) and run_pulls (this call)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -153,6 +154,8 @@ class SpeculativeGenerator:
         pending = prompt_ids[-1]
         if policy is not None:
             policy.begin_sequence()
+            stats.tree_policy = str(policy)
+            pulls_before = {a["name"]: a["pulls"] for a in policy.summary()}
         ranked = policy is not None and policy.wants_ranks
         accepted_total = nodes_total = 0
         while True:
@@ -208,7 +211,7 @@ class SpeculativeGenerator:
         stats.other_s = max(stats.seconds - stats.prefill_s - stats.draft_s - stats.verify_s, 0.0)
         stats.peak_mem_mb = peak_memory_mb(device)
         if policy is not None:
-            stats.arms = policy.summary()
+            stats.arms = [{**a, "run_pulls": a["pulls"] - pulls_before[a["name"]]} for a in policy.summary()]
         text = self.tokenizer.decode(out, skip_special_tokens=True) if self.tokenizer is not None else ""
         return GenerationResult(new_token_ids=out, stats=stats, text=text, prompt_ids=list(prompt_ids))
 

@@ -31,7 +31,8 @@ class TuneResult:
     best: Arm
     policy: str
     tokens: int
-    seconds: float
+    seconds: float  # generation wall time over all prompts, prefill included
+    values: list[float]  # per arm, what the bandit ranks it by (UCBPolicy.value), e.g. replayed tokens/s
 
     @property
     def tokens_per_s(self) -> float:
@@ -64,18 +65,24 @@ def tune(
     for shape in dict.fromkeys(a.shape for a in arms):  # untimed: the first forwards of a new size are slow
         generator.generate(prompts[0], max_new_tokens=WARMUP_TOKENS, tree=shape, sampling=sampling)
     tokens, seconds = 0, 0.0
+    scorer = UCBPolicy(arms, c=c, reward=reward, edges=edges)  # UCBPolicy.value for any of these arms
+
+    def result(done: list[Arm]) -> TuneResult:
+        pulled = [a for a in done if a.pulls] or done
+        return TuneResult(arms, max(pulled, key=scorer.value), policy, tokens, seconds,
+                          [scorer.value(a) for a in arms])
+
     if policy == "ucb":
-        bandit = UCBPolicy(arms, c=c, reward=reward, edges=edges)
         for i, prompt in enumerate(prompts):
-            res = generator.generate(prompt, max_new_tokens=max_new_tokens, tree=bandit, sampling=sampling)
+            res = generator.generate(prompt, max_new_tokens=max_new_tokens, tree=scorer, sampling=sampling)
             tokens, seconds = tokens + res.stats.new_tokens, seconds + res.stats.seconds
             if progress:
                 progress(i + 1, len(prompts))
             if checkpoint:
-                checkpoint(TuneResult(arms, bandit.best, policy, tokens, seconds))
-            if rounds is not None and bandit.t >= rounds:
+                checkpoint(result(arms))
+            if rounds is not None and scorer.t >= rounds:
                 break
-        return TuneResult(arms, bandit.best, policy, tokens, seconds)
+        return result(arms)
     for k, arm in enumerate(arms):
         solo = UCBPolicy([arm], c=c, reward=reward, edges=edges)  # one arm: a fixed tree that keeps the same statistics
         for i, prompt in enumerate(prompts):
@@ -84,9 +91,8 @@ def tune(
             if progress:
                 progress(k * len(prompts) + i + 1, len(arms) * len(prompts))
         if checkpoint:
-            checkpoint(TuneResult(arms, max(arms[:k + 1], key=solo.value), policy, tokens, seconds))
-    best = max(arms, key=solo.value)
-    return TuneResult(arms, best, policy, tokens, seconds)
+            checkpoint(result(arms[:k + 1]))
+    return result(arms)
 
 
 def check_options(policy: str, c: float, reward: str, edges: str | tuple[float, ...]) -> None:
@@ -101,7 +107,7 @@ def write_tune_outputs(result: TuneResult, out: str | Path, comment: str = "") -
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, yaml_path = out / "arms.csv", out / "tuned_arms.yaml"
-    rows = [a.as_dict() for a in result.arms]
+    rows = [{**a.as_dict(), "value": round(v, 6)} for a, v in zip(result.arms, result.values)]
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*rows[0].keys(), "best", "policy"])
         w.writeheader()

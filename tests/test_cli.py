@@ -74,8 +74,8 @@ def test_unknown_target_without_drafter_is_one_line():
 @pytest.mark.parametrize("args,needle", [
     (["--policy", "bogus"], "unknown policy 'bogus'"),
     (["--reward", "bogus"], "unknown reward 'bogus'"),
-    (["--ucb-c", "-1"], "c must be >= 0"),
-    (["--confidence-buckets", "0.9,0.5"], "invalid confidence buckets"),
+    (["--ucb-c", "-1"], "c (--ucb-c) must be >= 0"),
+    (["--confidence-buckets", "0.9,0.5"], "invalid --confidence-buckets"),
     (["--arms", "missing.yaml"], "omit --arms"),
 ])
 def test_tune_rejects_bad_options_before_loading_models(args, needle):
