@@ -85,9 +85,11 @@ class Arm:
 
     def replay_accept_len(self, bucket: int | None = None) -> float:
         """Replayed tokens per round, in one context bucket (None: all)."""
-        tokens = self.replay_tokens if bucket is None else self.replay_tokens[bucket:bucket + 1]
-        rounds = self.replay_rounds if bucket is None else self.replay_rounds[bucket:bucket + 1]
-        return sum(tokens) / sum(rounds) if sum(rounds) else 0.0
+        if bucket is None:
+            tokens, rounds = sum(self.replay_tokens), sum(self.replay_rounds)
+        else:
+            tokens, rounds = self.replay_tokens[bucket], self.replay_rounds[bucket]
+        return tokens / rounds if rounds else 0.0
 
     @property
     def round_cost(self) -> float:
@@ -151,7 +153,7 @@ class UCBPolicy:
     c: float = DEFAULT_C
     reward: str = "replayed"
     edges: tuple[float, ...] = DEFAULT_EDGES
-    first_pulls: int = FIRST_PULLS  # replayed reward: tries of every arm before UCB (its cost is a median)
+    first_pulls: int = FIRST_PULLS  # replayed reward: tries of every arm before UCB (see first_tries)
     t: int = 0  # rounds observed
     _draft_per_depth: float = field(default=0.0, repr=False)  # running means for λ (modeled reward)
     _forward: float = field(default=0.0, repr=False)
@@ -188,6 +190,11 @@ class UCBPolicy:
         """Whether ``observe`` uses the drafter's ranks of the committed tokens (and ``choose`` its confidence)."""
         return self.reward == "replayed"
 
+    @property
+    def first_tries(self) -> int:
+        """Rounds every arm runs before UCB chooses: ``first_pulls`` with the replayed reward, else one."""
+        return self.first_pulls if self.wants_ranks else 1
+
     def begin_sequence(self) -> None:
         """A new sequence starts: replayed rounds start again at its first token."""
         self._ranks, self._buckets = [], []
@@ -213,8 +220,7 @@ class UCBPolicy:
         return arm.mean_reward
 
     def select(self) -> int:
-        first = self.first_pulls if self.reward == "replayed" else 1
-        for k in range(first):  # round robin, so that one busy moment does not hit all tries of an arm
+        for k in range(self.first_tries):  # round robin, so that one busy moment does not hit all tries of an arm
             untried = [i for i, a in enumerate(self.arms) if a.pulls == k]
             if untried:
                 return untried[0]
@@ -270,6 +276,11 @@ class UCBPolicy:
     def summary(self) -> list[dict]:
         """Per arm: its statistics and ``value``, what the bandit ranks it by (over all contexts)."""
         return [{**a.as_dict(), "value": round(self.value(a), 6)} for a in self.arms]
+
+
+def check_options(c: float, reward: str, edges: str | tuple[float, ...]) -> None:
+    """Fail on a bad c, reward or confidence buckets before anything is loaded."""
+    UCBPolicy([Arm("check", TreeShape((1,)))], c=c, reward=reward, edges=edges)
 
 
 def load_arms(path: str | Path) -> list[Arm]:

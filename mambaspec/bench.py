@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .bandit import DEFAULT_C, DEFAULT_EDGES, Arm, UCBPolicy, load_arms
+from .bandit import DEFAULT_C, DEFAULT_EDGES, UCBPolicy, check_options, load_arms
 from .drafters import MAMBA_TYPES, Drafter
 from .engine import GenerationResult, SpeculativeGenerator
 from .errors import MambaspecError
@@ -432,7 +432,7 @@ def run_bench(
     if cfg.limit is not None and cfg.limit < 1:
         raise MambaspecError(f"--limit must be at least 1, got {cfg.limit}")
     if "mamba-auto" in methods:
-        UCBPolicy([Arm("check", TreeShape((1,)))], c=cfg.ucb_c, edges=cfg.confidence_buckets)  # fail before loading
+        check_options(cfg.ucb_c, "replayed", cfg.confidence_buckets)  # fail before loading
     if cfg.lengths and spec.context is None:
         raise MambaspecError(f"dataset '{cfg.dataset}' has no long context to cut, so it takes no --lengths")
     TreeShape.parse(cfg.tree)

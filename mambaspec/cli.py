@@ -167,11 +167,11 @@ def generate(
 
 def tree_or_policy(tree: str, arms: str | None, c: float, reward: str, edges: str = EDGES):
     """A fixed TreeShape, or for `auto` a UCB policy over the arms file."""
-    from .bandit import Arm, UCBPolicy, load_arms
+    from .bandit import UCBPolicy, check_options, load_arms
     from .models import recipes_dir
     from .tree import TreeShape
 
-    UCBPolicy([Arm("check", TreeShape((1,)))], c=c, reward=reward, edges=edges)  # bad values fail even unused
+    check_options(c, reward, edges)  # bad values fail even unused
     if tree.strip().lower() == "auto":
         return UCBPolicy(load_arms(arms or recipes_dir() / "trees.yaml"), c=c, reward=reward, edges=edges)
     if arms is not None:
@@ -189,8 +189,8 @@ def policy_notes(policy, drafter, sampling) -> list[str]:
         notes.append(f"the replayed reward needs greedy decoding with the target's tokenizer; with {why} each arm "
                      f"is judged on its own rounds (as --reward measured)")
     if not any(a.pulls for a in policy.arms):
-        first = policy.first_pulls if policy.wants_ranks else 1
-        notes.append(f"the bandit starts cold: it tries each of the {len(policy.arms)} arms {first}x first; for short "
+        notes.append(f"the bandit starts cold: it tries each of the {len(policy.arms)} arms {policy.first_tries}x "
+                     f"first; for short "
                      f"generations warm-start it from `mambaspec tune` (--arms runs/tune/tuned_arms.yaml)")
     return notes
 
@@ -348,8 +348,7 @@ def tune(
         err.print(f"interrupted: the statistics so far are in {out_dir}/tuned_arms.yaml; "
                   f"rerun with --arms {out_dir}/tuned_arms.yaml to continue from them")
         raise typer.Exit(130)
-    rows = [{**a.as_dict(), "value": v} for a, v in zip(result.arms, result.values)]
-    out.print(arms_table(rows, f"tree arms ({result.policy})", best=result.best.name, reward=reward))
+    out.print(arms_table(result.rows(), f"tree arms ({result.policy})", best=result.best.name, reward=reward))
     best_value = result.values[result.arms.index(result.best)]
     out.print(f"best arm: {result.best.name} {result.best.shape}, value {best_value:.1f}; "
               f"overall {result.tokens_per_s:.1f} tok/s (all prompts; prefill and exploration included)", soft_wrap=True)

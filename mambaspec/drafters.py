@@ -270,13 +270,13 @@ class MambaDrafter(Drafter):
         positions (B, n_logits, V) and the new state."""
         if self.draft_vocab is not None:
             tokens = self.draft_vocab.encode(tokens)
-        kept: list[torch.Tensor] = []
+        kept: list[torch.Tensor] = []  # (B, positions, V) per step
         if state is not None and self.fast_steps and tokens.shape[1] <= FAST_STEP_MAX_TOKENS:
             conv, ssm = state.conv, state.ssm
             for column in tokens.unbind(1):
                 logits, conv, ssm = mamba2_step(self.model, conv, ssm, column)
-                kept = [*kept[1 - n_logits:], logits[:, None]] if n_logits > 1 else [logits[:, None]]
-            return torch.cat(kept, dim=1), MambaState(conv, ssm)
+                kept.append(logits[:, None])
+            return torch.cat(kept[-n_logits:], dim=1), MambaState(conv, ssm)
         if state is None:
             self.cache = DynamicCache(config=self.model.config)
         else:
@@ -284,7 +284,7 @@ class MambaDrafter(Drafter):
         steps = [tokens] if (state is None or self.multi_token_steps) else tokens.split(1, dim=1)
         for chunk in steps:
             out = self.model(input_ids=chunk, cache=self.cache, use_cache=True, logits_to_keep=n_logits)
-            kept = [*kept, out.logits.float()]
+            kept.append(out.logits.float())
         return torch.cat(kept, dim=1)[:, -n_logits:], MambaState.read(self.cache)
 
     def prefill(self, ids: list[int]) -> None:

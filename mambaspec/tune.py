@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from .bandit import DEFAULT_C, DEFAULT_EDGES, Arm, UCBPolicy, save_arms
+from .bandit import check_options as check_policy_options
 from .engine import SpeculativeGenerator
 from .errors import MambaspecError
 from .sampling import SamplingConfig
-from .tree import TreeShape
 
 POLICIES = ("ucb", "fixed")
 WARMUP_TOKENS = 16
@@ -37,6 +37,10 @@ class TuneResult:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+    def rows(self) -> list[dict]:
+        """Per arm: its statistics and its value."""
+        return [{**a.as_dict(), "value": round(v, 6)} for a, v in zip(self.arms, self.values)]
 
 
 def tune(
@@ -99,7 +103,7 @@ def check_options(policy: str, c: float, reward: str, edges: str | tuple[float, 
     """Fail on a bad policy, c, reward or confidence buckets before anything is loaded."""
     if policy not in POLICIES:
         raise MambaspecError(f"unknown policy '{policy}'; use one of {', '.join(POLICIES)}")
-    UCBPolicy([Arm("check", TreeShape((1,)))], c=c, reward=reward, edges=edges)
+    check_policy_options(c, reward, edges)
 
 
 def write_tune_outputs(result: TuneResult, out: str | Path, comment: str = "") -> tuple[Path, Path]:
@@ -107,7 +111,7 @@ def write_tune_outputs(result: TuneResult, out: str | Path, comment: str = "") -
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, yaml_path = out / "arms.csv", out / "tuned_arms.yaml"
-    rows = [{**a.as_dict(), "value": round(v, 6)} for a, v in zip(result.arms, result.values)]
+    rows = result.rows()
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*rows[0].keys(), "best", "policy"])
         w.writeheader()
