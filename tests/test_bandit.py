@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from mambaspec import MambaDrafter, MambaspecError, SpeculativeGenerator, TransformerDrafter, TreeShape
-from mambaspec.bandit import Arm, UCBPolicy, load_arms, replayed_round, save_arms
-from mambaspec.tune import tune, write_tune_outputs
+from mambaspec.bench.tune import tune, write_tune_outputs
+from mambaspec.config import recipes_dir
+from mambaspec.core.bandit import Arm, UCBPolicy, load_arms, replayed_round, save_arms
 from tiny import prompts, reference_greedy, tiny_llama, tiny_mamba2
 
 MEANS = [0.50, 0.62, 0.80, 0.55, 0.70]  # arm 2 is best
@@ -28,7 +29,7 @@ def run_synthetic(steps, seed=0, c=1.0):
         k = policy._current
         # reward as tokens/second of a round: noisy around the arm's mean
         tokens = max(1, round(rng.gauss(MEANS[k] * 10, 2.0)))
-        policy.observe(tokens, 1.0)
+        policy.record(tokens, 1.0)
         total += max(MEANS) - MEANS[k]
         regret.append(total)
     return policy, regret
@@ -56,7 +57,7 @@ def test_each_arm_tried_first_round_robin_and_ties_prefer_earlier(reward, first)
     for _ in range(3 * first):
         policy.choose()
         order.append(policy._current)
-        policy.observe(5, 1.0)
+        policy.record(5, 1.0)
     assert order == [0, 1, 2] * first
     policy.choose()
     assert policy._current == 0  # all equal: the earliest arm
@@ -66,7 +67,7 @@ def test_single_arm_and_modeled_reward():
     policy = UCBPolicy([Arm("only", TreeShape((1, 1)))], reward="modeled")
     for _ in range(5):
         assert policy.choose() == TreeShape((1, 1))
-        r = policy.observe(3, 0.1, depth=2, draft_s=0.02, forward_s=0.1)
+        r = policy.record(3, 0.1, depth=2, draft_s=0.02, forward_s=0.1)
         assert r < 0
     assert policy.arms[0].pulls == 5
 
@@ -82,7 +83,8 @@ def test_single_arm_and_modeled_reward():
     ("- {name: a, tree: '1,1', round_seconds: [0.1, -1]}", ">= 0"),
     ("- {name: a, tree: '1,1'}\n- {name: b tree: 1}", "line 2"),
     (": : :", "not valid YAML"),
-    ("- {name: a, tree: '0'}", "at least one draft level"),
+    ("- {name: a, tree: '0'}", "invalid tree shape '0'"),
+    ("- {name: a, tree: ''}", "at least one draft level"),
 ])
 def test_arms_file_errors(tmp_path, content, needle):
     path = tmp_path / "arms.yaml"
@@ -92,8 +94,6 @@ def test_arms_file_errors(tmp_path, content, needle):
 
 
 def test_shipped_arms_file_loads():
-    from mambaspec.models import recipes_dir
-
     arms = load_arms(recipes_dir() / "trees.yaml")
     shapes = {a.shape.branching for a in arms}
     assert {(1, 1), (1, 1, 1, 1, 1, 1), (3, 2, 2, 1, 1), (3, 3, 2, 1), (2, 2, 2, 1, 1, 1)} <= shapes
@@ -101,13 +101,11 @@ def test_shipped_arms_file_loads():
 
 def test_auto_tree_is_lossless(tiny_target):
     gen = SpeculativeGenerator(tiny_target, TransformerDrafter(tiny_llama(0)))
-    from mambaspec.models import recipes_dir
-
     policy = UCBPolicy(load_arms(recipes_dir() / "trees.yaml"))
     for p in prompts(8):
         res = gen.generate(p, max_new_tokens=20, tree=policy)
         assert res.new_token_ids == reference_greedy(tiny_target, p, 20)
-        assert res.stats.tree == "auto" and res.stats.arms
+        assert res.stats.tree == "auto" and res.stats.policy_report["arms"]
     assert sum(a.pulls for a in policy.arms) == policy.t > len(policy.arms)
 
 
@@ -131,15 +129,16 @@ def test_generate_cli_with_auto_tree_and_tuned_arms(tmp_path, tiny_dir):
     arms = [Arm("c2", TreeShape((1, 1)), pulls=3, reward_sum=30.0, tokens=6, seconds=0.3),
             Arm("t", TreeShape((2, 1)), pulls=1, reward_sum=5.0, tokens=2, seconds=0.4)]
     save_arms(arms, tmp_path / "tuned.yaml")
-    cmd = [sys.executable, "-m", "mambaspec.cli", "generate", "Hello", "--raw", "--target", tiny_dir["target"],
+    cmd = [sys.executable, "-m", "mambaspec", "generate", "Hello", "--raw", "--target", tiny_dir["target"],
            "--drafter", tiny_dir["mamba2"], "-n", "12", "--tree", "auto", "--arms", str(tmp_path / "tuned.yaml"),
            "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout)["stats"]
-    assert stats["tree"] == "auto" and sum(a["pulls"] for a in stats["arms"]) > 4
-    assert sum(a["run_pulls"] for a in stats["arms"]) == stats["rounds"]  # this call's rounds, apart from the file's
-    assert "replayed reward" in stats["tree_policy"] and all("value" in a for a in stats["arms"])
+    arms = stats["policy_report"]["arms"]
+    assert stats["tree"] == "auto" and sum(a["pulls"] for a in arms) > 4
+    assert sum(a["run_pulls"] for a in arms) == stats["rounds"]  # this call's rounds, apart from the file's
+    assert "replayed reward" in stats["tree_policy"] and all("value" in a for a in arms)
 
 
 def test_tune_cli_end_to_end(tmp_path, tiny_dir):
@@ -149,7 +148,7 @@ def test_tune_cli_end_to_end(tmp_path, tiny_dir):
     arms = tmp_path / "arms.yaml"
     arms.write_text("- {name: chain2, tree: '1,1'}\n- {name: fork, tree: '2,1'}\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    base = [sys.executable, "-m", "mambaspec.cli"]
+    base = [sys.executable, "-m", "mambaspec"]
     proc = subprocess.run([*base, "tune", "--arms", str(arms), "--dataset", "jsonl", "--data", str(data),
                            "--target", tiny_dir["target"], "--drafter", tiny_dir["mamba2"], "-n", "10",
                            "--out", str(tmp_path / "out"), "--device", "cpu"],
@@ -169,28 +168,32 @@ def test_tune_cli_end_to_end(tmp_path, tiny_dir):
 
 
 class RecordRanks:
-    """A fixed shape that records each round's committed tokens and the drafter's ranks of them."""
+    """A fixed shape (a tree policy) that records each round's committed tokens and the drafter's ranks of them."""
 
     wants_ranks = True
+    name = "record"
 
     def __init__(self, shape):
         self.shape, self.rounds, self.ranks = TreeShape.parse(shape), [], []
 
-    def begin_sequence(self):
+    def begin_sequence(self, drafter):
         self.rounds, self.ranks = [], []
 
-    def choose(self, confidence=None):
+    def choose(self, drafter, context, remaining):
+        confidence = drafter.root_confidence()
         assert confidence is not None and 0 < confidence <= 1
-        return self.shape
+        return self.shape.truncated(remaining - 1)
 
-    def observe(self, tokens, seconds, depth=0, draft_s=0.0, forward_s=0.0, ranks=None, confidences=None):
-        assert len(confidences) == len(ranks) and all(0 < p <= 1 for p in confidences)
-        self.rounds.append(tokens)
-        self.ranks.extend(ranks)
-        return 0.0
+    def observe(self, outcome):
+        assert len(outcome.confidences) == len(outcome.ranks) and all(0 < p <= 1 for p in outcome.confidences)
+        self.rounds.append(outcome.tokens)
+        self.ranks.extend(outcome.ranks)
 
-    def summary(self):
-        return []
+    def describe(self):
+        return "record"
+
+    def report(self):
+        return {}
 
 
 def drafter_ranks(model, ids, start, n):
@@ -249,10 +252,10 @@ def test_replayed_reward_learns_the_best_arm_per_context():
         policy.begin_sequence()
         pos = 0
         while pos < len(ranks):
-            shape = policy.choose(conf[pos])
+            shape = policy.pick(conf[pos])
             n = replayed_round(shape.branching, ranks, pos) or len(ranks) - pos
             name = policy.arms[policy._current].name
-            policy.observe(n, cost[name] * rng.uniform(0.9, 1.1), ranks=ranks[pos:pos + n],
+            policy.record(n, cost[name] * rng.uniform(0.9, 1.1), ranks=ranks[pos:pos + n],
                            confidences=conf[pos:pos + n])
             picks[conf[pos] > 0.5].append(name)
             pos += n
@@ -280,23 +283,23 @@ def test_round_cost_ignores_a_one_off_slow_round():
     policy = UCBPolicy([arm])
     for seconds in (0.3, 0.05):  # the first try hit a busy moment
         policy.choose()
-        policy.observe(2, seconds)
+        policy.record(2, seconds)
     assert arm.round_cost == 0.05
     for seconds in (0.224, 0.248, 0.04, 0.05, 0.045):  # a busy spell: three slow rounds out of seven
         policy.choose()
-        policy.observe(2, seconds)
+        policy.record(2, seconds)
     assert arm.round_cost == pytest.approx(0.0475)  # the lower quartile
 
 
 @pytest.mark.parametrize("edges", ["0.9,0.5", "1.5", "a", "0.5,0.5"])
 def test_bad_confidence_buckets(edges):
-    with pytest.raises(MambaspecError, match="invalid --confidence-buckets"):
+    with pytest.raises(MambaspecError, match="invalid confidence buckets"):
         UCBPolicy([Arm("a", TreeShape((1,)))], edges=edges)
 
 
 def test_auto_tree_with_sampling_falls_back_to_measured(tiny_target):
     gen = SpeculativeGenerator(tiny_target, MambaDrafter(tiny_mamba2(2)))
-    from mambaspec.sampling import SamplingConfig
+    from mambaspec.core.sampling import SamplingConfig
 
     policy = UCBPolicy([Arm("c2", TreeShape((1, 1))), Arm("f", TreeShape((2, 1)))])
     for i, p in enumerate(prompts(3)):

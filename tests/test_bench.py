@@ -2,8 +2,6 @@
 
 import csv
 import json
-import os
-import subprocess
 import sys
 import types
 
@@ -11,14 +9,18 @@ import pytest
 import torch
 from rich.console import Console
 
-from mambaspec import bench as bench_mod
-from mambaspec.bench import COLUMNS, BenchConfig, Method, MethodRun, run_bench
+import mambaspec.bench.methods as methods_mod
+from mambaspec import ModelOptions
+from mambaspec.bench.datasets import build_prompts, dataset_spec, load_rows, parse_lengths, read_rows
+from mambaspec.bench.methods import Method, MethodRun
+from mambaspec.bench.peers import full_vocab_assistant
+from mambaspec.bench.report import plot_results, results_tables
+from mambaspec.bench.results import COLUMNS
+from mambaspec.bench.runner import BenchConfig, run_bench
 from mambaspec.errors import MambaspecError
-from mambaspec.peers import full_vocab_assistant
-from mambaspec.pipeline import load_drafter
-from mambaspec.models import load_model
-from mambaspec.prompts import build_prompts, dataset_spec, load_rows, parse_lengths, read_rows
-from mambaspec.report import results_tables
+from mambaspec.loading.models import load_model
+from mambaspec.loading.pipeline import load_drafter
+from conftest import run_cli, run_cli_process
 from tiny import EOS, VOCAB, char_tokenizer, save_tiny, tiny_llama
 
 NEW = 6
@@ -62,7 +64,7 @@ def files(tiny_dir, tmp_path_factory):
 
 def config(files, out, **kw) -> BenchConfig:
     base = dict(dataset="jsonl", data=files["prompts"], target=files["target"], drafter=files["mamba2"],
-                transformer_drafter=files["llama_dv"], max_new_tokens=NEW, out=str(out), device="cpu")
+                transformer_drafter=files["llama_dv"], max_new_tokens=NEW, out=str(out), options=ModelOptions(device="cpu"))
     return BenchConfig(**{**base, **kw})
 
 
@@ -130,7 +132,7 @@ def test_table_compares_methods(first_run):
 
 def test_planted_non_lossless_method_is_flagged(files, monkeypatch, tmp_path):
     def build(models, cfg):
-        plain = bench_mod.METHODS["ar"].build(models, cfg).run
+        plain = methods_mod.METHODS["ar"].build(models, cfg).run
 
         def run(ids, max_new, seed):
             result = plain(ids, max_new, seed)
@@ -139,7 +141,7 @@ def test_planted_non_lossless_method_is_flagged(files, monkeypatch, tmp_path):
 
         return MethodRun(run, "ar with its last token changed")
 
-    monkeypatch.setitem(bench_mod.METHODS, "broken", Method("broken", None, build))
+    monkeypatch.setitem(methods_mod.METHODS, "broken", Method("broken", None, build))
     result = run_bench(config(files, tmp_path, methods=["ar", "broken"]))
     broken = next(r for r in result.rows if r["method"] == "broken")
     assert broken["greedy_match"] == "no" and broken["mismatched_prompts"] == 2
@@ -158,7 +160,7 @@ def test_default_methods_skip_what_has_no_drafter(files, tmp_path):
 def test_plots(first_run):
     pytest.importorskip("matplotlib")
     out, result = first_run
-    paths = bench_mod.plot_results(result.rows, out)
+    paths = plot_results(result.rows, out)
     assert {p.name for p in paths} == {"jsonl-throughput.png", "jsonl-memory.png"}
     assert all(p.stat().st_size > 1000 for p in paths)
 
@@ -175,13 +177,14 @@ def test_full_vocab_assistant_is_a_same_tokenizer_assistant(files, monkeypatch):
     from transformers import GenerationConfig
     from transformers.generation.candidate_generator import AssistedCandidateGenerator
 
-    target = load_model(files["target"], device="cpu")
-    drafter = load_drafter(files["llama_dv"], target, device="cpu")
-    drafter.vocab_size = VOCAB
+    target = load_model(files["target"], ModelOptions(device="cpu", linear="torch"))
+    drafter = load_drafter(files["llama_dv"], target)
+    drafter.bind(VOCAB)
     view = full_vocab_assistant(drafter, VOCAB)
     assert view is not drafter.model and view.config.vocab_size == VOCAB
     ids = torch.tensor([[5, 17, 40, 9, 3, 88, 64]])
-    own = drafter._fit_vocab(drafter.model(input_ids=drafter.draft_vocab.encode(ids)).logits.float())
+    own = drafter.draft_vocab.logits_to_target(drafter.model(input_ids=drafter.draft_vocab.encode(ids)).logits.float(),
+                                               VOCAB)
     full = view(input_ids=ids).logits.float()
     kept = drafter.draft_vocab.to_target
     torch.testing.assert_close(full[..., kept], own[..., kept])
@@ -201,7 +204,7 @@ def test_full_vocab_assistant_is_a_same_tokenizer_assistant(files, monkeypatch):
     target.model.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=view,
                           generation_config=GenerationConfig(max_new_tokens=4, do_sample=False, pad_token_id=EOS))
     assert type(used[0]) is AssistedCandidateGenerator  # not the different-tokenizer generator
-    plain = load_drafter(files["llama"], target, device="cpu")  # no draft vocabulary: used as it is
+    plain = load_drafter(files["llama"], target)  # no draft vocabulary: used as it is
     assert full_vocab_assistant(plain, VOCAB) is plain.model
 
 
@@ -258,10 +261,10 @@ def test_hub_datasets_go_through_datasets(monkeypatch):
     calls = []
     fake = types.SimpleNamespace(load_dataset=lambda *a, **kw: calls.append((a, kw)) or [{"question": "1+1?"}])
     monkeypatch.setitem(sys.modules, "datasets", fake)
-    monkeypatch.setattr("mambaspec.prompts.hub_reachable", lambda: True)
+    monkeypatch.setattr("mambaspec.bench.datasets.hub_reachable", lambda: True)
     assert load_rows(dataset_spec("gsm8k")) == [{"question": "1+1?"}]
     assert calls == [(("openai/gsm8k", "main"), {"split": "test"})]
-    monkeypatch.setattr("mambaspec.prompts.hub_reachable", lambda: False)
+    monkeypatch.setattr("mambaspec.bench.datasets.hub_reachable", lambda: False)
     with pytest.raises(MambaspecError, match="not reachable; pass --data FILE"):
         load_rows(dataset_spec("xsum"))
 
@@ -299,24 +302,32 @@ def test_bad_data_file(tmp_path):
 
 # -------------------------------------------------------------------------------------- CLI
 
-def run_cli(*args):
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # piped: the table must still come out whole
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "mambaspec.cli", "bench", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
 def test_cli_prints_the_table(files, tmp_path):
-    proc = run_cli("jsonl", "--data", files["prompts"], "--target", files["target"], "--methods", "ar,prompt-lookup",
-                   "-n", "4", "--out", str(tmp_path), "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr
-    assert "speed-up" in proc.stdout and "prompt-lookup" in proc.stdout and "results.csv" in proc.stdout
-    assert "tok/s e2e" in proc.stdout and "…" not in proc.stdout  # nothing squeezed to 80 columns
+    res = run_cli("bench", "jsonl", "--data", files["prompts"], "--target", files["target"], "--methods",
+                  "ar,prompt-lookup", "-n", "4", "--out", tmp_path, "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    assert "speed-up" in res.stdout and "prompt-lookup" in res.stdout and "results.csv" in res.stdout
+    assert "tok/s e2e" in res.stdout and "…" not in res.stdout  # nothing squeezed to 80 columns
     assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 2
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    proc = run_cli("gsm8k", "--out", str(tmp_path))
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr
+    res = run_cli("bench", "gsm8k", "--out", tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and res.exception is None or isinstance(res.exception, SystemExit)
     assert "--data" in lines[0] and "not reachable" in lines[0]
+
+
+def test_progress_lines_under_a_log_file(files, tmp_path):
+    """With stdout and stderr redirected, every method says when it starts and how far it is, at once."""
+    log = tmp_path / "log"
+    with log.open("w") as f:
+        proc = run_cli_process("bench", "jsonl", "--data", files["prompts"], "--target", files["target"],
+                               "--drafter", files["mamba2"], "--methods", "ar,mamba", "-n", "4",
+                               "--out", tmp_path / "out", "--device", "cpu", stdout=f, stderr=f)
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    for method in ("ar", "mamba"):
+        assert f"{method}: warming up" in text and f"jsonl · {method}: 0/2 prompts" in text
+        assert f"jsonl · {method}: 2/2 prompts" in text
+    assert text.index("[0:00:") == text.index("[")  # every status line carries the elapsed time

@@ -1,50 +1,118 @@
-"""Bad input: a one-line message naming the problem, a non-zero exit, no traceback."""
+"""The command line: text on stdout and everything else on stderr, prompts from files and stdin, stop strings,
+reproducible JSON records, and bad input refused in one line (before the heavy imports)."""
 
 import json
-import subprocess
-import sys
+import time
 
 import pytest
 
+from conftest import run_cli, run_cli_process
 
 
-def run_cli(*args, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "mambaspec.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-    return proc
-
-
-def assert_clean_error(proc, *needles):
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
+def assert_clean_error(res, *needles):
+    """A non-zero exit and one error line (the last; status lines such as "loading ..." may come before it)."""
+    assert res.exit_code != 0, res.stdout
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in res.stderr, res.stderr
     for needle in needles:
-        assert needle.lower() in lines[0].lower(), lines[0]
+        assert needle.lower() in errors[0].lower(), errors[0]
+
+
+@pytest.fixture(scope="module")
+def gen_args(tiny_dir):
+    return ["generate", "--raw", "--target", tiny_dir["target"], "--drafter", tiny_dir["mamba2"], "-n", "12"]
 
 
 @pytest.mark.parametrize("args,needles", [
     (["--target", "no-such-model"], ["unknown model", "no-such-model"]),
     (["--target", "/nonexistent/model.gguf"], ["not found"]),
-    (["--tree", "0,2"], ["invalid tree shape"]),
+    (["--tree", "0,2"], ["--tree", "invalid tree shape"]),
     (["--tree", "a,b"], ["invalid tree shape"]),
     (["--tree", ","], ["invalid tree shape"]),
+    (["--tree", "0"], ["--tree", "--drafter none"]),
     (["--temperature", "-1"], ["temperature"]),
     (["--top-p", "0"], ["top-p"]),
-    (["--max-new-tokens", "0"], ["max-new-tokens"]),
+    (["--max-new-tokens", "0"], ["--max-new-tokens"]),
+    (["--linear", "mkl"], ["unknown linear backend", "--linear"]),
+    (["--cross-tokenizer", "sometimes"], ["--cross-tokenizer"]),
+    (["--stop", ""], ["--stop"]),
 ])
 def test_bad_options(tiny_dir, args, needles):
-    full = ["generate", "hello", "--target", tiny_dir["target"], "--drafter", "none", *args]
-    assert_clean_error(run_cli(*full), *needles)
+    assert_clean_error(run_cli("generate", "hello", "--target", tiny_dir["target"], "--drafter", "none", *args),
+                       *needles)
 
 
-def test_empty_prompt(tiny_dir):
+def test_empty_prompt_and_no_prompt(tiny_dir):
     assert_clean_error(run_cli("generate", "  ", "--target", tiny_dir["target"]), "empty")
+    assert_clean_error(run_cli("generate", "--target", tiny_dir["target"]), "--prompt-file")
+    assert_clean_error(run_cli("generate", "--prompt-file", "/nonexistent/p.txt"), "/nonexistent/p.txt")
 
 
 def test_prompt_longer_than_context(tiny_dir):
     assert_clean_error(run_cli("generate", "x" * 600, "--raw", "--target", tiny_dir["target"], "--drafter", "none"),
                        "context", "shorten")
+
+
+def test_stdout_holds_only_the_text(gen_args):
+    res = run_cli(*gen_args, "Hello")
+    assert res.exit_code == 0, res.stderr
+    plain = run_cli(*gen_args, "Hello", "--json")
+    text = json.loads(plain.stdout)["text"]
+    assert res.stdout == text + "\n"  # the text and a final newline, nothing else
+    assert "generation stats" in res.stderr and "mean_accept_len" in res.stderr and "loading" in res.stderr
+    quiet = run_cli(*gen_args, "Hello", "--quiet")
+    assert quiet.stdout == res.stdout and quiet.stderr == ""
+
+
+def test_prompt_file_and_stdin(gen_args, tmp_path):
+    ref = json.loads(run_cli(*gen_args, "def f(x):\n", "--json").stdout)
+    path = tmp_path / "prompt.txt"
+    path.write_text("def f(x):\n")
+    from_file = json.loads(run_cli(*gen_args, "--prompt-file", path, "--json").stdout)
+    from_stdin = json.loads(run_cli(*gen_args, "--prompt-file", "-", "--json", input="def f(x):\n").stdout)
+    assert ref["new_token_ids"] == from_file["new_token_ids"] == from_stdin["new_token_ids"]
+    assert_clean_error(run_cli(*gen_args, "hi", "--prompt-file", path), "not both")
+
+
+def test_stop_strings_only_cut(gen_args):
+    full = json.loads(run_cli(*gen_args, "Hello", "-n", "30", "--json").stdout)
+    text = full["text"]
+    stop = text[8:10]  # a string that occurs in the greedy output
+    first = text.index(stop)
+    cut = json.loads(run_cli(*gen_args, "Hello", "-n", "30", "--stop", stop, "--json").stdout)
+    assert cut["text"] == text[:first] and cut["stats"]["stopped"] == "stop"
+    assert cut["new_token_ids"] == full["new_token_ids"][: len(cut["new_token_ids"])]  # a prefix: only cut
+    streamed = run_cli(*gen_args, "Hello", "-n", "30", "--stop", stop, "--stop", "never-there", "--quiet")
+    assert streamed.stdout == text[:first] + "\n"
+
+
+def test_json_record_reproduces_itself(gen_args):
+    rec = json.loads(run_cli(*gen_args, "Hello", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3",
+                             "--json").stdout)
+    assert rec["target"] == gen_args[3] and rec["tree"] == "2,1,1" and rec["max_new_tokens"] == 12
+    assert rec["sampling"] == {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 3}
+    again = json.loads(run_cli(*gen_args, "Hello", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3",
+                               "--json").stdout)
+    assert again["new_token_ids"] == rec["new_token_ids"]
+
+
+def test_system_turn(tiny_dir):
+    from tiny import char_tokenizer
+
+    tok = char_tokenizer()
+    tok.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
+    folder = tiny_dir["target"] + "-chat"
+    import shutil
+
+    shutil.copytree(tiny_dir["target"], folder, dirs_exist_ok=True)
+    tok.save_pretrained(folder)
+    args = ["generate", "Hi", "--target", folder, "--drafter", "none", "-n", "4", "--json"]
+    with_system = json.loads(run_cli(*args, "--system", "Be brief.").stdout)
+    without = json.loads(run_cli(*args).stdout)
+    assert with_system["prompt_tokens"] == without["prompt_tokens"] + len("[system] Be brief.\n")
+    assert_clean_error(run_cli(*args, "--raw", "--system", "Be brief."), "chat template")
 
 
 def test_drafter_with_other_tokenizer(tiny_dir):
@@ -53,7 +121,7 @@ def test_drafter_with_other_tokenizer(tiny_dir):
     common = ["generate", "Hello  wörld", "--raw", "--target", tiny_dir["target"], "-n", "12"]
     plain = run_cli(*common, "--json", "--drafter", "none")
     cross = run_cli(*common, "--json", "--drafter", tiny_dir["other_tok"], "--tree", "2,2,1")
-    assert plain.returncode == 0 and cross.returncode == 0, cross.stderr
+    assert plain.exit_code == 0 and cross.exit_code == 0, cross.stderr
     a, b = json.loads(plain.stdout), json.loads(cross.stdout)
     assert a["new_token_ids"] == b["new_token_ids"] and b["stats"]["drafter"].endswith("+xtok")
     assert_clean_error(run_cli(*common, "--drafter", tiny_dir["other_tok"], "--cross-tokenizer", "off"),
@@ -74,9 +142,53 @@ def test_unknown_target_without_drafter_is_one_line():
 @pytest.mark.parametrize("args,needle", [
     (["--policy", "bogus"], "unknown policy 'bogus'"),
     (["--reward", "bogus"], "unknown reward 'bogus'"),
-    (["--ucb-c", "-1"], "c (--ucb-c) must be >= 0"),
-    (["--confidence-buckets", "0.9,0.5"], "invalid --confidence-buckets"),
-    (["--arms", "missing.yaml"], "omit --arms"),
+    (["--ucb-c", "-1"], "c must be >= 0"),
+    (["--confidence-buckets", "0.9,0.5"], "invalid confidence buckets"),
+    (["--arms", "missing.yaml"], "arms file not found"),
+    (["--limit", "0"], "--limit"),
 ])
 def test_tune_rejects_bad_options_before_loading_models(args, needle):
     assert_clean_error(run_cli("tune", "--target", "no-such-model", *args), needle)
+
+
+# ------------------------------------------------------------------------------ real processes
+
+def test_bad_options_are_refused_before_torch_is_imported(tmp_path):
+    """A `torch` that cannot be imported: the option error still comes, so it came first (and fast)."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('torch was imported')\n")
+    for args, needle in ((["generate", "hi", "--tree", "1,x"], "invalid tree shape"),
+                         (["generate", "hi", "-n", "0"], "--max-new-tokens"),
+                         (["generate", "hi", "--top-p", "1.5"], "top-p"),
+                         (["bench", "humaneval", "--lengths", "1x"], "--lengths"),
+                         (["tune", "--policy", "nope"], "unknown policy")):
+        t0 = time.perf_counter()
+        proc = run_cli_process(*args, env={"PYTHONPATH": str(tmp_path)})
+        assert proc.returncode != 0 and needle in proc.stderr, proc.stderr
+        assert "torch was imported" not in proc.stderr and "Traceback" not in proc.stderr
+        assert time.perf_counter() - t0 < 5
+
+
+def test_generate_to_a_file_and_interrupted_start_up(tiny_dir, tmp_path):
+    out = tmp_path / "out.txt"
+    with out.open("w") as f:
+        proc = run_cli_process("generate", "Hello", "--raw", "--target", tiny_dir["target"], "--drafter",
+                               tiny_dir["mamba2"], "-n", "8", stdout=f)
+    assert proc.returncode == 0, proc.stderr
+    assert "generation stats" in proc.stderr and "generation stats" not in out.read_text()
+    import signal
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "mambaspec", "generate", "hi", "--target", tiny_dir["target"]],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)  # past the interpreter's own start-up, into mambaspec's (imports, model loading)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err and "interrupted" in err, err
+
+
+def test_help_piped_keeps_option_names_whole():
+    proc = run_cli_process("bench", "--help", env={"COLUMNS": None})
+    assert "--prompt-lookup-tokens" in proc.stdout and "…" not in proc.stdout

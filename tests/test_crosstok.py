@@ -9,9 +9,10 @@ import torch
 
 from mambaspec import (Drafter, DraftTree, MambaDrafter, MambaspecError, SamplingConfig, SpeculativeGenerator,
                        TreeShape)
-from mambaspec.crosstok import CrossTokenizerDrafter, _trie, adapt_drafter
 from mambaspec.drafters import make_drafter
-from mambaspec.vocab import DraftVocab
+from mambaspec.drafters.crosstok import CrossTokenizerDrafter, _trie
+from mambaspec.loading.pipeline import adapt_drafter
+from mambaspec.drafters.vocab import DraftVocab
 from tiny import char_tokenizer, reference_greedy, tiny_llama, tiny_mamba2, trained_tokenizer
 
 MAX_NEW = 24
@@ -43,7 +44,7 @@ class TextOracle(Drafter):
     name = "oracle"
 
     def __init__(self, tokenizer, text: str) -> None:
-        super().__init__(None, tokenizer)
+        self.tokenizer = tokenizer
         self.text = text
 
     def prefill(self, ids):
@@ -57,20 +58,12 @@ class TextOracle(Drafter):
         assert self.text.startswith(seen), "the drafter's text must be the committed text"
         tree = DraftTree.root_only(root_token)
         upcoming = self.tokenizer(self.text[len(seen):], add_special_tokens=False)["input_ids"]
-        for depth, tok in enumerate(upcoming[: shape.depth], start=1):
-            tree.tokens.append(tok)
-            tree.parents.append(depth - 1)
-            tree.depths.append(depth)
+        for tok in upcoming[: shape.depth]:
+            tree.add(tok, len(tree) - 1)
         return tree
 
     def state_bytes(self):
         return 0
-
-    def _begin_tree(self):
-        raise AssertionError
-
-    def _expand(self, tree, depth, parent_rows, nodes):
-        raise AssertionError
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[1]}-drafts-for-{p[0]}")
@@ -156,7 +149,7 @@ def test_drafter_follows_committed_text(toks, inner):
             assert drafter._text == _decode(tt, committed)
         fresh = make_drafter(model, dt)
         fresh.prefill(drafter._dids)
-        torch.testing.assert_close(drafter.inner._root_logits, fresh._root_logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(drafter.inner.root_logits, fresh.root_logits, rtol=1e-4, atol=1e-4)
         canonical += drafter._dids == dt(drafter._text)["input_ids"]
         rounds += 1
     assert max(prefills[1:], default=0) <= 2 * drafter.lookbehind  # rolled back and fed, not read again
@@ -181,7 +174,7 @@ def test_modes(toks):
     assert isinstance(adapt_drafter(other, tt, "auto"), CrossTokenizerDrafter)
     with pytest.raises(MambaspecError, match="different tokenizer"):
         adapt_drafter(other, tt, "off")
-    with pytest.raises(MambaspecError, match="--cross-tokenizer"):
+    with pytest.raises(MambaspecError, match="cross-tokenizer mode"):
         adapt_drafter(other, tt, "sometimes")
 
 

@@ -6,10 +6,10 @@ SmolLM2's tokenizer (cross-tokenizer drafting). Run with `pytest -m slow tests/t
 import pytest
 import torch
 
-from mambaspec import MambaDrafter, SpeculativeGenerator, TransformerDrafter
-from mambaspec.crosstok import CrossTokenizerDrafter
+from mambaspec import MambaDrafter, ModelOptions, SpeculativeGenerator, TransformerDrafter
+from mambaspec.drafters.crosstok import CrossTokenizerDrafter
 from mambaspec.errors import MambaspecError
-from mambaspec.models import load_model
+from mambaspec.loading.models import load_model
 from tiny import tiny_mamba2
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ LONG = "Notes, line by line.\n" + "".join(f"{i}. The value of item {i} is {i * 7
 @pytest.fixture(scope="module")
 def gemma():
     try:
-        return load_model("gemma3-270m", device="cpu")
+        return load_model("gemma3-270m", ModelOptions(device="cpu"))
     except MambaspecError as e:
         pytest.skip(str(e))
 
@@ -62,7 +62,7 @@ def test_gemma_target_is_lossless_alone_and_with_its_own_tokenizer(gemma):
 
 def test_smollm2_tokenizer_drafter_for_gemma(gemma):
     """A Mamba2 drafter speaking SmolLM2's tokenizer (49,152 tokens) drafts for Gemma 3 (262,144)."""
-    smol = load_model("smollm2-135m", device="cpu")
+    smol = load_model("smollm2-135m", ModelOptions(device="cpu"))
     tok = gemma.tokenizer
     drafter = CrossTokenizerDrafter(MambaDrafter(tiny_mamba2(0, vocab=len(smol.tokenizer)), smol.tokenizer), tok)
     gen = SpeculativeGenerator(gemma.model, drafter, tokenizer=tok)

@@ -81,7 +81,7 @@ def test_mamba_state_follows_any_accepted_path(make):
         drafter.commit(tree, path, bonus)
         committed += [tree.tokens[i] for i in path] + [bonus]
         fresh.prefill(committed)
-        torch.testing.assert_close(drafter._root_logits, fresh._root_logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(drafter.root_logits, fresh.root_logits, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(drafter.state.ssm[0], fresh.state.ssm[0], rtol=1e-4, atol=1e-4)
     assert drafter.state_bytes() == fresh.state_bytes() > 0  # fixed size, whatever the length
 
@@ -90,8 +90,8 @@ def test_fast_mamba2_step_equals_the_model_forward():
     """mamba_step.mamba2_step: same logits and states as the model's forward from the same state."""
     from transformers import DynamicCache
 
-    from mambaspec.drafters import MambaState
-    from mambaspec.mamba_step import mamba2_step
+    from mambaspec.drafters.mamba import MambaState
+    from mambaspec.drafters.mamba_step import mamba2_step
 
     model = tiny_mamba2(2)
     cache = DynamicCache(config=model.config)

@@ -1,19 +1,16 @@
 """The cheap verification path: packed-GQA attention, oneDNN linears, int8, preallocated KV cache,
 `--compile` — each equal to what it replaces, and greedy decoding lossless with each option on."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from mambaspec import MambaDrafter, MambaspecError, SpeculativeGenerator, TransformerDrafter
-from mambaspec.attention import packed_gqa_attention
-from mambaspec.kv import PreallocatedLayer, keep_slots, new_kv_cache
-from mambaspec.optimize import OneDNNLinear, onednn_usable, optimize_model
+from mambaspec.core.kv import PreallocatedLayer, keep_slots, new_kv_cache
+from mambaspec.cpu.attention import packed_gqa_attention, use_packed_attention
+from mambaspec.cpu.linears import OneDNNLinear, onednn_usable, optimize_model
+from conftest import run_cli
 from tiny import prompts, reference_greedy, tiny_llama, tiny_mamba2
 
 
@@ -74,14 +71,15 @@ def test_greedy_is_lossless_with_each_option(option):
     if option == "onednn" and not onednn_usable(torch.nn.Linear(2, 2)):
         pytest.skip("no oneDNN in this torch build")
     target = tiny_llama(0)
-    optimize_model(target, **OPTIONS[option])
+    done = optimize_model(target, **OPTIONS[option])
     ps = prompts(8)
-    refs = [reference_greedy(target, p, 20) for p in ps]
+    refs = [reference_greedy(target, p, 20) for p in ps]  # the optimized model's own greedy output
+    assert use_packed_attention(target)  # the engine's tree attention, as the loader switches it
     for make in (lambda: MambaDrafter(tiny_mamba2(2)), lambda: TransformerDrafter(tiny_llama(3, layers=1, hidden=32))):
         drafter = make()
         if option == "onednn":
             optimize_model(drafter.model, linear="onednn")
-        gen = SpeculativeGenerator(target, drafter)
+        gen = SpeculativeGenerator(target, drafter, target_options=done)
         for shape in ("1,1,1,1", "3,2,2,1,1"):
             for p, ref in zip(ps, refs):
                 assert gen.generate(p, max_new_tokens=20, tree=shape).new_token_ids == ref, (option, shape)
@@ -89,20 +87,19 @@ def test_greedy_is_lossless_with_each_option(option):
 
 
 def test_bad_options():
-    with pytest.raises(MambaspecError, match="unknown --quantize"):
+    with pytest.raises(MambaspecError, match="unknown quantization"):
         optimize_model(tiny_llama(0), quantize="int4")
-    with pytest.raises(MambaspecError, match="unknown --linear"):
+    with pytest.raises(MambaspecError, match="unknown linear backend"):
         optimize_model(tiny_llama(0), linear="mkl")
 
 
 def test_verify_cost_cli(tiny_dir, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "mambaspec.cli", "verify-cost", "--target", tiny_dir["target"], "--prefix", "64",
-           "--nodes", "1,2,5", "--repeats", "2", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert "engine ms" in proc.stdout
+    args = ["verify-cost", "--target", tiny_dir["target"], "--prefix", "64", "--nodes", "1,2,5", "--repeats", "2"]
+    res = run_cli(*args, "--out", tmp_path)
+    assert res.exit_code == 0, res.stderr
+    assert "engine ms" in res.stdout
     lines = (tmp_path / "verify_cost.csv").read_text().splitlines()
     assert lines[0].startswith("nodes,engine_ms,plain_ms") and len(lines) == 4
-    bad = subprocess.run([*cmd[:-2], "--nodes", "a,b"], capture_output=True, text=True, timeout=300, env=env)
-    assert bad.returncode != 0 and "--nodes" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli(*args[:5], "--nodes", "a,b")
+    assert bad.exit_code != 0 and "--nodes" in bad.stderr and bad.exception is None or isinstance(
+        bad.exception, SystemExit)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-import mambaspec.verify as verify_mod
+import mambaspec.core.verify as verify_mod
 from mambaspec import MambaDrafter, SamplingConfig, SpeculativeGenerator, TransformerDrafter, warp
-from mambaspec.verify import accept_child_sampled
+from mambaspec.core.verify import accept_child_sampled
 
 ALPHA = 1e-3  # fixed seeds make each test deterministic; a correct rule passes, a wrong one is far below
 
@@ -23,12 +23,18 @@ def _pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return chisquare(obs.numpy(), exp.numpy()).pvalue
 
 
-def _one_step_samples(rule, p, q, k, n, seed=0):
+def _one_step_samples(rule, p, q, k, n, seed=0, fixed=()):
+    """Draw k children from q (without replacement, after the deterministic proposals ``fixed`` are
+    removed from q), try ``fixed`` then them with ``rule``; count the tokens that come out."""
     g = torch.Generator().manual_seed(seed)
     counts = torch.zeros_like(p)
+    q = q.clone()
+    q[list(fixed)] = 0
+    q = q / q.sum()
     for _ in range(n):
-        children = torch.multinomial(q, k, replacement=False, generator=g).tolist()
-        i, residual = rule(p, q, children, g)
+        children = list(fixed) + (torch.multinomial(q, k, replacement=False, generator=g).tolist() if k else [])
+        drawn = [False] * len(fixed) + [True] * k
+        i, residual = rule(p, q, children, drawn, g)
         tok = children[i] if i is not None else int(torch.multinomial(residual, 1, generator=g))
         counts[tok] += 1
     return counts
@@ -38,22 +44,23 @@ P = torch.tensor([0.30, 0.25, 0.15, 0.12, 0.08, 0.05, 0.03, 0.02])
 Q = torch.tensor([0.05, 0.10, 0.30, 0.05, 0.20, 0.10, 0.15, 0.05])
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_acceptance_rule_reproduces_p(k):
-    counts = _one_step_samples(accept_child_sampled, P, Q, k, 20000)
+@pytest.mark.parametrize("k,fixed", [(1, ()), (2, ()), (3, ()), (0, (4,)), (2, (0,)), (1, (6, 2))],
+                         ids=["1", "2", "3", "lookup-only", "lookup+2", "2-lookups+1"])
+def test_acceptance_rule_reproduces_p(k, fixed):
+    """Drawn children, deterministic proposals (e.g. copied from the context), and both mixed."""
+    counts = _one_step_samples(accept_child_sampled, P, Q, k, 20000, fixed=fixed)
     assert _pvalue(counts, P) > ALPHA
 
 
-def _broken_no_residual(p, q, children, g):
+def _broken_no_residual(p, q, children, drawn, g):
     """A classic bug: on rejection, sample the bonus from p instead of the residual."""
-    _, _ = accept_child_sampled(p, q, children, g)
-    for c in children:
+    for i, c in enumerate(children):
         if torch.rand((), generator=g) < min(1.0, float(p[c] / q[c])):
-            return children.index(c), p
+            return i, p
     return None, p
 
 
-def _broken_keep_q(p, q, children, g):
+def _broken_keep_q(p, q, children, drawn, g):
     """Another: forget that later children were drawn without the rejected ones (q not renormalised)."""
     p = p.clone()
     for i, c in enumerate(children):
@@ -64,9 +71,15 @@ def _broken_keep_q(p, q, children, g):
     return None, p
 
 
-@pytest.mark.parametrize("broken,k", [(_broken_no_residual, 1), (_broken_keep_q, 3)])
-def test_broken_rules_are_caught(broken, k):
-    counts = _one_step_samples(broken, P, Q, k, 20000)
+def _broken_lookup_as_drawn(p, q, children, drawn, g):
+    """A mixed-proposal bug: judge a deterministic proposal as if drawn from q."""
+    return accept_child_sampled(p, q, children, [True] * len(children), g)
+
+
+@pytest.mark.parametrize("broken,k,fixed", [(_broken_no_residual, 1, ()), (_broken_keep_q, 3, ()),
+                                            (_broken_lookup_as_drawn, 1, (0,))])
+def test_broken_rules_are_caught(broken, k, fixed):
+    counts = _one_step_samples(broken, P, Q, k, 20000, fixed=fixed)
     assert _pvalue(counts, P) < ALPHA
 
 

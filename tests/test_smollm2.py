@@ -9,10 +9,8 @@ import torch
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
 from mambaspec import MambaDrafter, SpeculativeGenerator, TransformerDrafter
-from mambaspec.engine import encode_prompt
-from mambaspec.models import load_model
-from mambaspec.optimize import optimize_model
-from mambaspec.pipeline import load_drafter
+from mambaspec.core.engine import encode_prompt
+from mambaspec.loading.pipeline import load_drafter
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +41,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def target():
-    loaded = load_model("smollm2-135m", device="cpu")
-    optimize_model(loaded.model)  # the settings generate uses (oneDNN linears on CPU); the reference too
-    return loaded
+def target(smollm2):
+    return smollm2  # the settings generate uses (oneDNN linears, packed attention); the reference too
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +75,7 @@ def _drafter(name, target):
         return MambaDrafter(_random_mamba(name.split("-")[1], len(target.tokenizer)))
     if name == "oracle":
         return TransformerDrafter(target.model)
-    return load_drafter(name, target, device="cpu")
+    return load_drafter(name, target)
 
 
 @pytest.mark.parametrize("name", DRAFTERS)

@@ -6,11 +6,13 @@ import pytest
 import torch
 import yaml
 
-from mambaspec import MambaspecError
-from mambaspec.pipeline import load_drafter
-from mambaspec.models import load_model
-from mambaspec.train import DrafterRecipe, train_drafter
-from mambaspec.vocab import DraftVocab
+from mambaspec import MambaspecError, ModelOptions
+from mambaspec.config import recipes_dir
+from mambaspec.drafters.vocab import DraftVocab
+from mambaspec.loading.models import load_model
+from mambaspec.loading.pipeline import load_drafter
+from mambaspec.training.loop import build_model, train_drafter
+from mambaspec.training.recipe import DrafterRecipe
 
 
 def tiny_recipe(tmp_path, **over):
@@ -18,46 +20,86 @@ def tiny_recipe(tmp_path, **over):
     text.write_text("def add(a, b):\n    return a + b\n\n" * 200 + "print('hello world')\n" * 100)
     raw = dict(arch="mamba2", hidden_size=32, num_layers=1, state_size=8, head_dim=16, vocab_top_k=40,
                seq_len=32, batch_size=4, steps=12, lr=0.01, warmup_steps=2, checkpoint_every=4, log_every=2,
-               eval_prompts=2, eval_new_tokens=8,
+               eval_prompts=2, eval_new_tokens=8, kd_weight=0.5, prompt_weight=0.3, curriculum=[[6, 64]],
                data=[{"source": "files", "paths": [str(text)], "weight": 1.0},
-                     {"source": "distill", "prompts": "stdlib-functions", "limit": 6, "max_new_tokens": 8,
-                      "weight": 1.0}])
+                     {"source": "distill", "set": "tiny-test", "weight": 1.0}])
     raw.update(over)
     return DrafterRecipe.from_dict(raw)
 
 
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):
+    """A private cache, and a tiny distillation data set (recipes/data/tiny-test.yaml, written here)."""
     monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path / "cache"))
+    import mambaspec.training.datagen as datagen
+
+    recipes = tmp_path / "recipes"
+    (recipes / "data").mkdir(parents=True)
+    (recipes / "data" / "tiny-test.yaml").write_text(
+        "name: tiny-test\ntarget: TARGET\nseed: 0\nstdlib_functions: 6\n"
+        "answers: {max_new_tokens: 8, batch_size: 4, top_k_logprobs: 4}\nheldout_per_domain: 2\n")
+    monkeypatch.setattr(datagen, "recipes_dir", lambda: recipes)
+
+
+def _target_named(tmp_path, tiny_dir):
+    """The data recipe names its target; the tiny target's folder is that name here."""
+    path = tmp_path / "recipes" / "data" / "tiny-test.yaml"
+    path.write_text(path.read_text().replace("TARGET", tiny_dir["target"]))
+    return tiny_dir["target"]
 
 
 def test_train_reduces_loss_and_writes_a_loadable_drafter(tmp_path, tiny_dir, cache):
-    res = train_drafter(tiny_recipe(tmp_path), tiny_dir["target"], tmp_path / "run", log=lambda m: None)
+    target_name = _target_named(tmp_path, tiny_dir)
+    res = train_drafter(tiny_recipe(tmp_path), target_name, tmp_path / "run", log=lambda m: None)
     rows = [ln.split(",") for ln in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]
     losses = [float(r[1]) for r in rows]
     assert losses[-1] < losses[0]
     for name in ("model.safetensors", "config.json", "mambaspec.json", "eval.json", "README.md", "checkpoint.pt"):
         assert (tmp_path / "run" / name).exists(), name
     ev = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert 0 <= ev["top1_agreement"] <= 1 and ev["mean_accept_len_1111"] >= 1
-    target = load_model(tiny_dir["target"], device="cpu")
+    assert 0 <= ev["top1_agreement"] <= 1 and ev["mean_accept_len_1111"] >= 1 and ev["domains"]["code"]["prompts"] == 2
+    assert res.eval == ev
+    target = load_model(tiny_dir["target"], ModelOptions(device="cpu"))
     drafter = load_drafter(str(tmp_path / "run"), target)
     assert drafter.draft_vocab is not None and drafter.draft_vocab.size == 41
+    assert oct((tmp_path / "run" / "model.safetensors").stat().st_mode)[-3:] == "644"
 
 
 def test_interrupt_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_dir, cache):
+    target_name = _target_named(tmp_path, tiny_dir)
     recipe = tiny_recipe(tmp_path)
-    full = train_drafter(recipe, tiny_dir["target"], tmp_path / "full", evaluate=False, log=lambda m: None)
-    part = train_drafter(recipe, tiny_dir["target"], tmp_path / "part", evaluate=False, log=lambda m: None,
-                         stop_after=5)  # "interrupted" after step 5: checkpoint at 5
+    train_drafter(recipe, target_name, tmp_path / "full", evaluate=False, log=lambda m: None)
+    part = train_drafter(recipe, target_name, tmp_path / "part", evaluate=False, log=lambda m: None,
+                         stop_after=5)  # "interrupted" after step 5: checkpoint at 5, metrics logged up to 4
     assert part.steps == 5
-    with pytest.raises(MambaspecError, match="--resume"):
-        train_drafter(recipe, tiny_dir["target"], tmp_path / "part", log=lambda m: None)
-    train_drafter(recipe, tiny_dir["target"], tmp_path / "part", resume=True, evaluate=False, log=lambda m: None)
+    with pytest.raises(MambaspecError, match="resume"):
+        train_drafter(recipe, target_name, tmp_path / "part", log=lambda m: None)
+    (tmp_path / "part" / "metrics.csv").open("a").write("6,9.9,9.9,0.01,1,1.0\n")  # logged after the checkpoint
+    train_drafter(recipe, target_name, tmp_path / "part", resume=True, evaluate=False, log=lambda m: None)
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "part" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [2, 4, 6, 8, 10, 12]  # nothing twice, nothing lost
+
+
+def test_data_set_resumes_shard_by_shard(tmp_path, tiny_dir, cache):
+    """An interrupted data set is finished by the next run, with the same rows as an uninterrupted one."""
+    import mambaspec.training.datagen as datagen
+
+    _target_named(tmp_path, tiny_dir)
+    recipe = datagen.DataRecipe.named("tiny-test")
+    target = load_model(tiny_dir["target"], ModelOptions(device="cpu"))
+    folder = datagen.make_data(recipe, lambda: target, log=lambda m: None, max_batches=1)
+    assert len(list((folder / "answers").glob("shard-*.pt"))) == 1
+    datagen.make_data(recipe, lambda: target, log=lambda m: None)
+    rows = list(datagen.read_shards(folder))
+    assert len(rows) == 6 and sum(r["split"] == "heldout" for r in rows) == 2
+    assert all(r["topk_ids"].shape == (len(r["ids"]) - r["prompt_len"], 4) for r in rows)
+    calls = []
+    datagen.make_data(recipe, lambda: calls.append(1), log=lambda m: None)  # complete: the target is not loaded
+    assert not calls
 
 
 def test_draft_vocab_maps_back_to_target_ids():
@@ -80,6 +122,8 @@ def test_draft_vocab_maps_back_to_target_ids():
     ("steps: ten", "'steps' must be int"),
     ("data: []", "no source"),
     ("data: [{source: web}]", "data[0]"),
+    ("data: [{source: distill}]", "names a data set"),
+    ("curriculum: [[0]]", "curriculum"),
     ("- 1\n- 2", "mapping"),
 ])
 def test_recipe_errors(tmp_path, content, needle):
@@ -90,16 +134,19 @@ def test_recipe_errors(tmp_path, content, needle):
 
 
 def test_shipped_recipes_are_valid():
-    from mambaspec.models import recipes_dir
+    from mambaspec.training.datagen import DataRecipe
 
-    for path in (recipes_dir() / "drafters").glob("*.yaml"):
-        DrafterRecipe.load(path)
+    paths = sorted((recipes_dir() / "drafters").glob("*.yaml"))
+    assert len(paths) >= 2
+    for path in paths:
+        recipe = DrafterRecipe.load(path)
+        for src in recipe.data:
+            if src["source"] == "distill":
+                assert DataRecipe.named(src["set"]).target == "smollm2-135m", path
 
 
 def test_llama_baseline_matches_mamba2_size():
-    from mambaspec.train import build_model
-
-    r = DrafterRecipe.load(__import__("mambaspec.models", fromlist=["x"]).recipes_dir() / "drafters" / "mamba2-smollm2.yaml")
+    r = DrafterRecipe.load(recipes_dir() / "drafters" / "mamba2-smollm2.yaml")
     sizes = {}
     for arch in ("mamba2", "llama"):
         m = build_model(DrafterRecipe.from_dict({**yaml.safe_load(yaml.safe_dump(r.__dict__)), "arch": arch}), 8193, 2)
@@ -107,17 +154,20 @@ def test_llama_baseline_matches_mamba2_size():
     assert abs(sizes["llama"] - sizes["mamba2"]) / sizes["mamba2"] < 0.15, sizes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mamba2-smollm2", "llama-smollm2"])
-def test_shipped_drafter_loads_and_drafts(name):
+def test_shipped_drafter_loads_and_drafts(name, smollm2):
     """The shipped drafter loads by name with SmolLM2, proposes tokens the target accepts, and the
     output is the target's own greedy output."""
-    from mambaspec.models import registry
-    from mambaspec.pipeline import load_pipeline
+    from mambaspec.core.engine import SpeculativeGenerator
+    from mambaspec.loading.models import registry
+    from mambaspec.loading.pipeline import Pipeline, load_drafter
 
-    if name not in registry():
-        pytest.skip(f"{name} not shipped in this version")
-    pipe = load_pipeline("smollm2-135m", name, device="cpu")
-    plain = load_pipeline("smollm2-135m", "none", device="cpu")
+    def pipeline(drafter_name):
+        d = load_drafter(drafter_name, smollm2)
+        return Pipeline(smollm2, d, SpeculativeGenerator(smollm2.model, d, tokenizer=smollm2.tokenizer))
+
+    pipe, plain = pipeline(name), pipeline("none")
     prompt = 'def add(a, b):\n    """Return the sum of a and b."""\n'
     spec = pipe.generate(prompt, chat=False, max_new_tokens=24, tree="1,1,1,1")
     ref = plain.generate(prompt, chat=False, max_new_tokens=24)

@@ -1,0 +1,130 @@
+"""Bench results for people: rich tables (methods side by side) and matplotlib plots against length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from ..errors import MambaspecError
+
+TABLE_COLUMNS = [  # (title, key, format, best: "max" / "min" / None)
+    ("tok/s", "decode_tokens_per_s", "{:.1f}", "max"),
+    ("speed-up", "speedup_decode", "{:.2f}×", "max"),
+    ("tok/s e2e", "tokens_per_s", "{:.1f}", "max"),
+    ("speed-up e2e", "speedup_e2e", "{:.2f}×", "max"),
+    ("accept len", "mean_accept_len", "{:.2f}", "max"),
+    ("draft ms/round", "draft_ms_per_round", "{:.1f}", None),
+    ("verify ms/round", "verify_ms_per_round", "{:.1f}", None),
+    ("prefill s", "prefill_s", "{:.3f}", "min"),
+    ("peak MB", "peak_mem_mb", "{:.0f}", "min"),
+    ("drafter state", "drafter_state_bytes", None, None),
+    ("target KV", "target_kv_bytes", None, None),
+]
+
+
+def results_tables(rows: list[dict]) -> list[Table]:
+    """One rich table per (dataset, length): methods side by side, the best of each column in bold green,
+    greedy mismatches with ``ar`` in red."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["length"]), []).append(r)
+    tables = []
+    for (dataset, length), group in groups.items():
+        first = group[0]
+        title = (f"{dataset}{f' · {int(length)} tokens' if length else ''} · {int(first['prompts'])} prompts · "
+                 f"{first['max_new_tokens']} new tokens · {first['device']} {first['dtype']}")
+        t = Table(title=title, header_style="bold")
+        t.add_column("method")
+        for col in TABLE_COLUMNS:
+            t.add_column(col[0], justify="right")
+        t.add_column("lossless")
+        best = {}
+        for _, key, _, how in TABLE_COLUMNS:
+            values = [r[key] for r in group if r[key] is not None]
+            if how and len(values) > 1:
+                best[key] = max(values) if how == "max" else min(values)
+        for r in group:
+            cells = [r["method"]]
+            for _, key, fmt, _ in TABLE_COLUMNS:
+                v = r[key]
+                text = "-" if v is None else (_human_bytes(v) if fmt is None else fmt.format(v))
+                cells.append(f"[bold green]{text}[/]" if v is not None and best.get(key) == v else text)
+            cells.append(_lossless_cell(r))
+            t.add_row(*cells)
+        tables.append(t)
+    return tables
+
+
+def _lossless_cell(row: dict) -> str:
+    if row["method"] == "ar":
+        return "reference"
+    if float(row["temperature"]):
+        return "n/a (sampling)"
+    if row["greedy_match"] == "yes":
+        return "[green]✓ same as ar[/]"
+    if row["greedy_match"] == "no":
+        return f"[bold red]✗ {int(row['mismatched_prompts'])}/{int(row['prompts'])} differ[/]"
+    return "-"
+
+
+def _human_bytes(n: float) -> str:
+    if not n:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def check_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MambaspecError("--plot needs matplotlib: pip install 'mambaspec[plot]'") from None
+
+
+def plot_results(rows: list[dict], out: Path) -> list[Path]:
+    """PNGs per dataset: decode throughput, and memory (peak, drafter state, target KV cache), per method
+    against the prompt length (bars when the prompts keep their own lengths)."""
+    check_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {"throughput": [("decode_tokens_per_s", "decode tokens/s")],
+              "memory": [("peak_mem_mb", "peak memory (MB)"), ("drafter_state_bytes", "drafter state / KV (MiB)"),
+                         ("target_kv_bytes", "target KV cache (MiB)")]}
+    written = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        subset = [r for r in rows if r["dataset"] == dataset]
+        methods = list(dict.fromkeys(r["method"] for r in subset))
+        by_length = any(r["length"] for r in subset)
+        for name, keys in panels.items():
+            fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+            for ax, (key, label) in zip(axes[0], keys):
+                scale = 2**20 if key.endswith("_bytes") else 1
+                for i, m in enumerate(methods):
+                    pts = sorted((r["length"] or 0, (r[key] or 0) / scale) for r in subset if r["method"] == m)
+                    if by_length:  # markers and dashes tell apart methods whose lines coincide
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="osD^v*"[i % 6],
+                                linestyle=("-", "--", ":", "-.")[i % 4], label=m)
+                    else:
+                        ax.bar(i, pts[0][1])
+                ax.set_title(label)
+                if by_length:
+                    ax.set_xlabel("prompt length (tokens)")
+                else:
+                    ax.set_xticks(range(len(methods)), methods, rotation=30)
+                ax.grid(alpha=0.3)
+            if by_length:
+                axes[0][0].legend()
+            fig.suptitle(f"{dataset}: {name}")
+            fig.tight_layout()
+            path = out / f"{dataset}-{name}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written

@@ -1,0 +1,177 @@
+"""``mambaspec tune``: learn which tree shape pays on this workload and this hardware.
+
+``ucb`` runs one bandit across all prompts (its state carries over, so it learns the workload);
+``fixed`` runs every arm on every prompt with a fixed tree (a sweep, the reference the bandit
+is judged against). Both report per-arm pulls, mean reward, acceptance length and tokens/s, and
+write a tuned arms file (arms with their statistics) that ``generate --arms`` and ``bench``
+accept as a warm start.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ..config import DEFAULT_TARGET, recipes_dir
+from ..core.bandit import DEFAULT_C, DEFAULT_EDGES, Arm, UCBPolicy, load_arms, save_arms
+from ..core.bandit import check_options as check_policy_options
+from ..core.sampling import SamplingConfig
+from ..errors import MambaspecError
+from ..loading.options import ModelOptions
+
+if TYPE_CHECKING:  # light to import: the command line checks tune's options before torch loads
+    from ..core.engine import SpeculativeGenerator
+
+POLICIES = ("ucb", "fixed")
+WARMUP_TOKENS = 16
+
+
+@dataclass
+class TuneResult:
+    arms: list[Arm]
+    best: Arm
+    policy: str
+    tokens: int
+    seconds: float  # generation wall time over all prompts, prefill included
+    values: list[float]  # per arm, what the bandit ranks it by (UCBPolicy.value), e.g. replayed tokens/s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def rows(self) -> list[dict]:
+        """Per arm: its statistics and its value."""
+        return [{**a.as_dict(), "value": round(v, 6)} for a, v in zip(self.arms, self.values)]
+
+
+def tune(
+    generator: SpeculativeGenerator,
+    prompts: list[list[int]],
+    arms: list[Arm],
+    policy: str = "ucb",
+    c: float = DEFAULT_C,
+    reward: str = "replayed",
+    edges: str | tuple[float, ...] = DEFAULT_EDGES,
+    max_new_tokens: int = 128,
+    rounds: int | None = None,
+    sampling: SamplingConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    checkpoint: Callable[[TuneResult], None] | None = None,
+) -> TuneResult:
+    """Run ``policy`` over ``prompts``; ``rounds`` stops the bandit after that many rounds in all.
+
+    ``checkpoint`` receives the statistics so far after every prompt (so an interrupted run keeps them).
+    """
+    if policy not in POLICIES:
+        raise MambaspecError(f"unknown policy '{policy}'; use one of {', '.join(POLICIES)}")
+    if not prompts:
+        raise MambaspecError("no prompts to tune on")
+    arms = copy.deepcopy(arms)
+    for shape in dict.fromkeys(a.shape for a in arms):  # untimed: the first forwards of a new size are slow
+        generator.generate(prompts[0], max_new_tokens=WARMUP_TOKENS, tree=shape, sampling=sampling)
+    tokens, seconds = 0, 0.0
+    scorer = UCBPolicy(arms, c=c, reward=reward, edges=edges)  # UCBPolicy.value for any of these arms
+
+    def result(done: list[Arm]) -> TuneResult:
+        pulled = [a for a in done if a.pulls] or done
+        return TuneResult(arms, max(pulled, key=scorer.value), policy, tokens, seconds,
+                          [scorer.value(a) for a in arms])
+
+    if policy == "ucb":
+        for i, prompt in enumerate(prompts):
+            res = generator.generate(prompt, max_new_tokens=max_new_tokens, tree=scorer, sampling=sampling)
+            tokens, seconds = tokens + res.stats.new_tokens, seconds + res.stats.seconds
+            if progress:
+                progress(i + 1, len(prompts))
+            if checkpoint:
+                checkpoint(result(arms))
+            if rounds is not None and scorer.t >= rounds:
+                break
+        return result(arms)
+    for k, arm in enumerate(arms):
+        solo = UCBPolicy([arm], c=c, reward=reward, edges=edges)  # one arm: a fixed tree that keeps the same statistics
+        for i, prompt in enumerate(prompts):
+            res = generator.generate(prompt, max_new_tokens=max_new_tokens, tree=solo, sampling=sampling)
+            tokens, seconds = tokens + res.stats.new_tokens, seconds + res.stats.seconds
+            if progress:
+                progress(k * len(prompts) + i + 1, len(arms) * len(prompts))
+        if checkpoint:
+            checkpoint(result(arms[:k + 1]))
+    return result(arms)
+
+
+def check_options(policy: str, c: float, reward: str, edges: str | tuple[float, ...]) -> None:
+    """Fail on a bad policy, c, reward or confidence buckets before anything is loaded."""
+    if policy not in POLICIES:
+        raise MambaspecError(f"unknown policy '{policy}'; use one of {', '.join(POLICIES)}")
+    check_policy_options(c, reward, edges)
+
+
+def write_tune_outputs(result: TuneResult, out: str | Path, comment: str = "") -> tuple[Path, Path]:
+    """``arms.csv`` (per-arm statistics) and ``tuned_arms.yaml`` (a warm start for the bandit)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, yaml_path = out / "arms.csv", out / "tuned_arms.yaml"
+    rows = result.rows()
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*rows[0].keys(), "best", "policy"])
+        w.writeheader()
+        for a, row in zip(result.arms, rows):
+            w.writerow({**row, "best": a is result.best, "policy": result.policy})
+    save_arms(result.arms, yaml_path, comment=comment)
+    return csv_path, yaml_path
+
+
+def tune_dataset(
+    arms_file: str | Path | None = None,
+    dataset: str = "humaneval",
+    data: str | None = None,
+    limit: int | None = 20,
+    target: str = DEFAULT_TARGET,
+    drafter: str | None = None,
+    policy: str = "ucb",
+    rounds: int | None = None,
+    c: float = DEFAULT_C,
+    reward: str = "replayed",
+    edges: str | tuple[float, ...] = DEFAULT_EDGES,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    options: ModelOptions | None = None,
+    out: str | Path = "runs/tune",
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> tuple[TuneResult, Path, Path]:
+    """``mambaspec tune``: load the models and the prompts (the sources of ``bench``), tune, write
+    ``arms.csv`` and ``tuned_arms.yaml`` into ``out`` (after every prompt too); returns both paths."""
+    from ..loading.pipeline import load_pipeline
+    from .datasets import build_prompts, dataset_spec, load_rows
+
+    check_options(policy, c, reward, edges)
+    for name, value in (("limit", limit), ("rounds", rounds), ("max_new_tokens", max_new_tokens)):
+        if value is not None and value < 1:
+            raise MambaspecError(f"{name} must be at least 1, got {value}")
+    arms = load_arms(arms_file or recipes_dir() / "trees.yaml")
+    spec = dataset_spec(dataset)
+    rows = load_rows(spec, data)
+    log(f"loading target {target} and its drafter ...")
+    pipe = load_pipeline(target, drafter, options)
+    if pipe.drafter.name == "none":
+        raise MambaspecError("tune needs a drafter: name one (the target has no default drafter)")
+    context = pipe.generator.context_length
+    prompts, _ = build_prompts(spec, rows, pipe.target.tokenizer, max_tokens=context - max_new_tokens, limit=limit)
+    comment = (f"tuned by `mambaspec tune --policy {policy}` on {dataset} ({len(prompts)} prompts, "
+               f"{max_new_tokens} new tokens), target {target}, drafter {pipe.drafter.name}, c={c}, {reward} reward"
+               + (f", confidence buckets {edges}" if reward == "replayed" else ""))
+
+    def save(partial: TuneResult) -> None:
+        write_tune_outputs(partial, out, comment=comment)
+
+    log(f"warming up the {len(arms)} arms' shapes (untimed)")
+    result = tune(pipe.generator, [p.ids for p in prompts], arms, policy=policy, c=c, reward=reward, edges=edges,
+                  max_new_tokens=max_new_tokens, rounds=rounds, sampling=SamplingConfig(temperature=temperature),
+                  progress=progress, checkpoint=save)
+    csv_path, yaml_path = write_tune_outputs(result, out, comment=comment)
+    return result, csv_path, yaml_path

@@ -1,0 +1,204 @@
+"""The decoding loop: draft a tree, verify it in one target forward, commit, repeat.
+
+Invariants between rounds: the target's KV cache holds every committed token except the last
+one (the *pending* token, the root of the next tree); the drafter has consumed every committed
+token. With ``NoDrafter`` each round verifies the root alone, which is plain greedy/sampled
+decoding through the very same code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Generator
+
+import torch
+
+from ..drafters.base import Drafter, NoDrafter, ReadsTargetHidden, ReportsRanks
+from ..errors import MambaspecError
+from .kv import forward_chain, kv_bytes, new_kv_cache
+from .policy import FixedTree, TreePolicy
+from .sampling import SamplingConfig
+from .stats import GenerationStats, RoundOutcome, StatsRecorder, sync
+from .shape import TreeShape
+from .verify import verify_tree
+
+
+@dataclass
+class GenerationResult:
+    new_token_ids: list[int]
+    stats: GenerationStats
+    text: str = ""
+    prompt_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """The state of one generation between rounds."""
+
+    cache: object
+    pending: int  # the last committed token, not yet read by the target
+    context: int  # tokens the target has read
+    budget: int  # tokens to generate at most (max_new_tokens, or less at the context limit)
+    max_new_tokens: int
+    policy: TreePolicy
+    sampling: SamplingConfig
+    generator: torch.Generator | None
+    recorder: StatsRecorder
+    stop: Callable[[list[int]], bool] | None
+    out: list[int] = field(default_factory=list)
+    stopped: str = ""
+
+
+class SpeculativeGenerator:
+    """Speculative decoding of ``target`` with ``drafter`` (``None`` or ``NoDrafter`` = plain decoding).
+
+    ``target`` is used as it is; ``loading.models.load_model`` is what makes it cheap (packed tree
+    attention, packed linears) and says so in ``target_options``.
+    """
+
+    def __init__(self, target, drafter: Drafter | None = None, tokenizer=None, eos_token_ids=None,
+                 target_options: str = "stock") -> None:
+        self.target = target
+        self.drafter = drafter if drafter is not None else NoDrafter()
+        self.tokenizer = tokenizer
+        self.target_options = target_options
+        if eos_token_ids is None:
+            eos = getattr(target.generation_config, "eos_token_id", None)
+            if eos is None and tokenizer is not None:
+                eos = tokenizer.eos_token_id
+            eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        self.eos_token_ids = set(eos_token_ids)
+        self.vocab_size = target.get_output_embeddings().weight.shape[0]
+        self.drafter.bind(self.vocab_size)
+        cfg = target.config.get_text_config(decoder=True)
+        self.context_length = int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30)
+        if isinstance(self.drafter, ReadsTargetHidden):
+            raise MambaspecError(f"drafter '{self.drafter.name}' reads the target's hidden states, which this "
+                                 f"engine does not hand over yet")
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int = 128,
+                 tree: TreeShape | str | TreePolicy = "1,1,1,1", sampling: SamplingConfig | None = None,
+                 seed: int | None = None, on_tokens: Callable[[list[int]], None] | None = None,
+                 stop: Callable[[list[int]], bool] | None = None) -> GenerationResult:
+        """Generate up to ``max_new_tokens`` after ``prompt_ids``; ``on_tokens`` receives each round's tokens.
+
+        ``tree`` is a fixed shape, or a policy that picks the tree of every round and learns from
+        each round's outcome (its state carries over from call to call). ``stop(new_ids)`` ends the
+        generation after the round where it first returns True.
+        """
+        rounds = self.stream(prompt_ids, max_new_tokens, tree, sampling, seed, stop)
+        while True:
+            try:
+                new = next(rounds)
+            except StopIteration as done:
+                return done.value
+            if on_tokens is not None:
+                on_tokens(new)
+
+    def stream(self, prompt_ids: list[int], max_new_tokens: int = 128,
+               tree: TreeShape | str | TreePolicy = "1,1,1,1", sampling: SamplingConfig | None = None,
+               seed: int | None = None, stop: Callable[[list[int]], bool] | None = None
+               ) -> Generator[list[int], None, GenerationResult]:
+        """``generate`` as a generator: yields each round's new tokens, returns the ``GenerationResult``."""
+        with torch.inference_mode():
+            run = self._begin(prompt_ids, max_new_tokens, tree, sampling or SamplingConfig(), seed, stop)
+        while not run.stopped:
+            with torch.inference_mode():
+                new = self._round(run)
+            yield new
+        stats = run.recorder.finish(len(run.out))
+        stats.stopped, stats.policy_report = run.stopped, run.policy.report()
+        text = self.tokenizer.decode(run.out, skip_special_tokens=True) if self.tokenizer is not None else ""
+        return GenerationResult(new_token_ids=run.out, stats=stats, text=text, prompt_ids=list(prompt_ids))
+
+    def _begin(self, prompt_ids, max_new_tokens, tree, sampling, seed, stop) -> _Run:
+        """Check the request, read the prompt (target and drafter), set up the run."""
+        if not prompt_ids:
+            raise MambaspecError("the prompt is empty; give some text to continue")
+        if len(prompt_ids) >= self.context_length:
+            raise MambaspecError(f"the prompt has {len(prompt_ids)} tokens but the target's context is "
+                                 f"{self.context_length}; shorten the prompt")
+        if max_new_tokens < 1:
+            raise MambaspecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        policy = tree if hasattr(tree, "choose") else FixedTree(TreeShape.parse(tree))
+        if isinstance(self.drafter, NoDrafter):
+            policy = FixedTree(TreeShape(()))
+        device = self.target.device
+        generator = None
+        if seed is not None or not sampling.greedy:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed if seed is not None else torch.seed())
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        stats = GenerationStats(tree=policy.name, drafter=self.drafter.name, target_options=self.target_options,
+                                tree_policy="" if isinstance(policy, FixedTree) else policy.describe())
+        recorder = StatsRecorder(stats, device)
+        cache = new_kv_cache()
+        if len(prompt_ids) > 1:
+            forward_chain(self.target, cache, prompt_ids[:-1])
+        self.drafter.prefill(prompt_ids)
+        recorder.prefilled()
+        stats.target_kv_bytes = kv_bytes(cache)
+        stats.drafter_state_bytes = self.drafter.state_bytes()
+        policy.begin_sequence(self.drafter)
+        budget = min(max_new_tokens, self.context_length - len(prompt_ids))
+        return _Run(cache, prompt_ids[-1], len(prompt_ids) - 1, budget, max_new_tokens, policy, sampling, generator,
+                    recorder, stop)
+
+    def _round(self, run: _Run) -> list[int]:
+        """One round: draft, verify, commit; returns the new tokens (cut after an EOS)."""
+        device = self.target.device
+        t0 = time.perf_counter()
+        plan = run.policy.choose(self.drafter, run.context, run.budget - len(run.out))
+        draft = self.drafter.draft(run.pending, plan, run.sampling, run.generator)
+        sync(device)
+        t1 = time.perf_counter()
+        verdict = verify_tree(self.target, run.cache, draft, run.sampling, run.generator)
+        sync(device)
+        t2 = time.perf_counter()
+        new = verdict.tokens
+        eos_at = next((i for i, t in enumerate(new) if t in self.eos_token_ids), None)
+        if eos_at is not None:
+            new = new[: eos_at + 1]
+        run.out.extend(new)
+        run.stopped = self._why_stop(run, eos_at is not None)
+        if not run.stopped:
+            self.drafter.commit(draft, verdict.path, verdict.tokens[-1])
+            run.pending = verdict.tokens[-1]
+        sync(device)
+        t3 = time.perf_counter()
+        outcome = RoundOutcome(tokens=len(new), seconds=t3 - t0, draft_s=t1 - t0, forward_s=verdict.forward_s,
+                               nodes=len(draft) - 1, depth=draft.depth, context=run.context,
+                               accepted=len(verdict.path))
+        if run.policy.wants_ranks and isinstance(self.drafter, ReportsRanks):
+            outcome.ranks, outcome.confidences = self.drafter.committed_ranks(draft, verdict.path, new) or (None, None)
+        run.policy.observe(outcome)
+        run.recorder.round(outcome, verify_s=t2 - t1, commit_s=t3 - t2)
+        run.context += len(verdict.tokens)
+        return new
+
+    def _why_stop(self, run: _Run, eos: bool) -> str:
+        if eos:
+            return "eos"
+        if run.stop is not None and run.stop(run.out):
+            return "stop"
+        if len(run.out) >= run.budget:
+            return "max_new_tokens" if len(run.out) >= run.max_new_tokens else "context"
+        return ""
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
+    """Token ids for ``prompt``; wrapped in the tokenizer's chat template (with a ``system`` turn when
+    given) when it has one and ``chat``."""
+    if not prompt or not prompt.strip():
+        raise MambaspecError("the prompt is empty; give some text to continue")
+    if chat and getattr(tokenizer, "chat_template", None):
+        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+    if system:
+        raise MambaspecError("a system turn needs a chat template; this tokenizer has none (or chat is off)")
+    return tokenizer(prompt)["input_ids"]

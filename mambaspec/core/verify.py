@@ -1,0 +1,119 @@
+"""Verification of a whole draft tree in one target forward, and the acceptance rules.
+
+Greedy: a child is accepted when it equals the target's argmax at its parent; the first node
+with no matching child yields the target's argmax as the bonus token.
+
+Sampling: multi-candidate speculative sampling (SpecInfer, arXiv 2305.09781, Alg. 2; with
+children drawn from q without replacement, Recursive Speculative Decoding, arXiv 2402.14160),
+which reduces to Leviathan et al. 2023 (arXiv 2211.17192, Alg. 1) for one child:
+
+    for each child c_i (in the order proposed):
+        drawn from q:    accept c_i with probability min(1, p(c_i) / q(c_i))
+                         otherwise  p <- norm(max(p - q, 0))     # residual of the rejected proposal
+                                    q <- norm(q with c_i removed) # c_{i+1} was drawn without c_i
+        deterministic:   (q = one-hot(c_i), e.g. copied from the context)
+                         accept c_i with probability p(c_i)
+                         otherwise  p <- norm(p with c_i removed)  # = norm(max(p - one-hot, 0))
+    if every child is rejected: bonus ~ p
+
+Each step is a plain rejection step whose target is the residual of the previous one and whose
+proposal is what the candidate was really drawn from, given the candidates before it (drawn
+children come from q with the deterministic ones removed), so the accepted token (or the bonus)
+is distributed exactly as the target's p.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .kv import forward_tree, keep_slots, kv_length
+from .sampling import SamplingConfig, warp
+from .tree import DraftTree
+
+
+def accept_child_sampled(p: torch.Tensor, q: torch.Tensor | None, children: list[int], drawn: list[bool],
+                         generator: torch.Generator | None) -> tuple[int | None, torch.Tensor]:
+    """Try ``children`` in order against target probabilities ``p``; ``drawn[i]``: child i was drawn from
+    ``q`` (without replacement), else it is a deterministic proposal.
+
+    Returns (index of the accepted child or None, the distribution the bonus is drawn from when
+    none is accepted).
+    """
+    p = p.clone()
+    q = q.clone() if q is not None else None
+    for i, (c, from_q) in enumerate(zip(children, drawn)):
+        u = torch.rand((), generator=generator, device=p.device)
+        if from_q:
+            if u * q[c] < p[c]:  # u < min(1, p/q) without dividing
+                return i, p
+            residual = torch.clamp(p - q, min=0)
+            total = residual.sum()
+            if total > 0:  # total == 0 only when p == q up to rounding; p is then already right
+                p = residual / total
+            q[c] = 0
+            q_total = q.sum()
+            if q_total > 0:
+                q = q / q_total
+        else:
+            if u < p[c]:
+                return i, p
+            p[c] = 0
+            total = p.sum()
+            if total > 0:
+                p = p / total
+    return None, p
+
+
+@dataclass
+class Verdict:
+    path: list[int]  # accepted tree nodes (flat indices, root excluded), root to leaf
+    tokens: list[int]  # their tokens, then the bonus token
+    forward_s: float  # wall time of the target forward
+
+
+def walk_tree(logits: torch.Tensor, tree: DraftTree, sampling: SamplingConfig,
+              generator: torch.Generator | None = None) -> tuple[list[int], int]:
+    """The accepted path (flat node indices) and the bonus token, from the target's logits at every node."""
+    node, path = 0, []
+    while True:
+        children = tree.children(node)
+        if not tree.sampled:
+            best = int(torch.argmax(logits[node]))
+            match = next((c for c in children if tree.tokens[c] == best), None)
+            if match is None:
+                return path, best
+            node = match
+        else:
+            p = warp(logits[node], sampling)
+            accepted, residual = accept_child_sampled(
+                p, tree.q.get(node), [tree.tokens[c] for c in children], [tree.drawn[c] for c in children],
+                generator) if children else (None, p)
+            if accepted is None:
+                return path, int(torch.multinomial(residual, 1, generator=generator))
+            node = children[accepted]
+        path.append(node)
+
+
+@torch.inference_mode()
+def verify_tree(target, cache, tree: DraftTree, sampling: SamplingConfig,
+                generator: torch.Generator | None = None) -> Verdict:
+    """Verify ``tree`` in one forward of ``target``, leaving only the accepted path in ``cache``.
+
+    Before the call the cache holds every committed token but the root (the pending token);
+    after it, it holds those plus the root and the accepted draft tokens.
+    """
+    if tree.sampled == sampling.greedy and len(tree) > 1:
+        raise ValueError("the draft tree was grown for another decoding mode (greedy vs sampled)")
+    past = kv_length(cache)
+    positions = [past + d for d in tree.depths]
+    t0 = time.perf_counter()
+    logits = forward_tree(target, cache, tree.tokens, positions, tree.ancestor_mask())
+    if logits.is_cuda:
+        torch.cuda.synchronize(logits.device)
+    forward_s = time.perf_counter() - t0
+    path, bonus = walk_tree(logits, tree, sampling, generator)
+    keep_slots(cache, past, [past] + [past + i for i in path])
+    return Verdict(path=path, tokens=[tree.tokens[i] for i in path] + [bonus], forward_s=forward_s)

@@ -1,0 +1,66 @@
+"""``TransformerDrafter``: any causal LM with a KV cache; trees through a tree attention mask.
+
+Each depth is one forward over the nodes to expand, with a mask that lets each see its
+ancestors; the rejected entries are dropped from its cache at commit (SpecInfer, arXiv 2305.09781).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from ..core.kv import forward_chain, forward_tree, keep_slots, kv_bytes, new_kv_cache
+from .growth import StepDrafter
+from .vocab import DraftVocab
+
+
+class TransformerDrafter(StepDrafter):
+    name = "transformer"
+
+    def __init__(self, model, tokenizer=None, name: str | None = None, draft_vocab: DraftVocab | None = None) -> None:
+        super().__init__(model, tokenizer, name, draft_vocab)
+        self.cache: DynamicCache | None = None
+        self._committed = 0  # cache slots holding committed tokens
+        self._fed: list[int] = []  # tree nodes fed this round, in cache-slot order
+
+    def _encode_list(self, tokens: list[int]) -> list[int]:
+        return tokens if self.draft_vocab is None else self.draft_vocab.encode(torch.tensor(tokens)).tolist()
+
+    def prefill(self, ids: list[int]) -> None:
+        self.cache = new_kv_cache()
+        self.root_logits = forward_chain(self.model, self.cache, self._encode_list(ids))
+        self._committed = len(ids)
+        self._fed = []
+
+    def begin_tree(self) -> None:
+        self._fed = []
+
+    def expand(self, tree, depth, parent_rows, nodes):
+        self._fed.extend(nodes)
+        visible = tree.ancestor_mask()[nodes][:, self._fed]  # the root is in the cache, committed
+        positions = [self._committed - 1 + tree.depths[i] for i in self._fed]
+        return forward_tree(self.model, self.cache, self._encode_list([tree.tokens[i] for i in nodes]), positions,
+                            visible)
+
+    def commit(self, tree, path, bonus) -> None:
+        slot = {node: self._committed + k for k, node in enumerate(self._fed)}
+        kept = [i for i in path if i in slot]
+        unfed = [tree.tokens[i] for i in path if i not in slot] + [bonus]
+        keep_slots(self.cache, self._committed, [slot[i] for i in kept])
+        self._committed += len(kept)
+        logits = forward_chain(self.model, self.cache, self._encode_list(unfed), all_logits=len(unfed) > 1)
+        self.root_logits = logits[-1:]
+        self.bonus_logits = logits[-2:-1] if len(unfed) > 1 and len(path) == tree.depth > 0 else None
+        self._committed += len(unfed)
+        self._fed = []
+
+    def state_bytes(self) -> int:
+        return kv_bytes(self.cache) if self.cache is not None else 0
+
+    def snapshot(self) -> object:
+        return self._committed, self.root_logits  # the cache is cropped back on restore
+
+    def restore(self, snap: object) -> None:
+        self._committed, self.root_logits = snap
+        keep_slots(self.cache, self._committed, [])
+        self._fed = []

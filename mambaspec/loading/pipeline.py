@@ -1,0 +1,151 @@
+"""Load a target and a drafter once, generate many times: the Python API (and what ``mambaspec generate`` runs).
+
+    from mambaspec import load_pipeline
+    pipe = load_pipeline("smollm2-135m")                 # the target's shipped drafter
+    print(pipe.generate("Write a haiku about the sea").text)
+    for piece in pipe.stream("Explain recursion", max_new_tokens=64):
+        print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from ..core.engine import GenerationResult, SpeculativeGenerator, encode_prompt
+from ..core.sampling import SamplingConfig
+from ..core.shape import DEFAULT_TREE
+from ..drafters import make_drafter
+from ..drafters.base import Drafter, NoDrafter
+from ..drafters.crosstok import CrossTokenizerDrafter, same_tokenizer
+from ..errors import MambaspecError
+from ..drafters.vocab import vocab_from_meta
+from ..config import DEFAULT_TARGET
+from .models import LoadedModel, default_drafter, load_model
+from .options import ModelOptions, check_cross_tokenizer
+
+
+def load_drafter(name: str | None, target: LoadedModel, options: ModelOptions | None = None,
+                 cross_tokenizer: str = "auto") -> Drafter:
+    """The drafter ``name`` for ``target`` (``none``: no drafter); one with another tokenizer drafts through
+    text (``drafters.crosstok``) unless ``cross_tokenizer`` is ``off`` (then it is refused)."""
+    check_cross_tokenizer(cross_tokenizer)
+    if name in ("none", "", None):
+        return NoDrafter()
+    options = options or target.options
+    if options.device == "auto":  # a drafter lives where the target does
+        options = ModelOptions(**{**options.as_dict(), "device": str(target.device), "device_map": None})
+    loaded = load_model(name, options, role="drafter")
+    drafter = make_drafter(loaded.model, loaded.tokenizer, name=name, draft_vocab=vocab_from_meta(loaded.meta))
+    return adapt_drafter(drafter, target.tokenizer, cross_tokenizer)
+
+
+def adapt_drafter(drafter: Drafter, target_tokenizer, mode: str = "auto") -> Drafter:
+    """The drafter as the target can use it: wrapped in ``CrossTokenizerDrafter`` when its tokenizer
+    differs (``auto``), always (``on``), or never, refusing a drafter with another tokenizer (``off``)."""
+    check_cross_tokenizer(mode)
+    same = same_tokenizer(target_tokenizer, drafter.tokenizer)
+    if mode == "off" and not same:
+        raise MambaspecError(
+            f"drafter '{drafter.name}' uses a different tokenizer than the target ({len(drafter.tokenizer)} vs "
+            f"{len(target_tokenizer)} tokens) and cross-tokenizer drafting is off; turn it on (auto), or use a "
+            f"drafter trained on the target's tokenizer")
+    if mode == "on" or not same:
+        return CrossTokenizerDrafter(drafter, target_tokenizer)
+    return drafter
+
+
+def stop_at(tokenizer, strings: list[str]) -> Callable[[list[int]], bool] | None:
+    """A stop test for the engine: True once the generated text contains one of ``strings``."""
+    if not strings:
+        return None
+    return lambda ids: any(s in tokenizer.decode(ids, skip_special_tokens=True) for s in strings)
+
+
+def cut_at_stop(text: str, strings: list[str]) -> str:
+    """``text`` up to the first of ``strings`` (the stop string itself excluded)."""
+    cuts = [text.index(s) for s in strings or [] if s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+class TextStream:
+    """Text pieces as rounds commit tokens; ``result`` holds the ``GenerationResult`` once exhausted.
+
+    A piece is held back while it ends inside a UTF-8 character, and text from a stop string on
+    is never yielded.
+    """
+
+    def __init__(self, rounds, tokenizer, stop: list[str]) -> None:
+        self._rounds, self._tokenizer, self._stop = rounds, tokenizer, stop
+        self._ids: list[int] = []
+        self._printed = ""
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            try:
+                new = next(self._rounds)
+            except StopIteration as done:
+                self.result = done.value
+                self.result.text = cut_at_stop(self.result.text, self._stop)
+                rest = self.result.text[len(self._printed):]
+                self._printed = self.result.text
+                if rest:
+                    return rest
+                raise StopIteration from None
+            self._ids.extend(new)
+            text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+            if self._stop:
+                cut = cut_at_stop(text, self._stop)
+                if cut == text:  # no stop string yet: hold back what could be the start of one
+                    text = text[: max(0, len(text) - max(map(len, self._stop)) + 1)]
+                else:
+                    text = cut
+            if text.endswith("\ufffd") or len(text) <= len(self._printed):
+                continue
+            piece, self._printed = text[len(self._printed):], text
+            return piece
+
+
+@dataclass
+class Pipeline:
+    """A loaded target and drafter, ready to generate from text."""
+
+    target: LoadedModel
+    drafter: Drafter
+    generator: SpeculativeGenerator
+
+    def encode(self, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
+        return encode_prompt(self.target.tokenizer, prompt, chat=chat, system=system)
+
+    def stream(self, prompt: str | list[int], *, max_new_tokens: int = 128, tree=DEFAULT_TREE,
+               sampling: SamplingConfig | None = None, seed: int | None = None, chat: bool = True,
+               system: str | None = None, stop: list[str] | None = None) -> TextStream:
+        """Text pieces as they are accepted (``.result`` has the stats at the end). ``prompt`` is text
+        (wrapped in the chat template unless ``chat=False``) or token ids; ``tree`` a shape such as
+        ``"2,1,1"`` or a tree policy; ``stop`` strings end the text before them."""
+        ids = prompt if isinstance(prompt, list) else self.encode(prompt, chat=chat, system=system)
+        rounds = self.generator.stream(ids, max_new_tokens, tree, sampling, seed,
+                                       stop_at(self.target.tokenizer, stop or []))
+        return TextStream(rounds, self.target.tokenizer, stop or [])
+
+    def generate(self, prompt: str | list[int], **kwargs) -> GenerationResult:
+        """The whole answer at once; the same keywords as ``stream``."""
+        stream = self.stream(prompt, **kwargs)
+        for _ in stream:
+            pass
+        return stream.result
+
+
+def load_pipeline(target: str = DEFAULT_TARGET, drafter: str | None = None, options: ModelOptions | None = None,
+                  cross_tokenizer: str = "auto") -> Pipeline:
+    """Load ``target`` and ``drafter`` (None: the target's default drafter; ``"none"``: no drafter)."""
+    options = options or ModelOptions()
+    check_cross_tokenizer(cross_tokenizer)
+    tgt = load_model(target, options, role="target")
+    d = load_drafter(default_drafter(target) if drafter is None else drafter, tgt, options, cross_tokenizer)
+    gen = SpeculativeGenerator(tgt.model, d, tokenizer=tgt.tokenizer, target_options=tgt.optimized)
+    return Pipeline(target=tgt, drafter=d, generator=gen)

@@ -1,0 +1,1 @@
+"""Training drafters: data (prompt sources, distillation), the training loop, evaluation."""

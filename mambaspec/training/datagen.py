@@ -1,0 +1,320 @@
+"""Distillation data made by the target itself: prompts it writes (Magpie), templated and document
+prompts, and its answers with its top-k log-probabilities at every answer token.
+
+A data recipe (``recipes/data/*.yaml``) defines the whole set; ``make_data`` builds it into
+``$MAMBASPEC_CACHE/data/NAME/``:
+
+- ``magpie-raw.jsonl``: the target's raw user turns, one line per batch (resume skips done batches);
+- ``prompts.jsonl``: every prompt with its domain, source and split (``train`` or ``heldout``: the
+  last ``heldout_per_domain`` of each domain, never trained on);
+- ``answers/shard-NNNNN.pt``: one file per answered batch, written atomically, in a fixed plan
+  order (held-out prompts first, then a seeded shuffle), so a rerun skips finished shards and
+  ends with exactly the data an uninterrupted run makes.
+
+Sequence-level distillation (Kim & Rush 2016) with the target's own answers; Magpie prompts
+(Xu et al. 2024, arXiv 2406.08464); top-k soft targets as in DistillSpec (arXiv 2310.08461).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from ..config import cache_dir, load_yaml, recipes_dir
+from ..errors import MambaspecError
+from .corpus import stdlib_function_prompts
+from .sources import document_prompts, template_prompts
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class DataRecipe:
+    """A distillation data set (a YAML file in ``recipes/data/``)."""
+
+    name: str
+    target: str = "smollm2-135m"
+    seed: int = 0
+    magpie: dict = field(default_factory=dict)
+    templates: dict = field(default_factory=dict)
+    stdlib_functions: int = 0
+    documents: dict = field(default_factory=dict)
+    answers: dict = field(default_factory=dict)
+    heldout_per_domain: int = 12
+
+    @classmethod
+    def load(cls, path: str | Path) -> DataRecipe:
+        raw = load_yaml(path, "data recipe")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise MambaspecError(f"{path}: unknown setting '{unknown[0]}'; known: {', '.join(sorted(known))}")
+        if "name" not in raw:
+            raise MambaspecError(f"{path}: give the data set a name (name: ...)")
+        return cls(**raw)
+
+    @classmethod
+    def named(cls, name: str) -> DataRecipe:
+        """The data recipe ``recipes/data/NAME.yaml``."""
+        path = recipes_dir() / "data" / f"{name}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem != "prompt-parts"))
+            raise MambaspecError(f"no data set '{name}' in {path.parent}; known: {known}")
+        return cls.load(path)
+
+    @property
+    def folder(self) -> Path:
+        return cache_dir() / "data" / self.name
+
+    def answer(self, key: str, default):
+        return self.answers.get(key, default)
+
+
+# --------------------------------------------------------------------------------------- magpie
+
+def _user_prefix(tokenizer, system: str) -> list[int]:
+    """The chat template up to where the user's words start, after ``system``'s turn."""
+    mark = "\x00USER\x00"
+    text = tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": mark}],
+                                         tokenize=False)
+    return tokenizer(text[: text.index(mark)], add_special_tokens=False)["input_ids"]
+
+
+def _keep_user_turn(text: str) -> bool:
+    return (20 <= len(text) <= 1200 and len(text.split()) >= 4 and "<|" not in text
+            and not text.lower().startswith(("sure", "certainly", "of course")))
+
+
+def _dedup_key(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower())[:10])
+
+
+@torch.inference_mode()
+def magpie_prompts(model, tokenizer, cfg: dict, seed: int, folder: Path, log: Log) -> list[dict]:
+    """User turns the target writes itself (its chat template up to the user's turn), filtered and deduplicated."""
+    raw_path = folder / "magpie-raw.jsonl"
+    systems = cfg.get("systems") or ["You are a helpful assistant."]
+    batch, attempts = int(cfg.get("batch_size", 32)), int(cfg.get("attempts", 0))
+    done = {json.loads(line)["batch"] for line in raw_path.read_text().splitlines()} if raw_path.exists() else set()
+    eos = tokenizer.eos_token_id
+    n_batches = -(-attempts // batch)
+    t0 = time.perf_counter()
+    for b in range(n_batches):
+        if b in done:
+            continue
+        system = systems[b % len(systems)]
+        prefix = torch.tensor([_user_prefix(tokenizer, system)] * batch, device=model.device)
+        torch.manual_seed(seed * 100_003 + b)
+        out = model.generate(prefix, attention_mask=torch.ones_like(prefix), do_sample=True, top_k=0,
+                             temperature=float(cfg.get("temperature", 1.0)), top_p=float(cfg.get("top_p", 1.0)),
+                             max_new_tokens=int(cfg.get("max_new_tokens", 96)), pad_token_id=eos, eos_token_id=eos)
+        texts = []
+        for row in out[:, prefix.shape[1]:].tolist():  # an unfinished turn (no EOS) is dropped
+            texts.append(tokenizer.decode(row[: row.index(eos)]).strip() if eos in row else None)
+        with raw_path.open("a") as f:
+            f.write(json.dumps({"batch": b, "system": b % len(systems), "texts": texts}) + "\n")
+        log(f"magpie: batch {b + 1}/{n_batches} ({time.perf_counter() - t0:.0f} s)")
+    prompts, seen = [], set()
+    for line in sorted(raw_path.read_text().splitlines(), key=lambda s: json.loads(s)["batch"]):
+        rec = json.loads(line)
+        for i, text in enumerate(rec["texts"]):
+            if text is None or not _keep_user_turn(text):
+                continue
+            key = _dedup_key(text)
+            if key in seen:
+                continue
+            seen.add(key)
+            prompts.append({"id": f"magpie-{rec['batch']}-{i}", "domain": "chat", "source": f"magpie:{rec['system']}",
+                            "prompt": text})
+    return prompts
+
+
+# -------------------------------------------------------------------------------------- prompts
+
+def build_prompt_set(recipe: DataRecipe, model, tokenizer, log: Log) -> list[dict]:
+    """Every prompt of the recipe (``prompts.jsonl``, made once), with its split."""
+    path = recipe.folder / "prompts.jsonl"
+    if path.exists():
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    recipe.folder.mkdir(parents=True, exist_ok=True)
+    prompts: list[dict] = []
+    docs = recipe.documents
+    if docs:
+        doc_prompts, sentences = document_prompts(
+            int(docs.get("short", 0)), int(docs.get("long", 0)), tuple(docs.get("short_tokens", (200, 900))),
+            tuple(docs.get("long_tokens", (1000, 3500))), tokenizer, recipe.seed, log)
+        prompts += doc_prompts
+    else:
+        sentences = []
+    prompts += template_prompts(recipe.templates, recipe.seed, sentences)
+    if recipe.stdlib_functions:
+        prompts += [{**p, "id": f"stdlib-{p['id']}", "domain": "code", "source": "stdlib-function"}
+                    for p in stdlib_function_prompts(limit=recipe.stdlib_functions, seed=recipe.seed)]
+    if recipe.magpie:
+        prompts += magpie_prompts(model, tokenizer, recipe.magpie, recipe.seed, recipe.folder, log)
+    by_domain: dict[str, list[dict]] = {}
+    for p in prompts:
+        by_domain.setdefault(p["domain"], []).append(p)
+    for rows in by_domain.values():
+        for i, p in enumerate(rows):
+            p["split"] = "heldout" if i >= len(rows) - recipe.heldout_per_domain else "train"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    tmp.replace(path)
+    log(f"prompts: {len(prompts)} ({', '.join(f'{d} {len(r)}' for d, r in sorted(by_domain.items()))}) -> {path}")
+    return prompts
+
+
+# -------------------------------------------------------------------------------------- answers
+
+@dataclass
+class AnswerBatch:
+    index: int
+    prompts: list[dict]  # each with "ids" (the chat-formatted prompt)
+    sampled: bool
+
+
+def plan_batches(prompts: list[dict], recipe: DataRecipe, tokenizer) -> list[AnswerBatch]:
+    """The fixed order in which prompts are answered: held-out first, then a seeded shuffle; batches of
+    similar length (long prompts in smaller batches); every k-th batch sampled instead of greedy."""
+    from ..core.engine import encode_prompt
+
+    rng = random.Random(recipe.seed)
+    held = [p for p in prompts if p["split"] == "heldout"]
+    train = [p for p in prompts if p["split"] != "heldout"]
+    rng.shuffle(train)
+    for p in held + train:
+        p["ids"] = encode_prompt(tokenizer, p["prompt"], chat=True)
+    size, long_size = int(recipe.answer("batch_size", 16)), int(recipe.answer("long_batch_size", 4))
+    sampled_every = round(1 / recipe.answer("sampled_fraction", 0.0)) if recipe.answer("sampled_fraction", 0) else 0
+    batches: list[AnswerBatch] = []
+    for group in (held, train):
+        short = [p for p in group if len(p["ids"]) < 1000]
+        long = [p for p in group if len(p["ids"]) >= 1000]
+        for rows, n in ((short, size), (long, long_size)):
+            for start in range(0, len(rows), n * 8):  # sort within blocks: little padding, order still mixed
+                block = sorted(rows[start:start + n * 8], key=lambda p: len(p["ids"]))
+                for b in range(0, len(block), n):
+                    k = len(batches)
+                    sampled = group is train and sampled_every > 0 and k % sampled_every == sampled_every - 1
+                    batches.append(AnswerBatch(k, block[b:b + n], sampled))
+    # spread the long batches through the plan instead of leaving them to the end
+    held_n = sum(1 for b in batches if b.prompts[0]["split"] == "heldout")
+    rest = batches[held_n:]
+    shorts = [b for b in rest if len(b.prompts[0]["ids"]) < 1000]
+    longs = [b for b in rest if len(b.prompts[0]["ids"]) >= 1000]
+    mixed, every = [], max(1, len(shorts) // max(1, len(longs)))
+    for i, b in enumerate(shorts):
+        mixed.append(b)
+        if longs and (i + 1) % every == 0:
+            mixed.append(longs.pop(0))
+    ordered = batches[:held_n] + mixed + longs
+    for i, b in enumerate(ordered):
+        b.index = i
+    return ordered
+
+
+@torch.inference_mode()
+def answer_batch(model, batch: AnswerBatch, pad: int, eos: int, max_new: int, top_k: int, recipe: DataRecipe,
+                 ) -> list[dict]:
+    """The target's answers to one batch, with the top-k log-probabilities at every answer token."""
+    ids = [p["ids"] for p in batch.prompts]
+    width = max(len(x) for x in ids)
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=model.device)
+    attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=model.device)
+    kwargs = dict(do_sample=False)
+    if batch.sampled:
+        torch.manual_seed(recipe.seed * 1_000_003 + batch.index)
+        kwargs = dict(do_sample=True, temperature=float(recipe.answer("temperature", 0.7)),
+                      top_p=float(recipe.answer("top_p", 1.0)), top_k=0)
+    out = model.generate(input_ids=input_ids, attention_mask=attn, max_new_tokens=max_new, pad_token_id=pad,
+                         eos_token_id=eos, output_logits=True, return_dict_in_generate=True, **kwargs)
+    logits = torch.stack(out.logits, dim=1)  # (B, T, V), raw: the target's own distribution at T=1
+    rows = []
+    for i, p in enumerate(batch.prompts):
+        answer = out.sequences[i, width:].tolist()
+        if eos in answer:
+            answer = answer[: answer.index(eos) + 1]
+        top = torch.log_softmax(logits[i, : len(answer)].float(), dim=-1).topk(top_k, dim=-1)
+        rows.append({"id": p["id"], "domain": p["domain"], "source": p["source"], "split": p["split"],
+                     "mode": "sampled" if batch.sampled else "greedy", "prompt_len": len(p["ids"]),
+                     "ids": torch.tensor(p["ids"] + answer, dtype=torch.int32),
+                     "topk_ids": top.indices.to(torch.int32), "topk_logp": top.values.to(torch.float16)})
+    return rows
+
+
+def shard_path(folder: Path, index: int) -> Path:
+    return folder / "answers" / f"shard-{index:05d}.pt"
+
+
+def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_batches: int | None = None) -> Path:
+    """Build (or finish building) the recipe's data set; returns its folder.
+
+    ``load_target()`` returns a ``LoadedModel``; it is only called when something is left to make.
+    ``max_batches`` stops after that many new shards (tests use it to simulate an interruption).
+    """
+    folder = recipe.folder
+    plan_file = folder / "plan.json"
+    if plan_file.exists():
+        n = json.loads(plan_file.read_text())["batches"]
+        if all(shard_path(folder, i).exists() for i in range(n)):
+            return folder
+    (folder / "answers").mkdir(parents=True, exist_ok=True)
+    log(f"data set {recipe.name}: loading the target {recipe.target} to make it ...")
+    target = load_target()
+    model, tokenizer = target.model, target.tokenizer
+    prompts = build_prompt_set(recipe, model, tokenizer, log)
+    plan = plan_batches(prompts, recipe, tokenizer)
+    plan_file.write_text(json.dumps({"batches": len(plan), "prompts": len(prompts)}))
+    todo = [b for b in plan if not shard_path(folder, b.index).exists()]
+    log(f"answers: {len(plan) - len(todo)} of {len(plan)} batches already done; {len(todo)} to go")
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    max_new, top_k = int(recipe.answer("max_new_tokens", 256)), int(recipe.answer("top_k_logprobs", 8))
+    t0, tokens = time.perf_counter(), 0
+    for n, batch in enumerate(todo):
+        if max_batches is not None and n >= max_batches:
+            break
+        rows = answer_batch(model, batch, pad, eos, max_new, top_k, recipe)
+        path = shard_path(folder, batch.index)
+        tmp = path.with_suffix(".tmp")
+        torch.save(rows, tmp)
+        tmp.replace(path)
+        tokens += sum(len(r["ids"]) - r["prompt_len"] for r in rows)
+        elapsed = time.perf_counter() - t0
+        log(f"answers: batch {batch.index + 1}/{len(plan)} ({n + 1} this run), {tokens:,} answer tokens, "
+            f"{tokens / elapsed:.0f} tok/s, {elapsed / 60:.1f} min")
+    return folder
+
+
+def make_recipe_data(recipe, target: str, device: str = "cpu", log: Log = print) -> list[Path]:
+    """Make every distillation data set a drafter recipe uses (``pretrain-drafter --data-only``)."""
+    from ..loading.models import load_model
+    from ..loading.options import ModelOptions
+
+    loaded: list = []
+
+    def load_target():
+        if not loaded:
+            loaded.append(load_model(target, ModelOptions(device=device, dtype="float32")))
+        return loaded[0]
+
+    sets = [src["set"] for src in recipe.data if src["source"] == "distill"]
+    if not sets:
+        raise MambaspecError("the recipe uses no distillation data set (data: - source: distill, set: NAME)")
+    return [make_data(DataRecipe.named(name), load_target, log) for name in sets]
+
+
+def read_shards(folder: Path, split: str | None = None) -> Iterator[dict]:
+    """Every answered row of a data set (optionally of one split), in plan order."""
+    for path in sorted((Path(folder) / "answers").glob("shard-*.pt")):
+        for row in torch.load(path, weights_only=False):
+            if split is None or row["split"] == split:
+                yield row

@@ -1,0 +1,322 @@
+"""``pretrain-drafter``: train a small drafter for a target's tokenizer.
+
+Next-token cross-entropy on every source (language-model text and the target's own answers),
+plus, with ``kd_weight``, the KL divergence to the target's top-k distribution at every answer
+token (soft targets; DistillSpec, arXiv 2310.08461). The batch of step ``s`` depends only on
+``(seed, s)`` and checkpoints hold the optimizer, so ``resume`` continues with the same data order
+and ends where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..drafters.vocab import META_FILE, DraftVocab
+from ..errors import MambaspecError
+from .data import Batch, TrainingData, prepare_data
+from .recipe import DrafterRecipe
+
+METRICS = ["step", "loss", "loss_ema", "lr", "tokens_per_s", "wall_s"]
+
+
+def build_model(recipe: DrafterRecipe, vocab_size: int, eos_id: int | None):
+    """A fresh drafter; ``llama`` is sized to match the Mamba2 model of the same recipe."""
+    from transformers import (LlamaConfig, LlamaForCausalLM, Mamba2Config, Mamba2ForCausalLM, MambaConfig,
+                              MambaForCausalLM)
+
+    torch.manual_seed(recipe.seed)
+    common = dict(vocab_size=vocab_size, hidden_size=recipe.hidden_size, tie_word_embeddings=True,
+                  eos_token_id=eos_id, pad_token_id=eos_id, bos_token_id=None)
+    if recipe.arch == "mamba2":
+        heads = recipe.expand * recipe.hidden_size // recipe.head_dim
+        cfg = Mamba2Config(num_hidden_layers=recipe.num_layers, state_size=recipe.state_size, expand=recipe.expand,
+                           num_heads=heads, head_dim=recipe.head_dim, n_groups=1, conv_kernel=4, chunk_size=64,
+                           **common)
+        return Mamba2ForCausalLM(cfg)
+    if recipe.arch == "mamba":
+        cfg = MambaConfig(num_hidden_layers=recipe.num_layers, state_size=recipe.state_size, expand=recipe.expand,
+                          **common)
+        return MambaForCausalLM(cfg)
+    h, inter = recipe.hidden_size, int(8 * recipe.hidden_size / 3 // 8 * 8)
+    layers = recipe.llama_layers
+    if not layers:  # as many layers as match the Mamba2 body of the same recipe
+        mamba_body = _body_params(build_model(DrafterRecipe(**{**asdict(recipe), "arch": "mamba2"}), vocab_size,
+                                              eos_id))
+        layers = max(1, round(mamba_body / (4 * h * h + 3 * h * inter + 2 * h)))
+    cfg = LlamaConfig(num_hidden_layers=layers, intermediate_size=inter, num_attention_heads=recipe.num_heads,
+                      num_key_value_heads=recipe.num_heads, max_position_embeddings=8192, **common)
+    return LlamaForCausalLM(cfg)
+
+
+def _body_params(model) -> int:
+    emb = model.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in model.parameters()) - emb
+
+
+def init_embeddings_from_target(model, target, vocab: DraftVocab | None) -> None:
+    """Input/output embeddings from a PCA of the target's embeddings (rows of the draft vocabulary)."""
+    emb = target.get_input_embeddings().weight.detach().float()
+    rows = emb[vocab.to_target] if vocab is not None else emb
+    d = model.get_input_embeddings().weight.shape[1]
+    centered = rows - rows.mean(0, keepdim=True)
+    _, _, v = torch.pca_lowrank(centered, q=min(d, centered.shape[1]), center=False)
+    proj = centered @ v[:, :d]
+    proj = proj / proj.std() * 0.02  # the scale of a fresh initialisation
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        weight[: proj.shape[0], : proj.shape[1]] = proj
+
+
+def lr_at(step: int, recipe: DrafterRecipe) -> float:
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / recipe.warmup_steps
+    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * cosine)
+
+
+def loss_of(model, batch: Batch, vocab: DraftVocab | None, recipe: DrafterRecipe, device) -> torch.Tensor:
+    """Weighted next-token cross-entropy, plus ``kd_weight`` x KL(target top-k || drafter) where soft targets exist."""
+    ids = batch.ids.to(device)
+    inputs, labels = ids[:, :-1], ids[:, 1:]
+    if vocab is not None:
+        inputs, labels = vocab.encode(inputs), vocab.encode(labels)
+    logits = model(input_ids=inputs).logits.float()
+    logp = F.log_softmax(logits, dim=-1)
+    weight = batch.weight.to(device)
+    if vocab is not None:  # a token outside the draft vocabulary (the bucket) is never a target
+        weight = weight * (labels != vocab.size - 1)
+    nll = -logp.gather(-1, labels[..., None])[..., 0]
+    loss = (nll * weight).sum() / weight.sum().clamp_min(1)
+    if recipe.kd_weight > 0 and batch.soft_ids is not None:
+        teacher = batch.soft_logp.to(device)
+        known = torch.isfinite(teacher[..., 0])
+        if known.any():
+            cols = batch.soft_ids.to(device).long()
+            if vocab is not None:
+                cols = vocab.encode(cols)
+            p = torch.softmax(teacher.masked_fill(~torch.isfinite(teacher), -1e4), dim=-1)  # top-k, renormalised
+            p = p * (cols != (vocab.size - 1 if vocab is not None else -1))  # no mass on the bucket
+            p = p / p.sum(-1, keepdim=True).clamp_min(1e-9)
+            kl = (p * (torch.log(p.clamp_min(1e-9)) - logp.gather(-1, cols))).sum(-1)
+            loss = loss + recipe.kd_weight * kl[known].mean()
+    return loss
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    final_loss: float
+    wall_s: float
+    eval: dict
+
+
+@dataclass
+class _Setup:
+    data: TrainingData
+    vocab: DraftVocab | None
+    model: Any
+    opt: torch.optim.Optimizer
+    start_step: int
+    wall_before: float
+    target_vocab: int
+
+
+def train_drafter(recipe: DrafterRecipe, target_name: str, out: str | Path, extra_data: list[str] | None = None,
+                  resume: bool = False, device: str = "cpu", evaluate: bool = True,
+                  progress: Callable[[int, int, dict], None] | None = None, log: Callable[[str], None] = print,
+                  stop_after: int | None = None) -> TrainResult:
+    """Train (or resume) a drafter for ``target_name``'s tokenizer into ``out``.
+
+    ``stop_after`` ends the run after that many steps of this call (tests use it to simulate an
+    interruption); the checkpoint of that step is written first.
+    """
+    out = Path(out)
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists() and not resume:
+        raise MambaspecError(f"{out} already holds a training run; resume it or pick another output folder")
+    if resume and not ckpt_path.exists():
+        raise MambaspecError(f"no checkpoint in {out} to resume from; start a new run instead")
+    out.mkdir(parents=True, exist_ok=True)
+    target = _TargetOnDemand(target_name, device)
+    setup = _setup(recipe, target, extra_data or [], ckpt_path if resume else None, device, log)
+    metrics = out / "metrics.csv"
+    _trim_metrics(metrics, setup.start_step)  # rows logged after the checkpoint are logged again
+    end = recipe.steps if stop_after is None else min(recipe.steps, setup.start_step + stop_after)
+    loss_ema, wall = _train_steps(recipe, setup, end, device, ckpt_path, metrics, progress)
+    if end < recipe.steps:
+        return TrainResult(out, end, loss_ema, wall, {})
+    meta = _save(recipe, setup, target_name, out, wall)
+    results = {}
+    if evaluate and setup.data.heldout:
+        from .evaluate import evaluate_drafter
+
+        log(f"evaluating on {len(setup.data.heldout)} held-out rows ...")
+        results = evaluate_drafter(out, target.get(), setup.data.heldout, recipe.eval_new_tokens,
+                                   per_domain=recipe.eval_prompts)
+        (out / "eval.json").write_text(json.dumps(results, indent=2))
+    elif evaluate:
+        log("no held-out distillation rows (the recipe has no distill source): evaluation skipped")
+    write_card(out, meta, results)
+    return TrainResult(out, recipe.steps, loss_ema, wall, results)
+
+
+class _TargetOnDemand:
+    """The target model, loaded the first time something needs it (data making, embeddings, evaluation)."""
+
+    def __init__(self, name: str, device: str) -> None:
+        self.name, self.device, self._loaded = name, device, None
+
+    def get(self):
+        if self._loaded is None:
+            from ..loading.models import load_model
+            from ..loading.options import ModelOptions
+
+            self._loaded = load_model(self.name, ModelOptions(device=self.device, dtype="float32"))
+        return self._loaded
+
+
+def _setup(recipe: DrafterRecipe, target: _TargetOnDemand, extra: list[str], ckpt_path: Path | None, device: str,
+           log: Callable[[str], None]) -> _Setup:
+    from transformers import AutoTokenizer
+
+    from ..loading.models import locate
+
+    tokenizer = AutoTokenizer.from_pretrained(locate(target.name))
+    data = prepare_data(recipe, target.name, tokenizer, target.get, extra, log)
+    target_vocab, eos = len(tokenizer), tokenizer.eos_token_id
+    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path else None
+    if ckpt is not None:
+        vocab = DraftVocab(ckpt["draft_vocab"], target_vocab) if ckpt["draft_vocab"] else None
+    elif recipe.vocab_top_k and recipe.vocab_top_k < target_vocab:
+        counts = torch.zeros(target_vocab)
+        for s in data.streams:
+            counts += torch.bincount(s.ids.long(), minlength=target_vocab)[:target_vocab].float() * s.weight / len(s.ids)
+        vocab = DraftVocab.from_counts(counts, recipe.vocab_top_k, always=[eos])
+    else:
+        vocab = None
+    model = build_model(recipe, vocab.size if vocab else target_vocab, int(vocab.to_draft[eos]) if vocab else eos)
+    if ckpt is None and recipe.init_embeddings_from_target:
+        init_embeddings_from_target(model, target.get().model, vocab)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95))
+    start, wall = 0, 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start, wall = ckpt["step"], ckpt["wall_s"]
+        log(f"resuming at step {start}")
+    return _Setup(data, vocab, model, opt, start, wall, target_vocab)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the metrics rows up to ``step`` (a fresh run: none)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRICS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _train_steps(recipe: DrafterRecipe, s: _Setup, end: int, device: str, ckpt_path: Path, metrics: Path,
+                 progress) -> tuple[float, float]:
+    t_start = time.perf_counter()
+    loss_ema, tokens = float("nan"), 0
+    for step in range(s.start_step, end):
+        batch = s.data.batch(step, recipe)
+        for group in s.opt.param_groups:
+            group["lr"] = lr_at(step, recipe)
+        loss = loss_of(s.model, batch, s.vocab, recipe, device)
+        s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), recipe.grad_clip)
+        s.opt.step()
+        tokens += batch.weight.numel()
+        loss_ema = loss.item() if loss_ema != loss_ema else 0.9 * loss_ema + 0.1 * loss.item()
+        done, elapsed = step + 1, time.perf_counter() - t_start
+        if progress is not None:
+            progress(done, recipe.steps, {"loss": loss_ema, "tok_s": tokens / elapsed, "lr": lr_at(step, recipe)})
+        if done % recipe.log_every == 0 or done == recipe.steps:
+            _log_metrics(metrics, [done, f"{loss.item():.4f}", f"{loss_ema:.4f}", f"{lr_at(step, recipe):.6f}",
+                                   f"{tokens / elapsed:.0f}", f"{s.wall_before + elapsed:.1f}"])
+        if done % recipe.checkpoint_every == 0 or done == end:
+            _atomic_save({"model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "step": done,
+                          "wall_s": s.wall_before + elapsed, "recipe": asdict(recipe),
+                          "draft_vocab": s.vocab.target_ids if s.vocab else None}, ckpt_path)
+    return loss_ema, s.wall_before + time.perf_counter() - t_start
+
+
+def _log_metrics(path: Path, row: list) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(METRICS)
+        w.writerow(row)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _save(recipe: DrafterRecipe, s: _Setup, target_name: str, out: Path, wall: float) -> dict:
+    """The drafter in float16 (``save_pretrained``) and its ``mambaspec.json``; returns that meta."""
+    s.model.eval()
+    meta = {"tokenizer": target_name, "arch": recipe.arch, "target_vocab_size": s.target_vocab,
+            "parameters": sum(p.numel() for p in s.model.parameters()), "steps": recipe.steps,
+            "wall_s": round(wall, 1), "recipe": asdict(recipe),
+            "data": {st.name: int(len(st.ids)) for st in s.data.streams}}
+    if s.vocab is not None:
+        meta["draft_vocab"] = s.vocab.target_ids
+    s.model.to(torch.float16).save_pretrained(out)
+    (out / META_FILE).write_text(json.dumps(meta))
+    for f in out.iterdir():
+        f.chmod(0o644)  # safetensors writes 0600; a shipped drafter is read by everyone
+    s.model.to(torch.float32)
+    return meta
+
+
+def write_card(out: Path, meta: dict, results: dict) -> None:
+    size = sum(f.stat().st_size for f in out.iterdir() if f.name in ("model.safetensors", "config.json", META_FILE))
+    r = meta["recipe"]
+    lines = [
+        f"# {out.name}", "",
+        f"A `{meta['arch']}` drafter for `{meta['tokenizer']}`, trained by `mambaspec pretrain-drafter`.", "",
+        "| | |", "|---|---|",
+        f"| architecture | {meta['arch']}, hidden {r['hidden_size']}, {r['num_layers']} layers (recipe) |",
+        f"| parameters | {meta['parameters']:,} |",
+        f"| size on disk | {size / 2**20:.1f} MiB (float16) |",
+        f"| draft vocabulary | {len(meta.get('draft_vocab', [])) or 'full'} tokens |",
+        f"| data (tokens per source) | {', '.join(f'{k}: {v:,}' for k, v in meta['data'].items())} |",
+        f"| steps × batch × length | {r['steps']} × {r['batch_size']} × {r['seq_len']}"
+        + (f" (curriculum {r['curriculum']})" if r.get("curriculum") else "") + " |",
+        f"| training wall time | {meta['wall_s'] / 60:.1f} min |",
+    ]
+    for k, v in _flat(results).items():
+        lines.append(f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat

@@ -1,0 +1,105 @@
+"""A drafter training run, as a YAML recipe (``recipes/drafters/*.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..config import load_yaml
+from ..errors import MambaspecError
+
+ARCHS = ("mamba2", "mamba", "llama")
+SOURCES = ("stdlib-code", "distill", "files")
+
+
+@dataclass
+class DrafterRecipe:
+    """Everything that defines a drafter training run."""
+
+    arch: str = "mamba2"
+    hidden_size: int = 256
+    num_layers: int = 4
+    state_size: int = 32  # mamba / mamba2
+    head_dim: int = 64  # mamba2
+    expand: int = 2  # mamba / mamba2
+    num_heads: int = 4  # llama (matched-size layers are chosen automatically)
+    llama_layers: int = 0  # llama: 0 = as many as match the Mamba2 body of the same recipe
+    vocab_top_k: int = 8192  # 0 = the target's whole vocabulary
+    init_embeddings_from_target: bool = True
+    seq_len: int = 256
+    batch_size: int = 8
+    # [[step, seq_len], ...]: windows grow during training, tokens per step stay seq_len x batch_size
+    curriculum: list = field(default_factory=list)
+    steps: int = 2000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    kd_weight: float = 0.0  # weight of the KL to the target's top-k probabilities (soft targets), where known
+    prompt_weight: float = 1.0  # loss weight of prompt tokens in distillation rows (answers weigh 1)
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    eval_prompts: int = 8  # held-out distillation prompts per domain (never trained on)
+    eval_new_tokens: int = 64
+    data: list[dict] = field(default_factory=lambda: [
+        {"source": "stdlib-code", "weight": 1.0},
+        {"source": "distill", "set": "stdlib-functions", "weight": 3.0},
+    ])
+    notes: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> DrafterRecipe:
+        return cls.from_dict(load_yaml(path, "recipe"), str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "recipe") -> DrafterRecipe:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise MambaspecError(f"{where}: unknown setting '{unknown[0]}'; known: {', '.join(known)}")
+        defaults = cls()
+        for key, value in raw.items():
+            expected = type(getattr(defaults, key))
+            ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
+            if not ok or isinstance(value, bool) != (expected is bool):
+                raise MambaspecError(f"{where}: '{key}' must be {expected.__name__}, got {value!r}")
+        recipe = cls(**{**asdict(defaults), **raw})
+        recipe.validate(where)
+        return recipe
+
+    def validate(self, where: str = "recipe") -> None:
+        if self.arch not in ARCHS:
+            raise MambaspecError(f"{where}: unknown arch '{self.arch}'; use one of {', '.join(ARCHS)}")
+        for key in ("hidden_size", "num_layers", "seq_len", "batch_size", "steps", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise MambaspecError(f"{where}: '{key}' must be at least 1")
+        if self.lr <= 0:
+            raise MambaspecError(f"{where}: 'lr' must be positive")
+        if self.kd_weight < 0 or self.prompt_weight < 0:
+            raise MambaspecError(f"{where}: 'kd_weight' and 'prompt_weight' must be >= 0")
+        if any(not (isinstance(c, list) and len(c) == 2 and all(isinstance(x, int) and x >= 0 for x in c))
+               for c in self.curriculum):
+            raise MambaspecError(f"{where}: 'curriculum' is a list of [step, seq_len] pairs, e.g. [[0, 256], [1000, 1024]]")
+        if not self.data:
+            raise MambaspecError(f"{where}: 'data' lists no source")
+        for i, src in enumerate(self.data):
+            if not isinstance(src, dict) or src.get("source") not in SOURCES:
+                raise MambaspecError(f"{where}: data[{i}] needs source: {', '.join(SOURCES)}")
+            if src["source"] == "distill" and not src.get("set"):
+                raise MambaspecError(f"{where}: data[{i}] (distill) names a data set: set: NAME (recipes/data/NAME.yaml)")
+            if float(src.get("weight", 1.0)) <= 0:
+                raise MambaspecError(f"{where}: data[{i}] weight must be positive")
+
+    def seq_len_at(self, step: int) -> int:
+        """The window length of ``step`` (the curriculum's last entry at or before it)."""
+        length = self.seq_len
+        for start, n in sorted(self.curriculum):
+            if step >= start:
+                length = n
+        return length
+
+    def batch_at(self, step: int) -> int:
+        """Sequences per step: as many as keep ``seq_len x batch_size`` tokens per step."""
+        return max(1, self.seq_len * self.batch_size // self.seq_len_at(step))
