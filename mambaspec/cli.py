@@ -37,7 +37,12 @@ DtypeOpt = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 
 LinearOpt = typer.Option("auto", "--linear", help="Linear layers: auto (oneDNN-packed weights on CPU float32, 2-3x faster GEMMs for a few rows), onednn, or torch (stock).")
 QuantizeOpt = typer.Option("none", "--quantize", help="int8: int8 linear layers on CPU (faster, but a different model than float32: compare with ar run the same way).")
 CompileOpt = typer.Option(False, "--compile/--no-compile", help="torch.compile the target's feed-forward blocks (compilation runs in an untimed warm-up).")
-TreeHelp = "Draft tree shape N1,...,Nγ (1,1,1,1 = chain of 4; 3,2,2,1,1 = 45 nodes), or `auto`: a UCB bandit picks the shape every round."
+TreeHelp = ("Draft tree: a shape N1,...,Nγ (1,1,1,1 = chain of 4; 3,2,2,1,1 = 45 nodes); `dynamic`: grown every round "
+            "from the drafter's probabilities as far as measured costs say it pays (nothing when nothing pays); "
+            "`auto`: a UCB bandit picks a shape every round.")
+DrafterHelp = ("Drafter: a name, hub id or folder; `lookup` (copies from the prompt and the output); NAME+lookup (both in "
+               "one tree); `none` for plain decoding. Default: the target's shipped drafter, if any.")
+LookupGlobalHelp = "Lookup drafters also index the outputs of earlier generations in this process (SuffixDecoding's global tree)."
 RewardHelp = ("The tree bandit's reward: `replayed` (tokens/s: every arm's acceptance replayed on every "
               "round from the drafter's ranks, each arm's cost per round measured; greedy, else as measured), "
               "`measured` (tokens/s of the rounds each arm ran) or `modeled` (the paper's -(1+λγ)/N_accept).")
@@ -94,6 +99,8 @@ def _model_options(device: str, dtype: str, linear: str, quantize: str, compile_
 def _tree_option(tree: str, arms: str | None, c: float, reward: str, edges: str):
     """``--tree``: a fixed TreeShape, or for ``auto`` a UCB policy over the arms file (checked, not loaded yet)."""
     _option("--ucb-c/--reward/--confidence-buckets", lambda: check_options(c, reward, edges))
+    if tree.strip().lower() == "dynamic":
+        return "dynamic"
     if tree.strip().lower() == "auto":
         from .config import recipes_dir
         from .core.bandit import UCBPolicy, load_arms
@@ -131,7 +138,8 @@ def generate(
     system: Optional[str] = typer.Option(None, "--system", help="The chat template's system turn."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop when the text contains STRING (repeatable); the text ends before it."),
     target: str = TargetOpt,
-    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter: a name, hub id or folder, or `none` for plain decoding. Default: the target's shipped drafter, if any."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help=DrafterHelp),
+    lookup_global: bool = typer.Option(False, "--lookup-global", help=LookupGlobalHelp),
     cross_tokenizer: str = typer.Option("auto", "--cross-tokenizer", help="A drafter with another tokenizer than the target's: `auto` translates its drafts through text when the tokenizers differ (greedy only), `on` always does, `off` refuses such a drafter."),
     tree: str = typer.Option(DEFAULT_TREE, "--tree", help=TreeHelp),
     arms: Optional[str] = typer.Option(None, "--arms", help="With --tree auto: the arms file (default recipes/trees.yaml; a `tune` output warm-starts the bandit)."),
@@ -166,7 +174,7 @@ def generate(
         text = _read_prompt(prompt, prompt_file)
         _, err = consoles()
         say = (lambda m: None) if (quiet or as_json) else (lambda m: err.print(f"[dim]{m}[/]", soft_wrap=True))
-        pipe = _load_for_generate(target, drafter, options, cross_tokenizer, say)
+        pipe = _load_for_generate(target, drafter, options, cross_tokenizer, lookup_global, say)
         for note in _policy_notes(tree_plan, pipe.drafter, sampling):
             say(f"note: {note}")
         kw = dict(max_new_tokens=max_new_tokens, tree=tree_plan, sampling=sampling, seed=seed, chat=chat,
@@ -186,7 +194,8 @@ def generate(
                                  reward=reward))
 
 
-def _load_for_generate(target: str, drafter: str | None, options: ModelOptions, cross_tokenizer: str, say):
+def _load_for_generate(target: str, drafter: str | None, options: ModelOptions, cross_tokenizer: str,
+                       lookup_global: bool, say):
     say(f"loading {target} ...")
     _quiet_libraries()
     from .loading.models import default_drafter
@@ -194,7 +203,7 @@ def _load_for_generate(target: str, drafter: str | None, options: ModelOptions, 
 
     if drafter is None and default_drafter(target) == "none":
         say(f"hint: no shipped drafter for '{target}'; decoding without one (pass --drafter NAME to speculate)")
-    pipe = load_pipeline(target, drafter, options, cross_tokenizer)
+    pipe = load_pipeline(target, drafter, options, cross_tokenizer, lookup_global)
     say(f"loaded {target} ({pipe.target.optimized}) with drafter {pipe.drafter.name}")
     return pipe
 
@@ -262,11 +271,12 @@ def _methods(text: str | None) -> list[str] | None:
 def bench(
     dataset: str = typer.Argument(..., help="humaneval (offline), gsm8k, mt-bench, alpaca, xsum, cnn-dm, longbench (hub, or --data), or jsonl (--data FILE of {\"prompt\": ...} lines). See recipes/datasets.yaml."),
     data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.jsonl.gz/.json/.parquet file with the dataset's fields: replaces its source (offline use)."),
-    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated: ar, mamba, mamba-auto, transformer, hf-assisted, prompt-lookup. Default: all whose drafter is available."),
+    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated: ar, mamba, mamba-auto, mamba-dynamic, lookup, mamba+lookup, transformer, hf-assisted, prompt-lookup. Default: all whose drafter is available."),
     target: str = TargetOpt,
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Mamba drafter for `mamba` (default: the target's, e.g. mamba2-smollm2; `none` = skip)."),
     transformer_drafter: Optional[str] = typer.Option(None, "--transformer-drafter", help="Transformer drafter for `transformer` and `hf-assisted` (default: the target's, e.g. llama-smollm2; `none` = skip)."),
-    tree: str = typer.Option(DEFAULT_TREE, "--tree", help="Draft tree shape for our loop's methods (N1,...,Nγ)."),
+    tree: str = typer.Option(DEFAULT_TREE, "--tree", help="The tree of our loop's methods (mamba, lookup, mamba+lookup, transformer): a shape N1,...,Nγ, `dynamic` or `auto`."),
+    lookup_global: bool = typer.Option(False, "--lookup-global", help="Our lookup drafters also index the outputs of the earlier prompts of a row."),
     arms: Optional[str] = typer.Option(None, "--arms", help="mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="mamba-auto's UCB exploration constant."),
     edges: str = typer.Option(EDGES, "--confidence-buckets", help="mamba-auto (replayed reward): " + EdgesHelp[0].lower() + EdgesHelp[1:]),
@@ -290,7 +300,7 @@ def bench(
         _at_least("--max-new-tokens", max_new_tokens)
         _at_least("--limit", limit)
         _option("--temperature", lambda: SamplingConfig(temperature=temperature))
-        _option("--tree", lambda: TreeShape.parse(tree))
+        _option("--tree", lambda: tree if tree.strip().lower() in ("dynamic", "auto") else TreeShape.parse(tree))
         _option("--ucb-c/--confidence-buckets", lambda: check_options(ucb_c, "replayed", edges))
         from .bench.datasets import parse_lengths
 
@@ -303,7 +313,7 @@ def bench(
                           transformer_drafter=transformer_drafter, tree=tree, arms=arms, ucb_c=ucb_c,
                           confidence_buckets=edges, max_new_tokens=max_new_tokens, temperature=temperature,
                           limit=limit, lengths=parsed, options=options, out=out_dir, plot=plot,
-                          prompt_lookup_tokens=prompt_lookup_tokens, seed=seed)
+                          prompt_lookup_tokens=prompt_lookup_tokens, lookup_global=lookup_global, seed=seed)
         out, err = consoles()
         with Reporter(err) as report:
             result = run_bench(cfg, on_progress=report.update, log=report.status)

@@ -24,7 +24,8 @@ from conftest import run_cli, run_cli_process
 from tiny import EOS, VOCAB, char_tokenizer, save_tiny, tiny_llama
 
 NEW = 6
-ALL = ["ar", "mamba", "mamba-auto", "transformer", "hf-assisted", "prompt-lookup"]
+ALL = ["ar", "mamba", "mamba-auto", "mamba-dynamic", "lookup", "mamba+lookup", "transformer", "hf-assisted",
+       "prompt-lookup"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -153,7 +154,7 @@ def test_planted_non_lossless_method_is_flagged(files, monkeypatch, tmp_path):
 def test_default_methods_skip_what_has_no_drafter(files, tmp_path):
     notes = []
     result = run_bench(config(files, tmp_path, drafter="none", transformer_drafter="none"), log=notes.append)
-    assert [r["method"] for r in result.rows] == ["ar", "prompt-lookup"]
+    assert [r["method"] for r in result.rows] == ["ar", "lookup", "prompt-lookup"]
     assert any("skipping mamba" in n for n in notes) and any("skipping transformer, hf-assisted" in n for n in notes)
 
 

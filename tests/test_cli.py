@@ -192,3 +192,17 @@ def test_generate_to_a_file_and_interrupted_start_up(tiny_dir, tmp_path):
 def test_help_piped_keeps_option_names_whole():
     proc = run_cli_process("bench", "--help", env={"COLUMNS": None})
     assert "--prompt-lookup-tokens" in proc.stdout and "…" not in proc.stdout
+
+
+@pytest.mark.parametrize("drafter,tree", [("mamba2", "dynamic"), ("lookup", "2,1,1"), ("lookup", "dynamic"),
+                                          ("mamba2+lookup", "2,1,1"), ("mamba2+lookup", "dynamic")])
+def test_dynamic_trees_and_lookup_drafters_from_the_cli(tiny_dir, drafter, tree):
+    name = drafter.replace("mamba2", tiny_dir["mamba2"])
+    common = ["generate", "ab ab ab ab ab", "--raw", "--target", tiny_dir["target"], "-n", "16", "--json"]
+    plain = json.loads(run_cli(*common, "--drafter", "none").stdout)
+    res = run_cli(*common, "--drafter", name, "--tree", tree)
+    assert res.exit_code == 0, res.stderr
+    rec = json.loads(res.stdout)
+    assert rec["new_token_ids"] == plain["new_token_ids"] and rec["stats"]["drafter"].endswith(drafter.split("2")[-1])
+    if tree == "dynamic":
+        assert rec["stats"]["tree"] == "dynamic" and "predicted_accept_len" in rec["stats"]["policy_report"]

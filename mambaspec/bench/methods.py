@@ -3,6 +3,9 @@
 - ``ar``: plain target decoding through our loop (``SpeculativeGenerator`` with no drafter);
 - ``mamba`` / ``transformer``: our loop with the Mamba / the Transformer drafter and ``--tree``;
 - ``mamba-auto``: the Mamba drafter with the tree picked every round by the UCB bandit;
+- ``mamba-dynamic``: the Mamba drafter with dynamic trees (``core.dynamic``: only what pays is drafted);
+- ``lookup``: our loop with the lookup drafter (chains copied from the prompt and the output so far);
+- ``mamba+lookup``: the Mamba drafter with the lookup's chains merged into its trees (``--tree``);
 - ``hf-assisted``: transformers' ``generate(assistant_model=...)`` with the Transformer drafter
   (Leviathan et al. 2023 chain drafting as transformers implements it, its default settings);
 - ``prompt-lookup``: transformers' ``generate(prompt_lookup_num_tokens=...)`` (n-gram drafts
@@ -20,10 +23,12 @@ from typing import Callable
 from ..config import recipes_dir
 from ..core.bandit import UCBPolicy, load_arms
 from ..core.engine import GenerationResult, SpeculativeGenerator
-from ..core.policy import FixedTree
+from ..core.dynamic import DynamicTreePolicy
+from ..core.policy import as_policy
 from ..core.sampling import SamplingConfig
-from ..core.shape import TreeShape
 from ..drafters.base import Composite, Drafter
+from ..drafters.hybrid import HybridDrafter
+from ..drafters.lookup import LookupDrafter
 from ..loading.models import LoadedModel
 from .peers import full_vocab_assistant, hf_generate
 
@@ -37,6 +42,7 @@ class BenchModels:
     target: LoadedModel
     plain: SpeculativeGenerator  # the ar generator; also the source of EOS ids and the context length
     drafters: dict[str, Drafter] = field(default_factory=dict)  # "mamba", "transformer": loaded drafters
+    lookup_global: bool = False  # lookup drafters also index earlier outputs (across the prompts of a row)
 
 
 @dataclass
@@ -49,18 +55,25 @@ class MethodRun:
 @dataclass(frozen=True)
 class Method:
     name: str
-    needs: str | None  # the drafter it uses: "mamba", "transformer" or None
+    needs: str | None  # the drafter it loads: "mamba", "transformer" or None
     build: Callable[[BenchModels, object], MethodRun]
 
 
-def engine_method(needs: str | None, policy: Callable[[object], object] = lambda cfg: FixedTree(TreeShape.parse(cfg.tree))):
-    """Our decoding loop with ``BenchModels.drafters[needs]`` (None: plain decoding) and the tree policy ``policy(cfg)``."""
+def engine_method(needs: str | None, policy: Callable[[object], object] = lambda cfg: as_policy(cfg.tree),
+                  lookup: str = ""):
+    """Our decoding loop with ``BenchModels.drafters[needs]`` (None: plain decoding, or the lookup drafter alone
+    with ``lookup="alone"``; ``lookup="merged"``: the drafter with lookup chains) and the tree ``policy(cfg)``."""
 
     def build(models: BenchModels, cfg) -> MethodRun:
-        if needs is None:
+        drafter = models.drafters.get(needs) if needs else None
+        if lookup == "alone":
+            drafter = LookupDrafter(global_index=models.lookup_global)
+        elif lookup == "merged":
+            drafter = HybridDrafter(drafter, LookupDrafter(global_index=models.lookup_global))
+        if drafter is None:
             gen = models.plain
         else:
-            gen = SpeculativeGenerator(models.target.model, models.drafters[needs], tokenizer=models.target.tokenizer,
+            gen = SpeculativeGenerator(models.target.model, drafter, tokenizer=models.target.tokenizer,
                                        target_options=models.target.optimized)
         tree = policy(cfg)
         sampling = SamplingConfig(temperature=cfg.temperature)
@@ -73,7 +86,7 @@ def engine_method(needs: str | None, policy: Callable[[object], object] = lambda
             for arm_shape in dict.fromkeys(a.shape for a in tree.arms):
                 gen.generate(ids, max_new_tokens=max_new, tree=arm_shape, sampling=sampling, seed=seed)
 
-        detail = "our loop, no drafter" if needs is None else f"our loop, tree {tree.describe()}"
+        detail = "our loop, no drafter" if drafter is None else f"our loop, {drafter.name}, tree {tree.describe()}"
         return MethodRun(run, detail, warm_up=warm_arms if isinstance(tree, UCBPolicy) else None)
 
     return build
@@ -124,6 +137,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ar", None, engine_method(None)),
     Method("mamba", "mamba", engine_method("mamba")),
     Method("mamba-auto", "mamba", engine_method("mamba", auto_tree)),
+    Method("mamba-dynamic", "mamba", engine_method("mamba", lambda cfg: DynamicTreePolicy())),
+    Method("lookup", None, engine_method(None, lookup="alone")),
+    Method("mamba+lookup", "mamba", engine_method("mamba", lookup="merged")),
     Method("transformer", "transformer", engine_method("transformer")),
     Method("hf-assisted", "transformer", build_hf_assisted),
     Method("prompt-lookup", None, build_prompt_lookup),

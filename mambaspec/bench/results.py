@@ -21,7 +21,7 @@ CSV_NAME = "results.csv"
 OUTPUTS_NAME = "outputs.jsonl"
 CONFIG_COLUMNS = ["target", "drafter", "transformer_drafter", "tree", "arms", "ucb_c", "confidence_buckets",
                   "max_new_tokens", "temperature", "limit", "data", "device", "dtype", "linear", "quantize",
-                  "compile", "target_options", "seed", "prompt_lookup_tokens"]
+                  "compile", "target_options", "seed", "prompt_lookup_tokens", "lookup_global"]
 COLUMNS = [
     "config_id", "dataset", "length", "method",
     "prompts", "prompt_tokens", "new_tokens", "decode_tokens_per_s", "tokens_per_s", "speedup_decode",

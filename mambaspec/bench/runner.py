@@ -23,6 +23,7 @@ import torch
 
 from ..core.bandit import DEFAULT_C, DEFAULT_EDGES, check_options
 from ..core.engine import GenerationResult, SpeculativeGenerator
+from ..core.policy import TREE_POLICIES
 from ..core.shape import DEFAULT_TREE, TreeShape
 from ..drafters.base import innermost
 from ..drafters.mamba import MAMBA_TYPES
@@ -64,6 +65,7 @@ class BenchConfig:
     out: str = "runs/bench"
     plot: bool = False
     prompt_lookup_tokens: int = 10
+    lookup_global: bool = False  # our lookup drafters also index the outputs of the row's earlier prompts
     seed: int = 0
 
     def drafter_names(self) -> dict[str, str | None]:
@@ -134,6 +136,12 @@ def run_bench(cfg: BenchConfig, on_progress: Progress | None = None,
     return result
 
 
+def tree_name(tree: str) -> str:
+    """``--tree`` as the CSV records it: a shape in brackets, ``dynamic`` or ``auto`` (an error for anything else)."""
+    text = tree.strip().lower()
+    return text if text in TREE_POLICIES else str(TreeShape.parse(tree))
+
+
 def _key(k: tuple) -> tuple:
     dataset, length, method = k
     return dataset, (None if length is None or length != length else float(length)), method
@@ -156,7 +164,7 @@ def _check(cfg: BenchConfig) -> list[str]:
         check_options(cfg.ucb_c, "replayed", cfg.confidence_buckets)
     if cfg.lengths and spec.context is None:
         raise MambaspecError(f"dataset '{cfg.dataset}' has no long context to cut, so it takes no lengths")
-    TreeShape.parse(cfg.tree)
+    tree_name(cfg.tree)
     if cfg.plot:
         check_matplotlib()
     return methods
@@ -167,7 +175,7 @@ def _load_models(cfg: BenchConfig, methods: list[str], log: Callable[[str], None
     drafter is unavailable is dropped (and said so)."""
     target = load_model(cfg.target, cfg.options, role="target")  # optimized once, for every method
     plain = SpeculativeGenerator(target.model, None, tokenizer=target.tokenizer, target_options=target.optimized)
-    models = BenchModels(target, plain)
+    models = BenchModels(target, plain, lookup_global=cfg.lookup_global)
     names = cfg.drafter_names()
     for kind, is_mamba, what in (("mamba", True, "a Mamba"), ("transformer", False, "a Transformer")):
         users = [m for m in methods if METHODS[m].needs == kind]
@@ -197,13 +205,13 @@ def _config_columns(cfg: BenchConfig, models: BenchModels) -> dict:
     opts = cfg.options
     return {"target": cfg.target, "drafter": names["mamba"] if "mamba" in models.drafters else "",
             "transformer_drafter": names["transformer"] if "transformer" in models.drafters else "",
-            "tree": str(TreeShape.parse(cfg.tree)), "arms": cfg.arms or "", "ucb_c": cfg.ucb_c,
+            "tree": tree_name(cfg.tree), "arms": cfg.arms or "", "ucb_c": cfg.ucb_c,
             "confidence_buckets": cfg.confidence_buckets, "max_new_tokens": cfg.max_new_tokens,
             "temperature": cfg.temperature, "limit": cfg.limit or "", "data": cfg.data or "",
             "device": str(device), "dtype": str(resolve_dtype(opts.dtype, resolve_device(opts.device))).replace(
                 "torch.", ""), "linear": opts.linear, "quantize": opts.quantize, "compile": opts.compile,
             "target_options": models.target.optimized, "seed": cfg.seed,
-            "prompt_lookup_tokens": cfg.prompt_lookup_tokens}
+            "prompt_lookup_tokens": cfg.prompt_lookup_tokens, "lookup_global": cfg.lookup_global}
 
 
 def _prompts(cfg: BenchConfig, rows, models: BenchModels, length: int | None, context: int,

@@ -16,11 +16,12 @@ import torch
 
 from ..drafters.base import Drafter, NoDrafter, ReadsTargetHidden, ReportsRanks
 from ..errors import MambaspecError
-from .kv import forward_chain, kv_bytes, new_kv_cache
-from .policy import FixedTree, TreePolicy
+from .kv import forward_chain, forward_tree, keep_slots, kv_bytes, kv_length, new_kv_cache
+from .policy import FixedTree, TreePolicy, as_policy
 from .sampling import SamplingConfig
 from .stats import GenerationStats, RoundOutcome, StatsRecorder, sync
 from .shape import TreeShape
+from .tree import DraftTree
 from .verify import verify_tree
 
 
@@ -83,8 +84,9 @@ class SpeculativeGenerator:
                  stop: Callable[[list[int]], bool] | None = None) -> GenerationResult:
         """Generate up to ``max_new_tokens`` after ``prompt_ids``; ``on_tokens`` receives each round's tokens.
 
-        ``tree`` is a fixed shape, or a policy that picks the tree of every round and learns from
-        each round's outcome (its state carries over from call to call). ``stop(new_ids)`` ends the
+        ``tree`` is a fixed shape (``"2,1,1"``), ``"dynamic"``, ``"auto"``, or a policy object that picks the tree
+        of every round and learns from each round's outcome (its state carries over from call to call; a
+        policy named by a string starts afresh each call). ``stop(new_ids)`` ends the
         generation after the round where it first returns True.
         """
         rounds = self.stream(prompt_ids, max_new_tokens, tree, sampling, seed, stop)
@@ -121,7 +123,7 @@ class SpeculativeGenerator:
                                  f"{self.context_length}; shorten the prompt")
         if max_new_tokens < 1:
             raise MambaspecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        policy = tree if hasattr(tree, "choose") else FixedTree(TreeShape.parse(tree))
+        policy = as_policy(tree)
         if isinstance(self.drafter, NoDrafter):
             policy = FixedTree(TreeShape(()))
         device = self.target.device
@@ -141,10 +143,23 @@ class SpeculativeGenerator:
         recorder.prefilled()
         stats.target_kv_bytes = kv_bytes(cache)
         stats.drafter_state_bytes = self.drafter.state_bytes()
-        policy.begin_sequence(self.drafter)
+        policy.begin_sequence(self.drafter, probe=lambda n: self._probe(cache, prompt_ids[-1], n))
         budget = min(max_new_tokens, self.context_length - len(prompt_ids))
         return _Run(cache, prompt_ids[-1], len(prompt_ids) - 1, budget, max_new_tokens, policy, sampling, generator,
                     recorder, stop)
+
+    def _probe(self, cache, root: int, nodes: int) -> tuple[int, int, float]:
+        """Time a throwaway verification of a chain of ``nodes`` draft nodes (the cache is left as it was)."""
+        past = kv_length(cache)
+        tree = DraftTree.root_only(root)
+        for _ in range(nodes):
+            tree.add(root, len(tree) - 1)
+        t0 = time.perf_counter()
+        forward_tree(self.target, cache, tree.tokens, [past + d for d in tree.depths], tree.ancestor_mask())
+        sync(self.target.device)
+        seconds = time.perf_counter() - t0
+        keep_slots(cache, past, [])
+        return nodes, past, seconds
 
     def _round(self, run: _Run) -> list[int]:
         """One round: draft, verify, commit; returns the new tokens (cut after an EOS)."""
@@ -157,7 +172,7 @@ class SpeculativeGenerator:
         verdict = verify_tree(self.target, run.cache, draft, run.sampling, run.generator)
         sync(device)
         t2 = time.perf_counter()
-        new = verdict.tokens
+        new = verdict.tokens[: run.budget - len(run.out)]  # a tree may reach past the budget: cut, never exceed
         eos_at = next((i for i, t in enumerate(new) if t in self.eos_token_ids), None)
         if eos_at is not None:
             new = new[: eos_at + 1]
@@ -170,7 +185,7 @@ class SpeculativeGenerator:
         t3 = time.perf_counter()
         outcome = RoundOutcome(tokens=len(new), seconds=t3 - t0, draft_s=t1 - t0, forward_s=verdict.forward_s,
                                nodes=len(draft) - 1, depth=draft.depth, context=run.context,
-                               accepted=len(verdict.path))
+                               accepted=len(verdict.path), tree=draft, path=verdict.path)
         if run.policy.wants_ranks and isinstance(self.drafter, ReportsRanks):
             outcome.ranks, outcome.confidences = self.drafter.committed_ranks(draft, verdict.path, new) or (None, None)
         run.policy.observe(outcome)

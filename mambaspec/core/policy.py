@@ -17,8 +17,9 @@ from .shape import TreeShape
 class TreePolicy(Protocol):
     name: str  # the shape for a fixed tree, else what picks it: "auto", "dynamic"
 
-    def begin_sequence(self, drafter) -> None:
-        """A new sequence starts (after the prefill)."""
+    def begin_sequence(self, drafter, probe=None) -> None:
+        """A new sequence starts (after the prefill). ``probe(n)`` times a throwaway verification of n draft
+        nodes at the current context and returns ``(n, context, seconds)``."""
 
     def choose(self, drafter, context: int, remaining: int):
         """The plan of the next round: a ``TreeShape`` or an object with ``grow`` (dynamic trees).
@@ -47,7 +48,7 @@ class FixedTree:
         self.shape = shape
         self.name = str(shape)
 
-    def begin_sequence(self, drafter) -> None:
+    def begin_sequence(self, drafter, probe=None) -> None:
         pass
 
     def choose(self, drafter, context: int, remaining: int) -> TreeShape:
@@ -61,3 +62,23 @@ class FixedTree:
 
     def report(self) -> dict:
         return {}
+
+
+TREE_POLICIES = ("auto", "dynamic")  # besides shapes: a UCB bandit over shapes, dynamic trees
+
+
+def as_policy(tree) -> TreePolicy:
+    """A tree policy from what a caller gave: a policy, a ``TreeShape``, ``"dynamic"``, ``"auto"`` (the bandit over
+    the shipped arms) or a shape such as ``"2,1,1"``."""
+    if hasattr(tree, "choose"):
+        return tree
+    if isinstance(tree, str) and tree.strip().lower() == "dynamic":
+        from .dynamic import DynamicTreePolicy
+
+        return DynamicTreePolicy()
+    if isinstance(tree, str) and tree.strip().lower() == "auto":
+        from ..config import recipes_dir
+        from .bandit import UCBPolicy, load_arms
+
+        return UCBPolicy(load_arms(recipes_dir() / "trees.yaml"))
+    return FixedTree(TreeShape.parse(tree))

@@ -52,6 +52,8 @@ class RoundOutcome:
     ranks: list[int] | None = None  # the drafter's rank of each committed token (ReportsRanks, greedy)
     confidences: list[float] | None = None  # its top-1 probability at each
     accepted: int = 0  # draft tokens accepted
+    tree: object = None  # the DraftTree that was verified
+    path: list[int] = field(default_factory=list)  # its accepted nodes
 
 
 class StatsRecorder:

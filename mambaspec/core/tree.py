@@ -23,7 +23,9 @@ class DraftTree:
     e.g. copied from the context) and its token was excluded from ``q[node]`` before the draws.
     Greedy: ``logits[node]``, when kept, holds the drafter's logits at ``node`` (its children were
     the highest), from which the bandit replays ranks. ``prob[i]`` is the drafter's probability of
-    node i given its parent (1.0 for the root and for deterministic proposals' own estimate).
+    node i given its parent (1.0 for the root). ``feature[i]`` describes a node that was not proposed by a
+    model (e.g. ``(match length, agreement)`` of a context match), None for model nodes. ``steps`` counts
+    the drafter forwards the tree took.
     """
 
     tokens: list[int]
@@ -32,6 +34,8 @@ class DraftTree:
     sampled: bool = False
     prob: list[float] = field(default_factory=lambda: [1.0])
     drawn: list[bool] = field(default_factory=lambda: [False])
+    feature: list[tuple | None] = field(default_factory=lambda: [None])
+    steps: int = 0
     q: dict[int, torch.Tensor] = field(default_factory=dict)
     logits: dict[int, torch.Tensor] = field(default_factory=dict)
     _children: list[list[int]] | None = field(default=None, repr=False)
@@ -40,13 +44,14 @@ class DraftTree:
     def root_only(cls, token: int, sampled: bool = False) -> DraftTree:
         return cls(tokens=[token], parents=[-1], depths=[0], sampled=sampled)
 
-    def add(self, token: int, parent: int, prob: float = 1.0, drawn: bool = True) -> int:
+    def add(self, token: int, parent: int, prob: float = 1.0, drawn: bool = True, feature: tuple | None = None) -> int:
         """Append a node below ``parent`` (BFS order is the caller's job); returns its index."""
         self.tokens.append(token)
         self.parents.append(parent)
         self.depths.append(self.depths[parent] + 1)
         self.prob.append(prob)
         self.drawn.append(drawn)
+        self.feature.append(feature)
         self._children = None
         return len(self.tokens) - 1
 

@@ -81,6 +81,8 @@ class CrossTokenizerDrafter(Drafter, Composite):
                 f"cross-tokenizer drafting (drafter '{self.inner.name}' through text) is greedy only: the drafter's "
                 f"probabilities are over its own tokens, so sampled drafts cannot be verified losslessly; "
                 f"decode greedily (temperature 0), or use a drafter with the target's tokenizer")
+        if not isinstance(shape, TreeShape):  # a dynamic plan: the chain length that pays at this acceptance
+            shape = shape.chain()
         if shape.depth == 0 or self._settled < len(self._tids):  # a character is half-written: no text to extend
             return DraftTree.root_only(root_token)
         inner_tree = self.inner.draft(self._dids[-1], self._inner_shape(shape), sampling, generator)

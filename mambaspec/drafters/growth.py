@@ -5,8 +5,13 @@ next-token logits (``expand``). ``grow_tree`` turns that into a tree:
 
 - a fixed ``TreeShape`` (N1, ..., Nγ): every frontier node at depth i gets its N_i best (greedy)
   or N_i drawn (sampling, without replacement) children (Mamba Drafters, arXiv 2506.01206, §3.2);
-- a dynamic plan (``core.dynamic.DynamicPlan``): children by path probability up to a node
-  budget (see ``grow_dynamic``).
+- a dynamic plan (``core.dynamic.DynamicPlan``): children by path probability, each kept only while
+  it raises the round's expected tokens per second (see ``grow_dynamic``).
+
+``forced(tree, node)`` adds deterministic children (e.g. copied from the context by a lookup
+drafter, ``drafters.lookup``): they come first, the drafter's own children exclude their tokens
+(a sampled child is then drawn from q without them), and they may continue below the last level
+the drafter steps, without any drafter step.
 
 The drafter's logits stay in its own columns (a draft vocabulary of K tokens, ``vocab.Candidates``);
 only sampled trees carry a target-width distribution q, which verification needs.
@@ -14,7 +19,9 @@ only sampled trees carry a target-width distribution q, which verification needs
 
 from __future__ import annotations
 
+import heapq
 from abc import abstractmethod
+from typing import Callable
 
 import torch
 
@@ -25,28 +32,6 @@ from .base import Drafter, ReportsRanks, Rewindable
 from .vocab import Candidates, DraftVocab
 
 
-def pick_children(scores: torch.Tensor, n: int, sampling: SamplingConfig, generator: torch.Generator | None
-                  ) -> tuple[list[list[int]], list[list[float]], torch.Tensor]:
-    """``n`` children per row of ``scores`` (B, C): top-n when greedy, else drawn from q without replacement.
-
-    Returns the children's columns per row, their drafter probabilities, and the distribution per row
-    (softmax when greedy, q when sampling). A row whose q has fewer than ``n`` tokens with non-zero
-    probability gets only those.
-    """
-    if sampling.greedy:
-        probs = torch.softmax(scores.float(), dim=-1)
-        top = torch.topk(scores, n, dim=-1).indices
-        return top.tolist(), probs.gather(-1, top).tolist(), probs
-    q = warp(scores, sampling)
-    support = (q > 0).sum(dim=-1)
-    if bool((support >= n).all()):
-        kids = torch.multinomial(q, n, replacement=False, generator=generator).tolist()
-    else:
-        kids = [torch.multinomial(row, min(n, int(s)), replacement=False, generator=generator).tolist()
-                for row, s in zip(q, support)]
-    return kids, [[float(q[r, c]) for c in row] for r, row in enumerate(kids)], q
-
-
 def top_probability(scores: torch.Tensor) -> float:
     """max softmax(scores) without materialising the softmax."""
     return float(torch.exp(scores.max() - torch.logsumexp(scores.float(), dim=-1)))
@@ -55,9 +40,12 @@ def top_probability(scores: torch.Tensor) -> float:
 class StepDrafter(Drafter, ReportsRanks, Rewindable):
     """A drafter with a model that feeds a batch of frontier nodes per step (Mamba, Transformer, EAGLE).
 
-    Subclasses keep ``self.root_logits`` (1, own width): the model's logits after the committed
-    text, and ``self.bonus_logits``: set by ``commit`` when it fed the accepted leaf (the leaf's
-    logits rank the bonus token).
+    Commits are lazy: ``commit`` only records what was accepted, and the model reads it when its
+    next-token logits are needed (``root_logits``: a draft, a confidence). Rounds in which nothing is
+    drafted therefore cost the drafter nothing, and the tokens they commit are read later in one
+    multi-token forward. Subclasses implement ``advance`` (read the accepted path and the tokens after
+    it) and keep ``self._root_logits`` (1, own width) and ``self.bonus_logits`` (the logits of an
+    accepted node that was not expanded, which rank the token after it).
     """
 
     def __init__(self, model, tokenizer=None, name: str | None = None, draft_vocab: DraftVocab | None = None) -> None:
@@ -66,9 +54,33 @@ class StepDrafter(Drafter, ReportsRanks, Rewindable):
         self.draft_vocab = draft_vocab  # None: the drafter speaks the target's ids directly
         if name:
             self.name = name
-        self.root_logits: torch.Tensor | None = None
+        self._root_logits: torch.Tensor | None = None
         self.bonus_logits: torch.Tensor | None = None
         self._candidates: Candidates | None = None
+        self._pending: tuple[DraftTree, list[int], list[int]] | None = None  # (tree, accepted path, tokens after)
+
+    @property
+    def root_logits(self) -> torch.Tensor | None:
+        """The model's logits for the token after the committed text (reads what is pending first)."""
+        self.flush()
+        return self._root_logits
+
+    def commit(self, tree: DraftTree, path: list[int], bonus: int) -> None:
+        if self._pending is None:
+            self._pending = (tree, list(path), [bonus])
+        else:  # nothing was drafted since the last commit (a draft reads what is pending): a root-only tree
+            self._pending[2].extend([tree.tokens[i] for i in path] + [bonus])
+
+    def flush(self) -> None:
+        """Read what was committed since the model last ran."""
+        if self._pending is not None:
+            tree, path, tokens = self._pending
+            self._pending = None
+            self.advance(tree, path, tokens)
+
+    @abstractmethod
+    def advance(self, tree: DraftTree, path: list[int], tokens: list[int]) -> None:
+        """Move to the end of ``path`` in ``tree`` (this drafter's own last draft) and read ``tokens``."""
 
     @property
     def own_width(self) -> int:
@@ -113,8 +125,9 @@ class StepDrafter(Drafter, ReportsRanks, Rewindable):
         for i, tok in enumerate(tokens):
             parent = path[i - 1] if i else 0
             row = tree.logits.get(parent)
-            if row is None and i == len(path) == tree.depth > 0 and self.bonus_logits is not None:
-                row = cand.scores(self.bonus_logits[0])
+            if row is None and i == len(path) > 0:  # the token after an accepted node that was not expanded
+                self.flush()
+                row = cand.scores(self.bonus_logits[0]) if self.bonus_logits is not None else None
             if row is None:
                 break
             col = cand.column(tok)
@@ -123,55 +136,197 @@ class StepDrafter(Drafter, ReportsRanks, Rewindable):
         return ranks, confidences
 
     def root_confidence(self) -> float | None:
-        if self.root_logits is None:
-            return None
-        return top_probability(self.candidates.scores(self.root_logits[0]))
+        logits = self.root_logits
+        return None if logits is None else top_probability(self.candidates.scores(logits[0]))
 
 
-def grow_tree(drafter: StepDrafter, root_token: int, plan, sampling: SamplingConfig,
-              generator: torch.Generator | None = None) -> DraftTree:
-    """A draft tree below ``root_token`` as ``plan`` says (a ``TreeShape`` or a dynamic plan)."""
+Forced = Callable[[DraftTree, int], list[tuple[int, tuple]]]  # node -> deterministic children (token, feature)
+
+
+def grow_tree(drafter: StepDrafter | None, root_token: int, plan, sampling: SamplingConfig,
+              generator: torch.Generator | None = None, forced: Forced | None = None,
+              forced_depth: int = 0) -> DraftTree:
+    """A draft tree below ``root_token`` as ``plan`` says: a ``TreeShape`` (forced chains may continue
+    ``forced_depth`` levels in all), or a dynamic plan."""
     if isinstance(plan, TreeShape):
-        return grow_fixed(drafter, root_token, plan, sampling, generator)
-    return plan.grow(drafter, root_token, sampling, generator)
+        return grow_fixed(drafter, root_token, plan, sampling, generator, forced, forced_depth)
+    return grow_dynamic(drafter, root_token, plan, sampling, generator, forced)
 
 
-def add_children(tree: DraftTree, drafter: StepDrafter, frontier: list[int], scores: torch.Tensor,
-                 kids: list[list[int]], probs: list[list[float]], dist: torch.Tensor
-                 ) -> tuple[list[int], list[int]]:
-    """Append ``kids[r]`` (columns) below frontier node ``frontier[r]``; record each parent's logits
-    (greedy) or q (sampled). Returns the new nodes and the row of each one's parent."""
-    cand = drafter.candidates
+def pick_children(scores: torch.Tensor, n: int, sampling: SamplingConfig, generator: torch.Generator | None,
+                  exclude: list[list[int]] | None = None) -> tuple[list[list[int]], list[list[float]], torch.Tensor]:
+    """``n`` children per row of ``scores`` (B, C), never the columns ``exclude[row]``: top-n when greedy, else
+    drawn from q (with the excluded columns removed) without replacement.
+
+    Returns the children's columns per row, their drafter probabilities (softmax of the scores when
+    greedy; q when sampling) and the distribution each row's children came from. A row with fewer than
+    ``n`` possible tokens gets only those.
+    """
+    masked = scores
+    if exclude and any(exclude):
+        masked = scores.clone()
+        for row, cols in enumerate(exclude):
+            masked[row, cols] = float("-inf")
+    if sampling.greedy:
+        probs = torch.softmax(scores.float(), dim=-1)
+        n = min(n, masked.shape[-1])
+        top = torch.topk(masked, n, dim=-1)
+        kids = [[c for c, v in zip(cols, vals) if v != float("-inf")]
+                for cols, vals in zip(top.indices.tolist(), top.values.tolist())]
+        return kids, [[float(probs[r, c]) for c in row] for r, row in enumerate(kids)], probs
+    q = warp(masked, sampling)
+    support = (q > 0).sum(dim=-1)
+    if bool((support >= n).all()):
+        kids = torch.multinomial(q, n, replacement=False, generator=generator).tolist()
+    else:
+        kids = [torch.multinomial(row, min(n, int(s)), replacement=False, generator=generator).tolist() if s else []
+                for row, s in zip(q, support)]
+    return kids, [[float(q[r, c]) for c in row] for r, row in enumerate(kids)], q
+
+
+def _record(tree: DraftTree, drafter: StepDrafter, node: int, scores: torch.Tensor, dist: torch.Tensor) -> None:
+    """What verification (sampled: q) and rank replay (greedy: the logits) need of an expanded node."""
     if tree.sampled:
-        q_target = cand.to_target_width(dist)
-    nodes, parent_rows = [], []
-    for row, parent in enumerate(frontier):
-        if tree.sampled:
-            tree.q[parent] = q_target[row]
-        else:
-            tree.logits[parent] = scores[row]
-        for tok, p in zip(cand.target_ids(kids[row]), probs[row]):
-            nodes.append(tree.add(tok, parent, prob=p))
-            parent_rows.append(row)
-    return nodes, parent_rows
+        tree.q[node] = drafter.candidates.to_target_width(dist[None])[0]
+    else:
+        tree.logits[node] = scores
 
 
-def grow_fixed(drafter: StepDrafter, root_token: int, shape: TreeShape, sampling: SamplingConfig,
-               generator: torch.Generator | None = None) -> DraftTree:
-    """Every frontier node at depth i gets ``shape.branching[i-1]`` children; one batched step per depth."""
+def _forced_children(tree: DraftTree, node: int, forced: Forced | None, drafter: StepDrafter | None,
+                     probs: torch.Tensor | None) -> list[tuple[int, tuple, float, int | None]]:
+    """(token, feature, drafter probability, column) of the deterministic children of ``node``."""
+    if forced is None:
+        return []
+    out = []
+    for tok, feature in forced(tree, node):
+        col = drafter.candidates.column(tok) if drafter is not None else None
+        prob = float(probs[col]) if probs is not None and col is not None else 1.0
+        out.append((tok, feature, prob, col))
+    return out
+
+
+def grow_fixed(drafter: StepDrafter | None, root_token: int, shape: TreeShape, sampling: SamplingConfig,
+               generator: torch.Generator | None = None, forced: Forced | None = None,
+               forced_depth: int = 0) -> DraftTree:
+    """Every frontier node at depth i gets its forced children and ``shape.branching[i-1]`` of the drafter's;
+    one batched drafter step per depth. Forced chains then continue to ``forced_depth``."""
     tree = DraftTree.root_only(root_token, sampled=not sampling.greedy)
-    scores = drafter.candidates.scores(drafter.root_logits)
-    drafter.bonus_logits = None
-    if shape.depth == 0:
-        if not tree.sampled:
-            tree.logits[0] = scores[0]
+    if shape.depth == 0:  # nothing to draft: the drafter need not even read what it was given
         return tree
-    drafter.begin_tree()
-    frontier = [0]
+    frontier, scores = [0], None
+    if drafter is not None:
+        scores = drafter.candidates.scores(drafter.root_logits)
+        drafter.bonus_logits = None
+        drafter.begin_tree()
     for depth, n in enumerate(shape.branching, start=1):
-        kids, probs, dist = pick_children(scores, n, sampling, generator)
-        nodes, parent_rows = add_children(tree, drafter, frontier, scores, kids, probs, dist)
-        if depth < shape.depth:
-            scores = drafter.candidates.scores(drafter.expand(tree, depth, parent_rows, nodes))
+        probs = torch.softmax(scores.float(), dim=-1) if scores is not None else None
+        pre = [_forced_children(tree, x, forced, drafter, probs[r] if probs is not None else None)
+               for r, x in enumerate(frontier)]
+        if scores is not None:
+            exclude = [[col for *_, col in children if col is not None] for children in pre]
+            kids, kid_probs, dist = pick_children(scores, n, sampling, generator, exclude)
+        nodes, parent_rows = [], []
+        for r, parent in enumerate(frontier):
+            added = [tree.add(tok, parent, prob=p, drawn=False, feature=feat) for tok, feat, p, _ in pre[r]]
+            if scores is not None:
+                _record(tree, drafter, parent, scores[r], dist[r])
+                added += [tree.add(tok, parent, prob=p) for tok, p in
+                          zip(drafter.candidates.target_ids(kids[r]), kid_probs[r])]
+            nodes += added
+            parent_rows += [r] * len(added)
         frontier = nodes
+        if not nodes:
+            return tree
+        if depth < shape.depth and drafter is not None:
+            scores = drafter.candidates.scores(drafter.expand(tree, depth, parent_rows, nodes))
+            tree.steps += 1
+        else:
+            scores = None
+    while forced is not None and frontier and tree.depth < forced_depth:
+        frontier = [tree.add(tok, node, drawn=False, feature=feat) for node in frontier
+                    for tok, feat, _, _ in _forced_children(tree, node, forced, None, None)]
     return tree
+
+
+def grow_dynamic(drafter: StepDrafter | None, root_token: int, plan, sampling: SamplingConfig,
+                 generator: torch.Generator | None = None, forced: Forced | None = None) -> DraftTree:
+    """Grow level by level, keeping the candidates (the drafter's ``plan.max_children`` best or drawn children of
+    each node it stepped, and every forced child) in order of value (the probability that the whole path is
+    accepted) while each raises the expected tokens per second (``DynamicPlan.pays``); step the drafter on the
+    kept nodes whose first child would pay. Sampled children are kept in the order drawn (a drawn child is
+    never kept without the ones drawn before it)."""
+    tree = DraftTree.root_only(root_token, sampled=not sampling.greedy)
+    acc = plan.acceptance
+    value, tokens, time = [1.0], 1.0, plan.base_time()
+    scores: dict[int, torch.Tensor] = {}  # expanded node -> its scores
+    if drafter is not None:
+        scores[0] = drafter.candidates.scores(drafter.root_logits)[0]
+        drafter.bonus_logits = None
+        drafter.begin_tree()
+    level, rows = [0], {0: 0}  # nodes whose children are considered; row of each expanded one in its batch
+    while level and tree.depth < plan.max_depth and len(tree) - 1 < plan.max_nodes:
+        queues = [_candidates(tree, x, value[x], scores.get(x), drafter, forced, plan, sampling, generator)
+                  for x in level]
+        chosen = _choose(queues, plan, tokens, time, len(tree) - 1)
+        if not any(chosen):
+            plan.declined = len(tree) == 1
+            break
+        new = []
+        for x, picks in zip(level, chosen):
+            for v, tok, prob, drawn, feat in picks:
+                new.append(tree.add(tok, x, prob=prob, drawn=drawn, feature=feat))
+                value.append(v)
+                tokens, time = tokens + v, time + plan.node_cost(len(tree) - 1)
+        expand = [n for n in new if tree.parents[n] in scores and drafter is not None and tree.depth < plan.max_depth
+                  and plan.pays(tokens, time, value[n] * plan.top_accept, plan.node_cost(len(tree)))]
+        if expand and plan.pays(tokens, time, sum(value[n] for n in expand) * plan.top_accept, plan.costs.step):
+            logits = drafter.expand(tree, tree.depth, [rows[tree.parents[n]] for n in expand], expand)
+            tree.steps += 1
+            time += plan.costs.step
+            batch = drafter.candidates.scores(logits)
+            scores.update({n: batch[i] for i, n in enumerate(expand)})
+            rows = {n: i for i, n in enumerate(expand)}
+        level = new
+    return tree
+
+
+def _candidates(tree, node, v, scores, drafter, forced, plan, sampling, generator) -> list[tuple]:
+    """(value, token, prob, drawn, feature) children of ``node``: forced ones, then the drafter's own in the order
+    proposed (best first, or as drawn). Records the node's logits (greedy) or q (sampled)."""
+    probs = torch.softmax(scores.float(), dim=-1) if scores is not None else None
+    pre = _forced_children(tree, node, forced, drafter, probs)
+    out = [(v * plan.acceptance.copy(feat), tok, p, False, feat) for tok, feat, p, _ in pre]
+    if scores is not None:
+        exclude = [[col for *_, col in pre if col is not None]]
+        kids, kid_probs, dist = pick_children(scores[None], plan.max_children, sampling, generator, exclude)
+        _record(tree, drafter, node, scores, dist[0])
+        out += [(v * plan.acceptance.model(p), tok, p, True, None)
+                for tok, p in zip(drafter.candidates.target_ids(kids[0]), kid_probs[0])]
+    return out
+
+
+def _choose(queues: list[list[tuple]], plan, tokens: float, time: float, n: int) -> list[list[tuple]]:
+    """The candidates to keep, best value first, while each pays for its verification; a drawn child only
+    after the children drawn before it (greedy children come best first anyway)."""
+    chosen: list[list[tuple]] = [[] for _ in queues]
+    heap = []
+    for q, queue in enumerate(queues):
+        drawn = [c for c in queue if c[3]]
+        for c in queue:
+            if not c[3] or c is drawn[0]:
+                heapq.heappush(heap, (-c[0], q, queue.index(c)))
+    while heap and n < plan.max_nodes:
+        neg_v, q, i = heapq.heappop(heap)
+        cost = plan.node_cost(n + 1)
+        if not plan.pays(tokens, time, -neg_v, cost):
+            break
+        cand = queues[q][i]
+        chosen[q].append(cand)
+        tokens, time, n = tokens - neg_v, time + cost, n + 1
+        if cand[3]:  # the next drawn child of that node becomes available
+            nxt = next((j for j in range(i + 1, len(queues[q])) if queues[q][j][3]), None)
+            if nxt is not None:
+                heapq.heappush(heap, (-queues[q][nxt][0], q, nxt))
+    for picks, queue in zip(chosen, queues):  # children in the order proposed (forced first, then as drawn)
+        picks.sort(key=queue.index)
+    return chosen

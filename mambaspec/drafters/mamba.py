@@ -90,8 +90,8 @@ class MambaDrafter(StepDrafter):
 
     def prefill(self, ids: list[int]) -> None:
         logits, self.state = self._run(None, torch.tensor([ids], device=self.model.device))
-        self.root_logits = logits[:, -1]
-        self._depth_states, self._fed = [], {}
+        self._root_logits = logits[:, -1]
+        self._depth_states, self._fed, self._pending = [], {}, None
 
     def begin_tree(self) -> None:
         self._depth_states, self._fed = [self.state], {}
@@ -104,18 +104,20 @@ class MambaDrafter(StepDrafter):
         self._fed.update((node, (depth, row)) for row, node in enumerate(nodes))
         return logits[:, -1]
 
-    def commit(self, tree, path, bonus) -> None:
+    def advance(self, tree, path, tokens) -> None:
         kept = [i for i in path if i in self._fed]  # accepted nodes whose state was computed while drafting
-        unfed = [tree.tokens[i] for i in path if i not in self._fed] + [bonus]
+        unfed = [tree.tokens[i] for i in path if i not in self._fed] + tokens
         if kept:
             depth, row = self._fed[kept[-1]]
             state = self._depth_states[depth].select([row])
         else:
             state = self.state.select([0])  # the next step updates in place; keep self.state intact
-        logits, self.state = self._run(state, torch.tensor([unfed], device=self.model.device), min(len(unfed), 2))
-        self.root_logits = logits[:, -1]
-        # the accepted leaf was fed here: its logits rank the bonus (committed_ranks)
-        self.bonus_logits = logits[:, 0] if len(unfed) > 1 and len(path) == tree.depth > 0 else None
+        leaf_fed_here = bool(path) and path[-1] not in self._fed
+        n_logits = len(tokens) + 1 if leaf_fed_here else 1
+        logits, self.state = self._run(state, torch.tensor([unfed], device=self.model.device), n_logits)
+        self._root_logits = logits[:, -1]
+        # the last accepted node was fed here: its logits rank the token after it (committed_ranks)
+        self.bonus_logits = logits[:, 0] if leaf_fed_here else None
         self._depth_states, self._fed = [], {}
 
     def state_bytes(self) -> int:
@@ -123,8 +125,9 @@ class MambaDrafter(StepDrafter):
 
     def snapshot(self) -> object:
         # cheap: state tensors are never updated in place once stepped past (each step runs on a copy)
-        return self.state, self.root_logits
+        self.flush()
+        return self.state, self._root_logits
 
     def restore(self, snap: object) -> None:
-        self.state, self.root_logits = snap
-        self._depth_states, self._fed = [], {}
+        self.state, self._root_logits = snap
+        self._depth_states, self._fed, self._pending = [], {}, None

@@ -28,9 +28,9 @@ class TransformerDrafter(StepDrafter):
 
     def prefill(self, ids: list[int]) -> None:
         self.cache = new_kv_cache()
-        self.root_logits = forward_chain(self.model, self.cache, self._encode_list(ids))
+        self._root_logits = forward_chain(self.model, self.cache, self._encode_list(ids))
         self._committed = len(ids)
-        self._fed = []
+        self._fed, self._pending = [], None
 
     def begin_tree(self) -> None:
         self._fed = []
@@ -42,15 +42,16 @@ class TransformerDrafter(StepDrafter):
         return forward_tree(self.model, self.cache, self._encode_list([tree.tokens[i] for i in nodes]), positions,
                             visible)
 
-    def commit(self, tree, path, bonus) -> None:
+    def advance(self, tree, path, tokens) -> None:
         slot = {node: self._committed + k for k, node in enumerate(self._fed)}
         kept = [i for i in path if i in slot]
-        unfed = [tree.tokens[i] for i in path if i not in slot] + [bonus]
+        unfed = [tree.tokens[i] for i in path if i not in slot] + tokens
         keep_slots(self.cache, self._committed, [slot[i] for i in kept])
         self._committed += len(kept)
+        leaf_fed_here = bool(path) and path[-1] not in slot
         logits = forward_chain(self.model, self.cache, self._encode_list(unfed), all_logits=len(unfed) > 1)
-        self.root_logits = logits[-1:]
-        self.bonus_logits = logits[-2:-1] if len(unfed) > 1 and len(path) == tree.depth > 0 else None
+        self._root_logits = logits[-1:]
+        self.bonus_logits = logits[-len(tokens) - 1:-len(tokens)] if leaf_fed_here else None
         self._committed += len(unfed)
         self._fed = []
 
@@ -58,9 +59,10 @@ class TransformerDrafter(StepDrafter):
         return kv_bytes(self.cache) if self.cache is not None else 0
 
     def snapshot(self) -> object:
-        return self._committed, self.root_logits  # the cache is cropped back on restore
+        self.flush()
+        return self._committed, self._root_logits  # the cache is cropped back on restore
 
     def restore(self, snap: object) -> None:
-        self._committed, self.root_logits = snap
+        self._committed, self._root_logits = snap
         keep_slots(self.cache, self._committed, [])
-        self._fed = []
+        self._fed, self._pending = [], None

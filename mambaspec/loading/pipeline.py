@@ -9,15 +9,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from ..core.engine import GenerationResult, SpeculativeGenerator, encode_prompt
 from ..core.sampling import SamplingConfig
+from ..core.policy import TREE_POLICIES, as_policy
 from ..core.shape import DEFAULT_TREE
 from ..drafters import make_drafter
 from ..drafters.base import Drafter, NoDrafter
 from ..drafters.crosstok import CrossTokenizerDrafter, same_tokenizer
+from ..drafters.hybrid import HybridDrafter
+from ..drafters.lookup import LookupDrafter
 from ..errors import MambaspecError
 from ..drafters.vocab import vocab_from_meta
 from ..config import DEFAULT_TARGET
@@ -26,12 +29,20 @@ from .options import ModelOptions, check_cross_tokenizer
 
 
 def load_drafter(name: str | None, target: LoadedModel, options: ModelOptions | None = None,
-                 cross_tokenizer: str = "auto") -> Drafter:
-    """The drafter ``name`` for ``target`` (``none``: no drafter); one with another tokenizer drafts through
-    text (``drafters.crosstok``) unless ``cross_tokenizer`` is ``off`` (then it is refused)."""
+                 cross_tokenizer: str = "auto", lookup_global: bool = False) -> Drafter:
+    """The drafter ``name`` for ``target``: ``none`` (no drafter), ``lookup`` (copies from the context),
+    ``NAME+lookup`` (a model drafter with the lookup's chains merged into its trees), or a model drafter by
+    name, folder or hub id. One with another tokenizer drafts through text (``drafters.crosstok``) unless
+    ``cross_tokenizer`` is ``off`` (then it is refused). ``lookup_global``: the lookup also indexes the
+    outputs of earlier generations of this process."""
     check_cross_tokenizer(cross_tokenizer)
     if name in ("none", "", None):
         return NoDrafter()
+    if name == "lookup":
+        return LookupDrafter(global_index=lookup_global)
+    if name.endswith("+lookup"):
+        model = load_drafter(name[: -len("+lookup")], target, options, cross_tokenizer)
+        return HybridDrafter(model, LookupDrafter(global_index=lookup_global))
     options = options or target.options
     if options.device == "auto":  # a drafter lives where the target does
         options = ModelOptions(**{**options.as_dict(), "device": str(target.device), "device_map": None})
@@ -112,11 +123,19 @@ class TextStream:
 
 @dataclass
 class Pipeline:
-    """A loaded target and drafter, ready to generate from text."""
+    """A loaded target and drafter, ready to generate from text. A tree policy named by a string (``"dynamic"``,
+    ``"auto"``) is made once and kept, so what it learns (costs, calibration, arm statistics) carries over."""
 
     target: LoadedModel
     drafter: Drafter
     generator: SpeculativeGenerator
+    policies: dict = field(default_factory=dict)
+
+    def policy(self, tree):
+        """The tree policy for ``tree`` (a shape, ``"dynamic"``, ``"auto"``, or a policy object)."""
+        if isinstance(tree, str) and tree.strip().lower() in TREE_POLICIES:
+            return self.policies.setdefault(tree.strip().lower(), as_policy(tree))
+        return as_policy(tree)
 
     def encode(self, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
         return encode_prompt(self.target.tokenizer, prompt, chat=chat, system=system)
@@ -128,7 +147,7 @@ class Pipeline:
         (wrapped in the chat template unless ``chat=False``) or token ids; ``tree`` a shape such as
         ``"2,1,1"`` or a tree policy; ``stop`` strings end the text before them."""
         ids = prompt if isinstance(prompt, list) else self.encode(prompt, chat=chat, system=system)
-        rounds = self.generator.stream(ids, max_new_tokens, tree, sampling, seed,
+        rounds = self.generator.stream(ids, max_new_tokens, self.policy(tree), sampling, seed,
                                        stop_at(self.target.tokenizer, stop or []))
         return TextStream(rounds, self.target.tokenizer, stop or [])
 
@@ -141,11 +160,13 @@ class Pipeline:
 
 
 def load_pipeline(target: str = DEFAULT_TARGET, drafter: str | None = None, options: ModelOptions | None = None,
-                  cross_tokenizer: str = "auto") -> Pipeline:
-    """Load ``target`` and ``drafter`` (None: the target's default drafter; ``"none"``: no drafter)."""
+                  cross_tokenizer: str = "auto", lookup_global: bool = False) -> Pipeline:
+    """Load ``target`` and ``drafter`` (None: the target's default drafter; ``"none"``: no drafter; see
+    ``load_drafter`` for the names)."""
     options = options or ModelOptions()
     check_cross_tokenizer(cross_tokenizer)
     tgt = load_model(target, options, role="target")
-    d = load_drafter(default_drafter(target) if drafter is None else drafter, tgt, options, cross_tokenizer)
+    d = load_drafter(default_drafter(target) if drafter is None else drafter, tgt, options, cross_tokenizer,
+                     lookup_global)
     gen = SpeculativeGenerator(tgt.model, d, tokenizer=tgt.tokenizer, target_options=tgt.optimized)
     return Pipeline(target=tgt, drafter=d, generator=gen)

@@ -1,0 +1,242 @@
+"""Dynamic trees: draft only what pays, by a measured cost model and calibrated acceptance.
+
+Each round the policy builds a ``DynamicPlan``: how long a verification of n nodes takes at this
+context, what a drafter step costs, and how likely a node is to be accepted. The tree is then
+grown from the drafter's own probabilities (``drafters.growth.grow_dynamic``, as EAGLE-2, arXiv
+2406.16858, grows by path probability), keeping a node only while it raises the expected tokens
+per second of the round:
+
+    E[tokens] = 1 + Σ_nodes Π_{ancestors a, and the node} acc(a)         (greedy: a node is committed
+    E[time]   = verify(n, L) + steps · step + overhead                    exactly when its whole path is)
+    add node x  iff  (E + v_x) / (T + Δverify) > E / T
+
+``acc`` is learnt online: a calibration of the drafter's probability (and, for nodes copied from the
+context, of the match's length and agreement) against what the target accepted, over every node
+whose parent was accepted. ``verify(n, L)`` is a least-squares fit of the rounds' forward times on
+``1, n, L, n·L`` (seeded by a short probe of the target at the start). When not even the best first
+node pays, the round verifies the pending token alone — a plain step — and the drafter is left
+alone for a few rounds (doubling up to ``MAX_SKIP``); with lazy commits it then reads the skipped
+tokens in one forward.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from .shape import TreeShape
+from .stats import RoundOutcome
+from .tree import DraftTree
+
+MAX_SKIP = 8  # rounds the drafter is left alone at most after a round in which nothing paid
+PROBE_NODES = (0, 1, 3, 7, 15)  # tree sizes the start-up probe times
+BINS = 20  # calibration bins of the drafter's probability
+PRIOR = 2.0  # pseudo-observations at the bin's own probability (an uncalibrated drafter is taken at its word)
+HISTORY = 256  # rounds the cost fit remembers
+
+
+class AcceptanceModel:
+    """How often a node is accepted once its parent is, by the drafter's probability of it (model
+    nodes) or by the length and agreement of the context match that proposed it (copied nodes)."""
+
+    def __init__(self) -> None:
+        self.hits = [0.0] * BINS
+        self.seen = [0.0] * BINS
+        self.copied: dict[tuple, list[float]] = {}
+
+    def model(self, q: float) -> float:
+        b = min(int(q * BINS), BINS - 1)
+        centre = (b + 0.5) / BINS
+        return (self.hits[b] + PRIOR * centre) / (self.seen[b] + PRIOR)
+
+    def copy(self, feature: tuple) -> float:
+        hits, seen = self.copied.get(feature, (0.0, 0.0))
+        prior = min(0.9, 0.3 + 0.1 * feature[0]) * feature[1]  # longer, agreeing matches start more trusted
+        return (hits + PRIOR * prior) / (seen + PRIOR)
+
+    def node(self, tree: DraftTree, i: int) -> float:
+        feature = tree.feature[i]
+        return self.copy(feature) if feature is not None else self.model(tree.prob[i])
+
+    def update(self, tree: DraftTree, path: list[int]) -> None:
+        """Learn from every node whose parent was accepted (the root included)."""
+        reached = {0, *path}
+        for i in range(1, len(tree)):
+            if tree.parents[i] not in reached:
+                continue
+            hit = float(i in reached)
+            if tree.feature[i] is not None:
+                entry = self.copied.setdefault(tree.feature[i], [0.0, 0.0])
+                entry[0] += hit
+                entry[1] += 1
+            else:
+                b = min(int(tree.prob[i] * BINS), BINS - 1)
+                self.hits[b] += hit
+                self.seen[b] += 1
+
+    def predicted_tokens(self, tree: DraftTree) -> float:
+        """1 + the sum over nodes of the probability that the node's whole path is accepted."""
+        value = [1.0] * len(tree)
+        for i in range(1, len(tree)):
+            value[i] = value[tree.parents[i]] * self.node(tree, i)
+        return sum(value)
+
+
+class CostModel:
+    """Seconds of a round's parts, measured from the rounds themselves."""
+
+    def __init__(self) -> None:
+        self.rounds: deque[tuple[int, int, float]] = deque(maxlen=HISTORY)  # (nodes, context, forward seconds)
+        self.probe: list[tuple[int, int, float]] = []
+        self.step = 0.0  # one drafter step (a batched forward of a tree level), exponential average
+        self.overhead = 0.0  # a round's time outside the target's forward and the drafting
+        self._theta: torch.Tensor | None = None
+
+    def observe(self, outcome: RoundOutcome, steps: int) -> None:
+        self.rounds.append((outcome.nodes, outcome.context, outcome.forward_s))
+        if steps:
+            self.step = _ema(self.step, outcome.draft_s / steps)
+        self.overhead = _ema(self.overhead, max(outcome.seconds - outcome.forward_s - outcome.draft_s, 0.0))
+        self._theta = None
+
+    def verify(self, nodes: int, context: int) -> float:
+        """Predicted seconds of a verification forward of ``nodes`` draft nodes after ``context`` tokens."""
+        if self._theta is None:
+            self._theta = self._fit()
+        if self._theta is None:
+            return 0.0
+        x = torch.tensor([1.0, nodes, context / 1e3, nodes * context / 1e3], dtype=torch.float64)
+        zero = torch.tensor([1.0, 0.0, context / 1e3, 0.0], dtype=torch.float64)
+        base = float(self._theta @ zero)
+        return max(float(self._theta @ x), base, 1e-4)  # never cheaper than the bare step
+
+    def _fit(self) -> torch.Tensor | None:
+        data = self.probe + list(self.rounds)
+        if not data:
+            return None
+        rows = torch.tensor([[1.0, n, c / 1e3, n * c / 1e3] for n, c, _ in data], dtype=torch.float64)
+        y = torch.tensor([t for *_, t in data], dtype=torch.float64)
+        if len({n for n, _, _ in data}) < 2 or len({c for _, c, _ in data}) < 2:
+            rows = rows[:, :2]  # too little variety for the context terms yet
+            if len({n for n, _, _ in data}) < 2:
+                return torch.tensor([float(y.median()), 0.0, 0.0, 0.0], dtype=torch.float64)
+        ridge = 1e-6 * torch.eye(rows.shape[1], dtype=torch.float64)
+        theta = torch.linalg.solve(rows.T @ rows + ridge, rows.T @ y)
+        return torch.cat([theta, theta.new_zeros(4 - len(theta))])
+
+
+def _ema(old: float, new: float, weight: float = 0.1) -> float:
+    return new if old == 0.0 else (1 - weight) * old + weight * new
+
+
+@dataclass
+class DynamicPlan:
+    """One round's budget: what the tree growth (``drafters.growth.grow_dynamic``) asks while it grows."""
+
+    acceptance: AcceptanceModel
+    costs: CostModel
+    context: int
+    max_depth: int
+    max_nodes: int
+    max_children: int
+    top_accept: float  # expected acceptance of a node's first child (before the drafter is asked)
+    declined: bool = False  # growth set it: not even the first node paid
+
+    def base_time(self) -> float:
+        return self.costs.verify(0, self.context) + self.costs.overhead
+
+    def node_cost(self, n: int) -> float:
+        """The extra verification time of the n-th node."""
+        return max(self.costs.verify(n, self.context) - self.costs.verify(n - 1, self.context), 0.0)
+
+    def chain(self) -> TreeShape:
+        """For drafters that build their own trees (e.g. through another tokenizer): the chain length with the
+        most expected tokens per second, each link accepted at the calibrated rate of certain nodes."""
+        a = self.acceptance.model(0.999)
+        best, best_rate, tokens, time = 0, 1.0 / self.base_time() if self.base_time() else 0.0, 1.0, self.base_time()
+        for k in range(1, self.max_depth + 1):
+            tokens += a ** k
+            time = self.base_time() + self.costs.verify(k, self.context) - self.costs.verify(0, self.context) + \
+                k * self.costs.step
+            if time > 0 and tokens / time > best_rate:
+                best, best_rate = k, tokens / time
+        self.declined = best == 0
+        return TreeShape((1,) * best)
+
+    @staticmethod
+    def pays(tokens: float, time: float, gain: float, cost: float) -> bool:
+        """Whether adding ``gain`` expected tokens for ``cost`` seconds raises tokens per second."""
+        return (tokens + gain) * time > tokens * (time + cost)
+
+
+@dataclass
+class DynamicTreePolicy:
+    """A ``core.policy.TreePolicy`` that grows each round's tree as far as the cost model says it pays."""
+
+    name = "dynamic"
+    wants_ranks = False
+    max_nodes: int = 16
+    max_depth: int = 8
+    max_children: int = 3
+    probe: bool = True
+    acceptance: AcceptanceModel = field(default_factory=AcceptanceModel)
+    costs: CostModel = field(default_factory=CostModel)
+    _skip: int = 0
+    _backoff: int = 0
+    _plan: DynamicPlan | None = None
+    _predicted: list[float] = field(default_factory=list)  # per drafted round: expected committed tokens ...
+    _actual: list[float] = field(default_factory=list)  # ... and what was committed
+    _top: list[float] = field(default_factory=lambda: [1.0, 2.0])  # first-child acceptance: hits, seen (prior 0.5)
+    _rounds: int = 0
+    _bare: int = 0
+
+    def describe(self) -> str:
+        return (f"dynamic (up to {self.max_nodes} nodes, depth {self.max_depth}, {self.max_children} children a node; "
+                f"measured costs, calibrated acceptance)")
+
+    def begin_sequence(self, drafter, probe=None) -> None:
+        self._skip, self._backoff, self._plan = 0, 0, None
+        self._predicted, self._actual, self._rounds, self._bare = [], [], 0, 0
+        if probe is not None and self.probe and not self.costs.probe:
+            self.costs.probe = [probe(n) for n in PROBE_NODES]
+
+    def choose(self, drafter, context: int, remaining: int):
+        self._plan = None
+        if remaining <= 1 or self._skip > 0:
+            self._skip = max(self._skip - 1, 0)
+            return TreeShape(())
+        self._plan = DynamicPlan(self.acceptance, self.costs, context, min(self.max_depth, remaining - 1),
+                                 self.max_nodes, self.max_children, self._top[0] / self._top[1])
+        return self._plan
+
+    def observe(self, outcome: RoundOutcome) -> None:
+        self._rounds += 1
+        self._bare += outcome.nodes == 0
+        tree, plan = outcome.tree, self._plan
+        self.costs.observe(outcome, tree.steps if tree is not None else 0)
+        if tree is None or plan is None:
+            return
+        if outcome.nodes:
+            self._predicted.append(self.acceptance.predicted_tokens(tree))
+            self._actual.append(outcome.accepted + 1)
+            first = outcome.path[0] if outcome.path else None
+            top = max(tree.children(0), key=lambda c: tree.prob[c], default=None)
+            if top is not None:
+                self._top = [self._top[0] + (first == top), self._top[1] + 1]
+            self.acceptance.update(tree, outcome.path)
+        if plan.declined:  # nothing paid: leave the drafter alone for a while
+            self._backoff = min(MAX_SKIP, max(1, 2 * self._backoff))
+            self._skip = self._backoff
+        elif outcome.nodes:
+            self._backoff = 0
+
+    def report(self) -> dict:
+        drafted = len(self._predicted)
+        predicted, actual = sum(self._predicted), sum(self._actual)
+        return {"drafted_rounds": drafted, "no_draft_rounds": self._bare,
+                "predicted_accept_len": round(predicted / drafted, 3) if drafted else 0.0,
+                "measured_accept_len": round(actual / drafted, 3) if drafted else 0.0,
+                "prediction_error": round(abs(predicted - actual) / actual, 3) if actual else 0.0,
+                "verify_ms_1_16": [round(1e3 * self.costs.verify(n, 512), 2) for n in (0, 1, 4, 16)]}

@@ -1,0 +1,172 @@
+"""Dynamic trees (core.dynamic) and lookup drafting (drafters.lookup, drafters.hybrid): lossless whatever they
+decide, for every drafter; sampled output follows the target; the cost model and calibration learn."""
+
+import pytest
+import torch
+
+from mambaspec import MambaDrafter, SamplingConfig, SpeculativeGenerator, TransformerDrafter
+from mambaspec.core.dynamic import AcceptanceModel, CostModel, DynamicTreePolicy
+from mambaspec.core.stats import RoundOutcome
+from mambaspec.core.tree import DraftTree
+from mambaspec.drafters.crosstok import CrossTokenizerDrafter
+from mambaspec.drafters.hybrid import HybridDrafter
+from mambaspec.drafters.lookup import LookupDrafter, SuffixIndex
+from test_sampling import ALPHA, _exact_two_token_joint, _joint_counts, _pvalue, small_vocab_target, tiny_llama_like
+from tiny import char_tokenizer, prompts, reference_greedy, tiny_llama, tiny_mamba, tiny_mamba2, trained_tokenizer
+
+MAX_NEW = 24
+PROMPTS = prompts(14)
+
+
+class FixedCosts(CostModel):
+    """Verification nearly free per node: the policy drafts deep trees (what the tests want to exercise)."""
+
+    def __init__(self, per_node: float = 1e-4) -> None:
+        super().__init__()
+        self.per_node = per_node
+        self.step = 2e-4
+
+    def verify(self, nodes, context):
+        return 0.01 + self.per_node * nodes
+
+    def observe(self, outcome, steps):
+        pass
+
+
+def policy(kind: str) -> DynamicTreePolicy:
+    if kind == "measured":  # the real cost model, probed and fitted on this machine
+        return DynamicTreePolicy()
+    return DynamicTreePolicy(costs=FixedCosts(), probe=False, max_nodes=24)
+
+
+DRAFTERS = {
+    "mamba2": lambda: MambaDrafter(tiny_mamba2(2)),
+    "mamba1": lambda: MambaDrafter(tiny_mamba(1)),
+    "llama": lambda: TransformerDrafter(tiny_llama(3, layers=1, hidden=32)),
+    "oracle": lambda: TransformerDrafter(tiny_llama(0)),
+    "lookup": lambda: LookupDrafter(max_tokens=5),
+    "mamba2+lookup": lambda: HybridDrafter(MambaDrafter(tiny_mamba2(2)), LookupDrafter(max_tokens=5)),
+    "oracle+lookup": lambda: HybridDrafter(TransformerDrafter(tiny_llama(0)), LookupDrafter(max_tokens=5)),
+}
+
+
+@pytest.fixture(scope="module")
+def references(tiny_target):
+    return [reference_greedy(tiny_target, p, MAX_NEW) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("kind", ["generous", "measured"])
+@pytest.mark.parametrize("drafter_name", list(DRAFTERS))
+def test_dynamic_trees_are_lossless(tiny_target, references, drafter_name, kind):
+    gen = SpeculativeGenerator(tiny_target, DRAFTERS[drafter_name]())
+    pol = policy(kind)
+    nodes = []
+    for prompt, ref in zip(PROMPTS, references):
+        result = gen.generate(prompt, max_new_tokens=MAX_NEW, tree=pol)
+        assert result.new_token_ids == ref, (drafter_name, prompt[:6])
+        nodes.append(result.stats.mean_tree_nodes)
+        assert result.stats.tree == "dynamic" and "predicted_accept_len" in result.stats.policy_report
+    if kind == "generous" and drafter_name.startswith("oracle"):
+        assert max(nodes) > 3  # deep trees were really drafted and verified
+
+
+@pytest.mark.parametrize("drafter_name", ["lookup", "mamba2+lookup", "oracle+lookup"])
+@pytest.mark.parametrize("shape", ["1", "2,1,1", "3,2,2,1,1"])
+def test_lookup_with_fixed_trees_is_lossless(tiny_target, references, drafter_name, shape):
+    gen = SpeculativeGenerator(tiny_target, DRAFTERS[drafter_name]())
+    for prompt, ref in zip(PROMPTS, references):
+        assert gen.generate(prompt, max_new_tokens=MAX_NEW, tree=shape).new_token_ids == ref
+
+
+def test_suffix_index_finds_the_longest_match_and_its_branches():
+    index = SuffixIndex(3)
+    index.extend([1, 2, 3, 4, 1, 2, 3, 5, 1, 2])
+    assert index.continuations([1, 2], 3, 2) == [([3, 5, 1], 2, 1.0)]  # the most recent occurrence, all agree
+    assert index.continuations([9], 3, 2) == []
+    index.extend([3])
+    found = index.continuations(index.tokens[-3:], 2, 2)  # "1 2 3" was followed by 4 once and by 5 once
+    assert {tuple(f[0]) for f in found} == {(4, 1), (5, 1)} and all(f[1] == 3 and f[2] == 0.5 for f in found)
+
+
+def test_lookup_accepts_copied_text():
+    """A target that repeats its prompt: copied chains are accepted deep (an oracle-free check of the plumbing)."""
+    target = tiny_llama(0)
+    prompt = PROMPTS[2] * 3
+    ref = reference_greedy(target, prompt, 40)
+    text = prompt + ref
+    drafter = LookupDrafter(max_tokens=8)
+    result = SpeculativeGenerator(target, drafter).generate(prompt, max_new_tokens=40, tree="1")
+    assert result.new_token_ids == ref
+    repeats = sum(text[i:i + 4] in [text[j:j + 4] for j in range(i)] for i in range(len(prompt), len(text) - 4))
+    if repeats > 20:  # the greedy output repeats itself: the lookup must have profited
+        assert result.stats.mean_accept_len > 1.5
+
+
+def test_cross_tokenizer_drafter_with_dynamic_trees():
+    tt, dt = trained_tokenizer("metaspace"), trained_tokenizer("bytelevel")
+    target = tiny_llama(0, vocab=len(tt))
+    gen = SpeculativeGenerator(target, CrossTokenizerDrafter(MambaDrafter(tiny_mamba2(2, vocab=len(dt)), dt), tt))
+    pol = policy("generous")
+    for text in ["def add(a, b):\n    return a + b\n", "The quick brown fox", "Grüße aus Köln"]:
+        ids = tt(text)["input_ids"]
+        assert gen.generate(ids, max_new_tokens=MAX_NEW, tree=pol).new_token_ids == reference_greedy(target, ids,
+                                                                                                      MAX_NEW)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MambaDrafter(_confident(tiny_llama_like(12), mamba=True)),
+    lambda: HybridDrafter(TransformerDrafter(_confident(tiny_llama_like(12))), LookupDrafter(max_tokens=3)),
+    lambda: LookupDrafter(max_tokens=3),
+], ids=["mamba2", "llama+lookup", "lookup"])
+def test_dynamic_sampling_follows_target(make):
+    target = small_vocab_target()
+    gen = SpeculativeGenerator(target, make(), eos_token_ids=[])
+    sampling = SamplingConfig(temperature=1.0)
+    prompt = [3, 7, 1, 3, 7, 1, 3, 7]  # repeats: the lookup proposes copied tokens too
+    exact = _exact_two_token_joint(target, prompt, sampling)
+    counts = _joint_counts(gen, prompt, sampling, 2500, policy("generous"), 12)
+    assert _pvalue(counts, exact) > ALPHA
+
+
+def _confident(model, mamba=False):
+    if mamba:
+        from transformers import Mamba2Config, Mamba2ForCausalLM
+
+        torch.manual_seed(5)
+        model = Mamba2ForCausalLM(Mamba2Config(vocab_size=12, hidden_size=32, num_hidden_layers=1, state_size=8,
+                                               expand=2, num_heads=4, head_dim=16, n_groups=1, chunk_size=8)).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(3.0)
+    return model
+
+
+def test_no_draft_when_nothing_pays(tiny_target, references):
+    """Verification made expensive: the policy verifies the pending token alone, and leaves the drafter alone."""
+    drafter = MambaDrafter(tiny_mamba2(2))
+    calls = []
+    real = drafter.advance
+    drafter.advance = lambda *a: (calls.append(len(a[2])), real(*a))
+    pol = DynamicTreePolicy(costs=FixedCosts(per_node=1.0), probe=False)
+    gen = SpeculativeGenerator(tiny_target, drafter)
+    result = gen.generate(PROMPTS[5], max_new_tokens=MAX_NEW, tree=pol)
+    assert result.new_token_ids == references[5]
+    assert result.stats.mean_tree_nodes == 0 and result.stats.no_draft_rounds == 1.0
+    assert len(calls) < MAX_NEW / 2 and max(calls) > 1  # skipped rounds were read later, several tokens at once
+
+
+def test_calibration_and_cost_fit():
+    acc = AcceptanceModel()
+    tree = DraftTree.root_only(0)
+    a = tree.add(5, 0, prob=0.9)
+    tree.add(6, 0, prob=0.05)
+    tree.add(7, a, prob=0.8)
+    for _ in range(200):
+        acc.update(tree, [a])  # the 0.9 node always accepted, the 0.05 sibling never, the 0.8 child never
+    assert acc.model(0.9) > 0.95 and acc.model(0.05) < 0.05 and acc.model(0.8) < 0.05
+    assert acc.predicted_tokens(tree) == pytest.approx(1 + acc.model(0.9) + acc.model(0.05) + acc.model(0.9) * acc.model(0.8))
+    costs = CostModel()
+    for n in range(0, 17):
+        for ctx in (100, 2000, 4000):
+            costs.observe(RoundOutcome(tokens=1, seconds=0.0, draft_s=0.0, forward_s=0.02 + 0.001 * n + 2e-6 * ctx
+                                       + 1e-6 * n * ctx, nodes=n, depth=1, context=ctx), steps=0)
+    assert costs.verify(6, 4000) == pytest.approx(0.02 + 0.006 + 0.008 + 0.024, rel=1e-3)
