@@ -94,12 +94,49 @@ def test_bad_options():
 
 
 def test_verify_cost_cli(tiny_dir, tmp_path):
-    args = ["verify-cost", "--target", tiny_dir["target"], "--prefix", "64", "--nodes", "1,2,5", "--repeats", "2"]
+    args = ["verify-cost", "--target", tiny_dir["target"], "--prefix", "64,200", "--nodes", "1,2,5", "--repeats", "2"]
     res = run_cli(*args, "--out", tmp_path)
     assert res.exit_code == 0, res.stderr
-    assert "engine ms" in res.stdout
+    assert "engine ms" in res.stdout and "floor ms" in res.stdout
     lines = (tmp_path / "verify_cost.csv").read_text().splitlines()
-    assert lines[0].startswith("nodes,engine_ms,plain_ms") and len(lines) == 4
+    assert lines[0].startswith("prefix,nodes,engine_ms,plain_ms") and len(lines) == 7
     bad = run_cli(*args[:5], "--nodes", "a,b")
     assert bad.exit_code != 0 and "--nodes" in bad.stderr and bad.exception is None or isinstance(
         bad.exception, SystemExit)
+
+
+@pytest.mark.parametrize("q,prefix,tree", [(1, 3000, 1), (6, 4000, 6), (16, 1100, 16), (5, 2049, 5)])
+def test_shared_prefix_attention_equals_sdpa(q, prefix, tree):
+    """The long-cache path (split prefix without a mask + masked tree, merged by log-sum-exp) equals SDPA."""
+    from mambaspec.cpu import attention
+
+    torch.manual_seed(q)
+    heads, n_rep, d = 3, 3, 16
+    query = torch.randn(1, heads * n_rep, q, d)
+    key, value = torch.randn(1, heads, prefix + tree, d), torch.randn(1, heads, prefix + tree, d)
+    mask = torch.ones(1, 1, q, prefix + tree, dtype=torch.bool)
+    mask[0, 0, :, prefix:] = (torch.rand(q, tree) > 0.4).tril()  # a node sees some of the earlier nodes ...
+    mask[0, 0, :, prefix:].fill_diagonal_(True)  # ... and itself
+    ours, _ = packed_gqa_attention(_Module(), query, key, value, mask, scaling=0.25)
+    ref, _ = sdpa_attention_forward(_Module(), query, key, value, mask, scaling=0.25)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    alone, _ = packed_gqa_attention(_Module(), query[:, :, :1], key[:, :, :prefix + 1], value[:, :, :prefix + 1],
+                                    mask[..., :1, :prefix + 1], scaling=0.25)
+    torch.testing.assert_close(ours[:, :1], alone, rtol=1e-6, atol=1e-6)  # a row as if it came alone
+    assert attention._shared_prefix(query, key, mask, {}) == prefix
+
+
+def test_greedy_is_lossless_on_the_shared_prefix_path(monkeypatch):
+    """Tiny models have short contexts: lower the threshold so that every verification takes the long-cache path."""
+    from mambaspec.cpu import attention
+
+    monkeypatch.setattr(attention, "LONG_PREFIX", 8)
+    monkeypatch.setattr(attention, "SPLIT_KEYS", 4)
+    target = tiny_llama(0)
+    use_packed_attention(target)
+    ps = [p for p in prompts(14) if len(p) > 12]
+    refs = [reference_greedy(target, p, 20) for p in ps]
+    gen = SpeculativeGenerator(target, MambaDrafter(tiny_mamba2(2)))
+    for shape in ("1", "2,2,1"):
+        for p, ref in zip(ps, refs):
+            assert gen.generate(p, max_new_tokens=20, tree=shape).new_token_ids == ref

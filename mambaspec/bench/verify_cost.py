@@ -1,15 +1,16 @@
-"""``mambaspec verify-cost``: what one verification forward costs, by number of tree nodes.
+"""``mambaspec verify-cost``: what one verification forward costs, by number of tree nodes and context length.
 
 For q tree nodes after a prefix of P tokens, times (median of ``repeats``) the engine's
-verification forward (``kv.forward_tree``: tree mask, per-node positions, the engine's cache
-and attention, with ``--compile``/``--quantize`` when given) next to a plain transformers
-forward of the same q tokens (a fresh ``DynamicCache`` of the prefix, the model's stock
-``sdpa`` attention, float weights, no mask: causal). Both start from the same prefix, which is
-cut back after each timing. The tree is a chain (q nodes, each seeing its ancestors): the mask
-pattern does not change the work.
+verification forward (``kv.forward_tree``: tree mask, per-node positions, the engine's cache and
+attention, with ``--compile``/``--quantize`` when given) next to a plain transformers forward of
+the same q tokens (a fresh ``DynamicCache`` of the prefix, the model's stock ``sdpa`` attention,
+float weights, no mask: causal). Both start from the same prefix, cut back after each timing. The
+tree is a chain (q nodes, each seeing its ancestors): the mask pattern does not change the work.
 
-Speculation pays when ``verify(γ+1 nodes) + γ·draft < τ·t(1)``; the ratio column is each row
-over the plain one-token step.
+Speculation pays when ``verify(γ+1 nodes) + γ·draft < τ·t(1)``; ``engine / 1 token`` is each row
+over the engine's own one-token step at the same prefix (what plain decoding costs in our loop).
+The floor adds to that step only the attention arithmetic of the extra rows (4 · layers · heads ·
+head_dim · rows · P flops, QKᵀ and AV) at the machine's matrix-multiply rate, measured here.
 """
 
 from __future__ import annotations
@@ -17,39 +18,43 @@ from __future__ import annotations
 import csv
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from transformers import DynamicCache
 
-from ..core.kv import forward_tree, keep_slots, new_kv_cache
 from ..config import DEFAULT_TARGET
+from ..core.kv import forward_chain, forward_tree, keep_slots, new_kv_cache
 from ..errors import MambaspecError
 from ..loading.options import ModelOptions
 
-DEFAULT_NODES = (1, 2, 4, 5, 8, 16, 32)
+DEFAULT_NODES = (1, 2, 4, 6, 8, 16, 32)
 
 
 @dataclass
 class CostRow:
+    prefix: int
     nodes: int
     engine_ms: float
     plain_ms: float
-    plain_1_ms: float
+    engine_1_ms: float = 0.0  # the engine's one-token step at this prefix
+    plain_1_ms: float = 0.0
+    attention_gflop: float = 0.0
+    floor_ms: float = 0.0
 
     @property
     def engine_ratio(self) -> float:
-        return self.engine_ms / self.plain_1_ms
+        return self.engine_ms / self.engine_1_ms
 
     @property
     def plain_ratio(self) -> float:
         return self.plain_ms / self.plain_1_ms
 
     def as_dict(self) -> dict:
-        return {"nodes": self.nodes, "engine_ms": round(self.engine_ms, 2), "plain_ms": round(self.plain_ms, 2),
-                "engine_over_plain_1": round(self.engine_ratio, 3), "plain_over_plain_1": round(self.plain_ratio, 3)}
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()} | {
+            "engine_over_engine_1": round(self.engine_ratio, 3), "plain_over_plain_1": round(self.plain_ratio, 3)}
 
 
 def _median_ms(fn: Callable[[], None], repeats: int) -> float:
@@ -64,54 +69,65 @@ def _median_ms(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def matmul_gflops(repeats: int = 5) -> float:
+    """The machine's float32 matrix-multiply rate (a 1024-cube product, best of ``repeats``)."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    best = min(_median_ms(lambda: a @ b, 1) for _ in range(repeats))
+    return 2 * 1024 ** 3 / (best / 1e3) / 1e9
+
+
+def attention_flops(model, rows: int, keys: int) -> float:
+    """QKᵀ and AV of ``rows`` query tokens over ``keys`` cached keys, every layer and head."""
+    cfg = model.config.get_text_config(decoder=True)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 4.0 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * rows * keys
+
+
 @torch.inference_mode()
 def measure_verify_cost(engine_model, plain_model, vocab_size: int, prefix: int = 512,
                         nodes: tuple[int, ...] = DEFAULT_NODES, repeats: int = 10, seed: int = 0,
-                        progress: Callable[[int, int], None] | None = None) -> list[CostRow]:
+                        gflops: float | None = None, progress: Callable[[], None] | None = None) -> list[CostRow]:
     """Median ms of one verification forward of q nodes, engine and plain, after ``prefix`` tokens."""
     if prefix < 1 or any(q < 1 for q in nodes) or repeats < 1:
-        raise MambaspecError("--prefix, --nodes and --repeats must be positive")
+        raise MambaspecError("the prefix, the node counts and the repeats must be positive")
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab_size, (prefix + max(nodes),), generator=g).tolist()
     device = next(engine_model.parameters()).device
-
     engine_cache = new_kv_cache()
-    forward_tree(engine_model, engine_cache, ids[:prefix], list(range(prefix)),
-                 torch.ones(prefix, prefix, dtype=torch.bool).tril())
+    forward_chain(engine_model, engine_cache, ids[:prefix])
     plain_cache = DynamicCache()
     plain_model(input_ids=torch.tensor([ids[:prefix]], device=device), past_key_values=plain_cache, use_cache=True,
                 logits_to_keep=1)
 
+    def engine_step(q: int) -> None:
+        forward_tree(engine_model, engine_cache, ids[prefix:prefix + q], list(range(prefix, prefix + q)),
+                     torch.ones(q, q, dtype=torch.bool).tril())
+        keep_slots(engine_cache, prefix, [])
+
+    def plain_step(q: int) -> None:
+        plain_model(input_ids=torch.tensor([ids[prefix:prefix + q]], device=device), past_key_values=plain_cache,
+                    use_cache=True)
+        plain_cache.crop(-q)
+
     rows: list[CostRow] = []
-    for i, q in enumerate(nodes):
-        tokens = ids[prefix:prefix + q]
-        visible = torch.ones(q, q, dtype=torch.bool).tril()
-
-        def engine_step() -> None:
-            forward_tree(engine_model, engine_cache, tokens, list(range(prefix, prefix + q)), visible)
-            keep_slots(engine_cache, prefix, [])
-
-        def plain_step() -> None:
-            plain_model(input_ids=torch.tensor([tokens], device=device), past_key_values=plain_cache, use_cache=True)
-            plain_cache.crop(-q)
-
-        engine_step(), plain_step()  # warm-up (and compilation) of this shape, untimed
-        rows.append(CostRow(q, _median_ms(engine_step, repeats), _median_ms(plain_step, repeats), 0.0))
+    for q in sorted(set(nodes) | {1}):
+        engine_step(q), plain_step(q)  # warm-up (and compilation) of this shape, untimed
+        rows.append(CostRow(prefix, q, _median_ms(lambda: engine_step(q), repeats),
+                            _median_ms(lambda: plain_step(q), repeats)))
         if progress:
-            progress(i + 1, len(nodes))
-    one = next((r.plain_ms for r in rows if r.nodes == 1), None)
-    if one is None:  # the reference step is always measured
-        tokens = ids[prefix:prefix + 1]
-        one = _median_ms(lambda: (plain_model(input_ids=torch.tensor([tokens], device=device),
-                                              past_key_values=plain_cache, use_cache=True),
-                                  plain_cache.crop(-1)), repeats)
+            progress()
+    one = rows[0]
+    rate = gflops or matmul_gflops()
     for r in rows:
-        r.plain_1_ms = one
-    return rows
+        r.engine_1_ms, r.plain_1_ms = one.engine_ms, one.plain_ms
+        r.attention_gflop = attention_flops(engine_model, r.nodes, prefix) / 1e9
+        r.floor_ms = one.engine_ms + (r.attention_gflop - one.attention_gflop) / rate * 1e3
+    return [r for r in rows if r.nodes in nodes]
 
 
 def write_csv(rows: list[CostRow], path: str | Path, settings: dict) -> Path:
-    """Append the rows with their settings (target, prefix, options, threads, versions) to ``path``."""
+    """Append the rows with their settings (target, options, threads, versions) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = [*rows[0].as_dict().keys(), *settings.keys()]
@@ -125,11 +141,12 @@ def write_csv(rows: list[CostRow], path: str | Path, settings: dict) -> Path:
     return path
 
 
-def verify_cost(target: str = DEFAULT_TARGET, prefix: int = 512, nodes: tuple[int, ...] = DEFAULT_NODES,
-                repeats: int = 10, options: ModelOptions | None = None, out: str | Path | None = "runs/verify-cost",
-                progress: Callable[[int, int], None] | None = None) -> tuple[list[CostRow], dict, Path | None]:
-    """Load ``target`` twice (the engine's, with its attention and the options; a stock one), measure,
-    append to ``out``/verify_cost.csv; returns the rows, the settings and the CSV path."""
+def verify_cost(target: str = DEFAULT_TARGET, prefixes: tuple[int, ...] = (512,),
+                nodes: tuple[int, ...] = DEFAULT_NODES, repeats: int = 10, options: ModelOptions | None = None,
+                out: str | Path | None = "runs/verify-cost", progress: Callable[[int, int], None] | None = None
+                ) -> tuple[list[CostRow], dict, Path | None]:
+    """Load ``target`` twice (the engine's, with its attention and the options; a stock one), measure at every
+    prefix length, append to ``out``/verify_cost.csv; returns the rows, the settings and the CSV path."""
     import platform
 
     import transformers
@@ -142,16 +159,23 @@ def verify_cost(target: str = DEFAULT_TARGET, prefix: int = 512, nodes: tuple[in
     plain = load_model(target, ModelOptions(device=options.device, dtype=options.dtype, linear="torch"),
                        role="plain").model
     context = engine.context_length
-    if prefix + max(nodes) > context:
-        raise MambaspecError(f"prefix {prefix} + {max(nodes)} nodes exceeds the target's context of {context}")
+    if max(prefixes) + max(nodes) > context:
+        raise MambaspecError(f"prefix {max(prefixes)} + {max(nodes)} nodes exceeds the target's context of {context}")
     vocab = plain.config.get_text_config(decoder=True).vocab_size
-    rows = measure_verify_cost(engine.model, plain, vocab, prefix=prefix, nodes=nodes, repeats=repeats,
-                               progress=progress)
+    rate, done, total = matmul_gflops(), [0], len(prefixes) * len(set(nodes) | {1})
+
+    def step() -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], total)
+
+    rows = [r for p in prefixes for r in measure_verify_cost(engine.model, plain, vocab, prefix=p, nodes=nodes,
+                                                             repeats=repeats, gflops=rate, progress=step)]
     p = next(plain.parameters())
-    settings = {"target": target, "prefix": prefix, "repeats": repeats, "device": str(p.device),
+    settings = {"target": target, "repeats": repeats, "device": str(p.device),
                 "dtype": str(p.dtype).replace("torch.", ""), "linear": options.linear, "quantize": options.quantize,
-                "compile": options.compile, "engine_options": engine.optimized, "threads": torch.get_num_threads(),
-                "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                "transformers": transformers.__version__, "mambaspec": __version__}
+                "compile": options.compile, "engine_options": engine.optimized, "matmul_gflops": round(rate, 1),
+                "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                "torch": torch.__version__, "transformers": transformers.__version__, "mambaspec": __version__}
     path = write_csv(rows, Path(out) / "verify_cost.csv", settings) if out else None
     return rows, settings, path
