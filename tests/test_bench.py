@@ -127,7 +127,7 @@ def test_table_compares_methods(first_run):
     for table in results_tables(result.rows):
         console.print(table)
     text = console.export_text()
-    for needle in ("speed-up", "accept len", "peak MB", "drafter state", "reference", "✓ same as ar", *ALL):
+    for needle in ("speed-up", "accept len", "peak MiB", "drafter state", "reference", "✓ same as ar", *ALL):
         assert needle in text
 
 

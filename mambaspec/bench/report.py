@@ -17,7 +17,7 @@ TABLE_COLUMNS = [  # (title, key, format, best: "max" / "min" / None)
     ("draft ms/round", "draft_ms_per_round", "{:.1f}", None),
     ("verify ms/round", "verify_ms_per_round", "{:.1f}", None),
     ("prefill s", "prefill_s", "{:.3f}", "min"),
-    ("peak MB", "peak_mem_mb", "{:.0f}", "min"),
+    ("peak MiB", "peak_mem_mb", "{:.0f}", "min"),
     ("drafter state", "drafter_state_bytes", None, None),
     ("target KV", "target_kv_bytes", None, None),
 ]
@@ -85,46 +85,59 @@ def check_matplotlib() -> None:
         raise MambaspecError("--plot needs matplotlib: pip install 'mambaspec[plot]'") from None
 
 
+PANELS = {  # figure -> [(column, axis label, scale)]
+    "throughput": [("decode_tokens_per_s", "decode tokens/s", 1), ("speedup_decode", "speed-up over ar (decode)", 1)],
+    "memory": [("peak_mem_mb", "peak memory (MiB)", 1), ("drafter_state_bytes", "drafter state / KV (MiB)", 2**20),
+               ("target_kv_bytes", "target KV cache (MiB)", 2**20)],
+}
+
+
 def plot_results(rows: list[dict], out: Path) -> list[Path]:
-    """PNGs per dataset: decode throughput, and memory (peak, drafter state, target KV cache), per method
-    against the prompt length (bars when the prompts keep their own lengths)."""
+    """PNGs per dataset: throughput (and speed-up over ar) and memory (peak, drafter state, target KV cache) per
+    method, against the prompt length when the bench cut prompts to lengths, else as labelled bars."""
     check_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = {"throughput": [("decode_tokens_per_s", "decode tokens/s")],
-              "memory": [("peak_mem_mb", "peak memory (MB)"), ("drafter_state_bytes", "drafter state / KV (MiB)"),
-                         ("target_kv_bytes", "target KV cache (MiB)")]}
     written = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         subset = [r for r in rows if r["dataset"] == dataset]
-        methods = list(dict.fromkeys(r["method"] for r in subset))
-        by_length = any(r["length"] for r in subset)
-        for name, keys in panels.items():
-            fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
-            for ax, (key, label) in zip(axes[0], keys):
-                scale = 2**20 if key.endswith("_bytes") else 1
-                for i, m in enumerate(methods):
-                    pts = sorted((r["length"] or 0, (r[key] or 0) / scale) for r in subset if r["method"] == m)
-                    if by_length:  # markers and dashes tell apart methods whose lines coincide
-                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="osD^v*"[i % 6],
-                                linestyle=("-", "--", ":", "-.")[i % 4], label=m)
-                    else:
-                        ax.bar(i, pts[0][1])
-                ax.set_title(label)
-                if by_length:
-                    ax.set_xlabel("prompt length (tokens)")
-                else:
-                    ax.set_xticks(range(len(methods)), methods, rotation=30)
-                ax.grid(alpha=0.3)
-            if by_length:
-                axes[0][0].legend()
-            fig.suptitle(f"{dataset}: {name}")
+        first = subset[0]
+        subtitle = (f"target {first['target']}, tree {first['tree']}, {first['max_new_tokens']} new tokens, "
+                    f"{first['device']} {first['dtype']}, {first['threads']} threads")
+        for name, keys in PANELS.items():
+            fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
+            for ax, (key, label, scale) in zip(axes[0], keys):
+                _panel(ax, subset, key, label, scale)
+            fig.suptitle(f"{dataset}: {name}\n{subtitle}", fontsize=10)
             fig.tight_layout()
             path = out / f"{dataset}-{name}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
     return written
+
+
+def _panel(ax, rows: list[dict], key: str, label: str, scale: float) -> None:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by_length = any(r["length"] for r in rows)
+    for i, m in enumerate(methods):
+        pts = sorted((r["length"] or 0, (r[key] or 0) / scale) for r in rows if r["method"] == m)
+        if by_length:  # markers and dashes tell apart methods whose lines coincide
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="osD^v*"[i % 6],
+                    linestyle=("-", "--", ":", "-.")[i % 4], label=m)
+        else:
+            bar = ax.bar(i, pts[0][1])
+            ax.bar_label(bar, fmt="%.2f×" if key.startswith("speedup") else "%.1f", fontsize=8)
+    ax.set_ylabel(label)
+    ax.set_title(label, fontsize=10)
+    if by_length:
+        ax.set_xlabel("prompt length (tokens)")
+        ax.legend(fontsize=8)
+    else:
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    if key.startswith("speedup"):
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.grid(alpha=0.3)

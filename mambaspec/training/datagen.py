@@ -224,29 +224,64 @@ def plan_batches(prompts: list[dict], recipe: DataRecipe, tokenizer) -> list[Ans
 @torch.inference_mode()
 def answer_batch(model, batch: AnswerBatch, pad: int, eos: int, max_new: int, top_k: int, recipe: DataRecipe,
                  ) -> list[dict]:
-    """The target's answers to one batch, with the top-k log-probabilities at every answer token."""
+    """The target's answers to one batch, with the top-k log-probabilities at every answer token.
+
+    A batched decoding loop that drops a row from the batch (and its KV cache) as soon as it ends, so
+    short answers do not pay for the longest one.
+    """
+    from transformers import DynamicCache
+
     ids = [p["ids"] for p in batch.prompts]
     width = max(len(x) for x in ids)
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=model.device)
-    attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=model.device)
-    kwargs = dict(do_sample=False)
+    device = model.device
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+    tokens = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+    generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + batch.index) if batch.sampled else None
+    sampling = None
     if batch.sampled:
-        torch.manual_seed(recipe.seed * 1_000_003 + batch.index)
-        kwargs = dict(do_sample=True, temperature=float(recipe.answer("temperature", 0.7)),
-                      top_p=float(recipe.answer("top_p", 1.0)), top_k=0)
-    out = model.generate(input_ids=input_ids, attention_mask=attn, max_new_tokens=max_new, pad_token_id=pad,
-                         eos_token_id=eos, output_logits=True, return_dict_in_generate=True, **kwargs)
-    logits = torch.stack(out.logits, dim=1)  # (B, T, V), raw: the target's own distribution at T=1
+        from ..core.sampling import SamplingConfig
+
+        sampling = SamplingConfig(temperature=float(recipe.answer("temperature", 0.7)),
+                                  top_p=float(recipe.answer("top_p", 1.0)))
+    cache = DynamicCache()
+    alive = list(range(len(ids)))  # original row of each batch row
+    answers = [[] for _ in ids]
+    tops: list[list[torch.Tensor]] = [[] for _ in ids]
+    for step in range(max_new):
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -tokens.shape[1]:]
+        logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        top = logp.topk(top_k, dim=-1)
+        if sampling is None:
+            nxt = logits.argmax(-1)
+        else:
+            from ..core.sampling import warp
+
+            nxt = torch.multinomial(warp(logits, sampling), 1, generator=generator)[:, 0]
+        keep = []
+        for row, orig in enumerate(alive):
+            tok = int(nxt[row])
+            answers[orig].append(tok)
+            tops[orig].append(torch.stack([top.indices[row].float(), top.values[row]]))
+            if tok != eos and step + 1 < max_new:
+                keep.append(row)
+        if not keep:
+            break
+        if len(keep) < len(alive):  # finished rows leave the batch and the cache
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, nxt = mask[index], nxt[index]
+            alive = [alive[r] for r in keep]
+        tokens = nxt[:, None]
+        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
     rows = []
     for i, p in enumerate(batch.prompts):
-        answer = out.sequences[i, width:].tolist()
-        if eos in answer:
-            answer = answer[: answer.index(eos) + 1]
-        top = torch.log_softmax(logits[i, : len(answer)].float(), dim=-1).topk(top_k, dim=-1)
+        top = torch.stack(tops[i])  # (answer, 2, k)
         rows.append({"id": p["id"], "domain": p["domain"], "source": p["source"], "split": p["split"],
                      "mode": "sampled" if batch.sampled else "greedy", "prompt_len": len(p["ids"]),
-                     "ids": torch.tensor(p["ids"] + answer, dtype=torch.int32),
-                     "topk_ids": top.indices.to(torch.int32), "topk_logp": top.values.to(torch.float16)})
+                     "ids": torch.tensor(p["ids"] + answers[i], dtype=torch.int32),
+                     "topk_ids": top[:, 0].to(torch.int32), "topk_logp": top[:, 1].to(torch.float16)})
     return rows
 
 
