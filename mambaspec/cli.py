@@ -271,10 +271,11 @@ def _methods(text: str | None) -> list[str] | None:
 def bench(
     dataset: str = typer.Argument(..., help="humaneval (offline), gsm8k, mt-bench, alpaca, xsum, cnn-dm, longbench (hub, or --data), or jsonl (--data FILE of {\"prompt\": ...} lines). See recipes/datasets.yaml."),
     data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.jsonl.gz/.json/.parquet file with the dataset's fields: replaces its source (offline use)."),
-    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated: ar, mamba, mamba-auto, mamba-dynamic, lookup, mamba+lookup, transformer, hf-assisted, prompt-lookup. Default: all whose drafter is available."),
+    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated: ar, mamba, mamba-auto, mamba-dynamic, lookup, mamba+lookup, transformer, eagle, hf-assisted, prompt-lookup. Default: all whose drafter is available."),
     target: str = TargetOpt,
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Mamba drafter for `mamba` (default: the target's, e.g. mamba2-smollm2; `none` = skip)."),
     transformer_drafter: Optional[str] = typer.Option(None, "--transformer-drafter", help="Transformer drafter for `transformer` and `hf-assisted` (default: the target's, e.g. llama-smollm2; `none` = skip)."),
+    eagle_drafter: Optional[str] = typer.Option(None, "--eagle-drafter", help="EAGLE head for `eagle` (default: the target's, e.g. eagle-smollm2; `none` = skip)."),
     tree: str = typer.Option(DEFAULT_TREE, "--tree", help="The tree of our loop's methods (mamba, lookup, mamba+lookup, transformer): a shape N1,...,Nγ, `dynamic` or `auto`."),
     lookup_global: bool = typer.Option(False, "--lookup-global", help="Our lookup drafters also index the outputs of the earlier prompts of a row."),
     arms: Optional[str] = typer.Option(None, "--arms", help="mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."),
@@ -310,7 +311,7 @@ def bench(
         from .bench.runner import BenchConfig, run_bench
 
         cfg = BenchConfig(dataset=dataset, data=data, methods=_methods(methods), target=target, drafter=drafter,
-                          transformer_drafter=transformer_drafter, tree=tree, arms=arms, ucb_c=ucb_c,
+                          transformer_drafter=transformer_drafter, eagle_drafter=eagle_drafter, tree=tree, arms=arms, ucb_c=ucb_c,
                           confidence_buckets=edges, max_new_tokens=max_new_tokens, temperature=temperature,
                           limit=limit, lengths=parsed, options=options, out=out_dir, plot=plot,
                           prompt_lookup_tokens=prompt_lookup_tokens, lookup_global=lookup_global, seed=seed)

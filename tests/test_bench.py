@@ -24,8 +24,8 @@ from conftest import run_cli, run_cli_process
 from tiny import EOS, VOCAB, char_tokenizer, save_tiny, tiny_llama
 
 NEW = 6
-ALL = ["ar", "mamba", "mamba-auto", "mamba-dynamic", "lookup", "mamba+lookup", "transformer", "hf-assisted",
-       "prompt-lookup"]
+ALL = ["ar", "mamba", "mamba-auto", "mamba-dynamic", "lookup", "mamba+lookup", "transformer", "eagle",
+       "hf-assisted", "prompt-lookup"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,6 +53,13 @@ def files(tiny_dir, tmp_path_factory):
     # A Transformer drafter with another tokenizer (and vocabulary size): transformers' universal assisted generation.
     other = save_tiny(root / "llama_other", tiny_llama(4, layers=1, hidden=32, vocab=VOCAB + 4),
                       char_tokenizer(shuffle_seed=7))
+    # An EAGLE head of the tiny target (random weights: a lossless check of the plumbing, not of acceptance).
+    from mambaspec.drafters.eagle import save_head
+    from test_eagle import eagle_for
+
+    eagle = eagle_for(tiny_llama(0))
+    save_head(eagle.model, root / "eagle", {"tokenizer": tiny_dir["target"], "target_vocab_size": VOCAB,
+                                            "draft_vocab": list(range(VOCAB))})
     prompts = root / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "prompt": f"def f(x):\n    return x * {i} + x"})
                                  for i in range(2)))
@@ -60,12 +67,13 @@ def files(tiny_dir, tmp_path_factory):
     docs = root / "long.jsonl"
     docs.write_text("\n".join(json.dumps({"_id": f"d{i}", "context": " ".join(words[(i + j) % 10] for j in range(n)),
                                           "input": f"Which word comes {i}th?"}) for i, n in enumerate([90, 3, 120])))
-    return {**tiny_dir, "llama_dv": dv, "llama_other": other, "prompts": str(prompts), "docs": str(docs), "root": root}
+    return {**tiny_dir, "llama_dv": dv, "llama_other": other, "prompts": str(prompts), "docs": str(docs), "root": root,
+            "eagle": str(root / "eagle")}
 
 
 def config(files, out, **kw) -> BenchConfig:
     base = dict(dataset="jsonl", data=files["prompts"], target=files["target"], drafter=files["mamba2"],
-                transformer_drafter=files["llama_dv"], max_new_tokens=NEW, out=str(out), options=ModelOptions(device="cpu"))
+                transformer_drafter=files["llama_dv"], eagle_drafter=files["eagle"], max_new_tokens=NEW, out=str(out), options=ModelOptions(device="cpu"))
     return BenchConfig(**{**base, **kw})
 
 
@@ -153,7 +161,8 @@ def test_planted_non_lossless_method_is_flagged(files, monkeypatch, tmp_path):
 
 def test_default_methods_skip_what_has_no_drafter(files, tmp_path):
     notes = []
-    result = run_bench(config(files, tmp_path, drafter="none", transformer_drafter="none"), log=notes.append)
+    result = run_bench(config(files, tmp_path, drafter="none", transformer_drafter="none", eagle_drafter="none"),
+                       log=notes.append)
     assert [r["method"] for r in result.rows] == ["ar", "lookup", "prompt-lookup"]
     assert any("skipping mamba" in n for n in notes) and any("skipping transformer, hf-assisted" in n for n in notes)
 

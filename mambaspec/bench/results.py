@@ -19,7 +19,7 @@ from ..errors import MambaspecError
 
 CSV_NAME = "results.csv"
 OUTPUTS_NAME = "outputs.jsonl"
-CONFIG_COLUMNS = ["target", "drafter", "transformer_drafter", "tree", "arms", "ucb_c", "confidence_buckets",
+CONFIG_COLUMNS = ["target", "drafter", "transformer_drafter", "eagle_drafter", "tree", "arms", "ucb_c", "confidence_buckets",
                   "max_new_tokens", "temperature", "limit", "data", "device", "dtype", "linear", "quantize",
                   "compile", "target_options", "seed", "prompt_lookup_tokens", "lookup_global"]
 COLUMNS = [

@@ -26,10 +26,11 @@ from ..core.engine import GenerationResult, SpeculativeGenerator
 from ..core.policy import TREE_POLICIES
 from ..core.shape import DEFAULT_TREE, TreeShape
 from ..drafters.base import innermost
+from ..drafters.eagle import EagleDrafter
 from ..drafters.mamba import MAMBA_TYPES
 from ..errors import MambaspecError
 from ..config import DEFAULT_TARGET
-from ..loading.models import default_drafter, default_transformer_drafter, load_model, resolve_device, resolve_dtype
+from ..loading.models import default_bench_drafter, load_model, resolve_device, resolve_dtype
 from ..loading.options import ModelOptions
 from ..loading.pipeline import load_drafter
 from .datasets import BenchPrompt, build_prompts, dataset_spec, load_rows
@@ -53,6 +54,7 @@ class BenchConfig:
     target: str = DEFAULT_TARGET
     drafter: str | None = None  # the Mamba drafter; "none" = no mamba method
     transformer_drafter: str | None = None  # for transformer and hf-assisted; "none" = neither
+    eagle_drafter: str | None = None  # for eagle (a self-speculation head of the target); "none" = no eagle
     tree: str = DEFAULT_TREE
     arms: str | None = None  # mamba-auto's arms file (None: recipes/trees.yaml); a tuned file warm-starts it
     ucb_c: float = DEFAULT_C
@@ -70,9 +72,8 @@ class BenchConfig:
 
     def drafter_names(self) -> dict[str, str | None]:
         """The drafter each kind of method uses (None: none available)."""
-        names = {"mamba": self.drafter if self.drafter is not None else default_drafter(self.target),
-                 "transformer": self.transformer_drafter if self.transformer_drafter is not None
-                 else default_transformer_drafter(self.target)}
+        given = {"mamba": self.drafter, "transformer": self.transformer_drafter, "eagle": self.eagle_drafter}
+        names = {k: v if v is not None else default_bench_drafter(self.target, k) for k, v in given.items()}
         return {k: None if v in (None, "", "none") else v for k, v in names.items()}
 
 
@@ -177,7 +178,7 @@ def _load_models(cfg: BenchConfig, methods: list[str], log: Callable[[str], None
     plain = SpeculativeGenerator(target.model, None, tokenizer=target.tokenizer, target_options=target.optimized)
     models = BenchModels(target, plain, lookup_global=cfg.lookup_global)
     names = cfg.drafter_names()
-    for kind, is_mamba, what in (("mamba", True, "a Mamba"), ("transformer", False, "a Transformer")):
+    for kind, what in (("mamba", "a Mamba"), ("transformer", "a Transformer"), ("eagle", "an EAGLE")):
         users = [m for m in methods if METHODS[m].needs == kind]
         if not users:
             continue
@@ -186,9 +187,9 @@ def _load_models(cfg: BenchConfig, methods: list[str], log: Callable[[str], None
                 raise MambaspecError(f"method {', '.join(users)} needs {what} drafter; name one")
             log(f"loading {kind} drafter {names[kind]} ...")
             drafter = load_drafter(names[kind], target)
-            model_type = innermost(drafter).model.config.model_type
-            if (model_type in MAMBA_TYPES) != is_mamba:
-                raise MambaspecError(f"drafter {names[kind]} is not {what} model ({model_type}); name {what} drafter")
+            found = _kind_of(innermost(drafter))
+            if found != kind:
+                raise MambaspecError(f"drafter {names[kind]} is not {what} model (it is {found}); name {what} drafter")
         except MambaspecError as e:
             if cfg.methods is not None:
                 raise
@@ -199,12 +200,19 @@ def _load_models(cfg: BenchConfig, methods: list[str], log: Callable[[str], None
     return models, methods
 
 
+def _kind_of(drafter) -> str:
+    if isinstance(drafter, EagleDrafter):
+        return "eagle"
+    return "mamba" if drafter.model.config.model_type in MAMBA_TYPES else "transformer"
+
+
 def _config_columns(cfg: BenchConfig, models: BenchModels) -> dict:
     names = cfg.drafter_names()
     device = models.target.device
     opts = cfg.options
     return {"target": cfg.target, "drafter": names["mamba"] if "mamba" in models.drafters else "",
             "transformer_drafter": names["transformer"] if "transformer" in models.drafters else "",
+            "eagle_drafter": names["eagle"] if "eagle" in models.drafters else "",
             "tree": tree_name(cfg.tree), "arms": cfg.arms or "", "ucb_c": cfg.ucb_c,
             "confidence_buckets": cfg.confidence_buckets, "max_new_tokens": cfg.max_new_tokens,
             "temperature": cfg.temperature, "limit": cfg.limit or "", "data": cfg.data or "",

@@ -9,6 +9,7 @@ decoding through the very same code.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Generator
 
@@ -16,7 +17,7 @@ import torch
 
 from ..drafters.base import Drafter, NoDrafter, ReadsTargetHidden, ReportsRanks
 from ..errors import MambaspecError
-from .kv import forward_chain, forward_tree, keep_slots, kv_bytes, kv_length, new_kv_cache
+from .kv import final_hidden, forward_chain, forward_tree, keep_slots, kv_bytes, kv_length, new_kv_cache
 from .policy import FixedTree, TreePolicy, as_policy
 from .sampling import SamplingConfig
 from .stats import GenerationStats, RoundOutcome, StatsRecorder, sync
@@ -74,9 +75,7 @@ class SpeculativeGenerator:
         self.drafter.bind(self.vocab_size)
         cfg = target.config.get_text_config(decoder=True)
         self.context_length = int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30)
-        if isinstance(self.drafter, ReadsTargetHidden):
-            raise MambaspecError(f"drafter '{self.drafter.name}' reads the target's hidden states, which this "
-                                 f"engine does not hand over yet")
+        self.reads_hidden = isinstance(self.drafter, ReadsTargetHidden)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int = 128,
                  tree: TreeShape | str | TreePolicy = "1,1,1,1", sampling: SamplingConfig | None = None,
@@ -137,8 +136,11 @@ class SpeculativeGenerator:
                                 tree_policy="" if isinstance(policy, FixedTree) else policy.describe())
         recorder = StatsRecorder(stats, device)
         cache = new_kv_cache()
-        if len(prompt_ids) > 1:
-            forward_chain(self.target, cache, prompt_ids[:-1])
+        with final_hidden(self.target) if self.reads_hidden else nullcontext([]) as states:
+            if len(prompt_ids) > 1:
+                forward_chain(self.target, cache, prompt_ids[:-1])
+        if self.reads_hidden:
+            self.drafter.prefill_hidden(states[0][0] if states else self._empty_hidden())
         self.drafter.prefill(prompt_ids)
         recorder.prefilled()
         stats.target_kv_bytes = kv_bytes(cache)
@@ -169,7 +171,7 @@ class SpeculativeGenerator:
         draft = self.drafter.draft(run.pending, plan, run.sampling, run.generator)
         sync(device)
         t1 = time.perf_counter()
-        verdict = verify_tree(self.target, run.cache, draft, run.sampling, run.generator)
+        verdict = verify_tree(self.target, run.cache, draft, run.sampling, run.generator, hidden=self.reads_hidden)
         sync(device)
         t2 = time.perf_counter()
         new = verdict.tokens[: run.budget - len(run.out)]  # a tree may reach past the budget: cut, never exceed
@@ -179,6 +181,8 @@ class SpeculativeGenerator:
         run.out.extend(new)
         run.stopped = self._why_stop(run, eos_at is not None)
         if not run.stopped:
+            if self.reads_hidden:
+                self.drafter.take_hidden(verdict.hidden)
             self.drafter.commit(draft, verdict.path, verdict.tokens[-1])
             run.pending = verdict.tokens[-1]
         sync(device)
@@ -192,6 +196,10 @@ class SpeculativeGenerator:
         run.recorder.round(outcome, verify_s=t2 - t1, commit_s=t3 - t2)
         run.context += len(verdict.tokens)
         return new
+
+    def _empty_hidden(self) -> torch.Tensor:
+        width = self.target.config.get_text_config(decoder=True).hidden_size
+        return torch.zeros(0, width, device=self.target.device, dtype=self.target.dtype)
 
     def _why_stop(self, run: _Run, eos: bool) -> str:
         if eos:

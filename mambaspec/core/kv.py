@@ -12,6 +12,9 @@ doubles when full, instead of concatenating the whole cache at every step.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -75,14 +78,32 @@ def kv_bytes(cache: DynamicCache) -> int:
     return total
 
 
+@contextmanager
+def final_hidden(model) -> Iterator[list[torch.Tensor]]:
+    """The decoder's last hidden states (the output layer's input, after the final norm) of every forward run
+    inside the block, appended to the list it yields."""
+    captured: list[torch.Tensor] = []
+    handle = model.get_decoder().norm.register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def _inputs(tokens: list[int] | None, embeds: torch.Tensor | None, device) -> dict:
+    return {"inputs_embeds": embeds} if embeds is not None else {"input_ids": torch.tensor([tokens], device=device)}
+
+
 @torch.inference_mode()
-def forward_chain(model, cache: DynamicCache, tokens: list[int], all_logits: bool = False) -> torch.Tensor:
-    """Feed ``tokens`` after the cached prefix; logits of the last token (or of all), float32."""
+def forward_chain(model, cache: DynamicCache, tokens: list[int] | None, all_logits: bool = False,
+                  embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Feed ``tokens`` (or input ``embeds``, (1, n, hidden)) after the cached prefix; logits of the last token (or
+    of all), float32."""
     device = model.device
     past = kv_length(cache)
-    ids = torch.tensor([tokens], device=device)
-    pos = torch.arange(past, past + len(tokens), device=device)[None]
-    out = model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True,
+    n = len(tokens) if embeds is None else embeds.shape[1]
+    pos = torch.arange(past, past + n, device=device)[None]
+    out = model(**_inputs(tokens, embeds, device), position_ids=pos, cache=cache, use_cache=True,
                 logits_to_keep=0 if all_logits else 1)
     return out.logits[0].float()
 
@@ -91,9 +112,10 @@ def forward_chain(model, cache: DynamicCache, tokens: list[int], all_logits: boo
 def forward_tree(
     model,
     cache: DynamicCache,
-    tokens: list[int],
+    tokens: list[int] | None,
     positions: list[int],
     visible: torch.Tensor,
+    embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One forward over ``tokens``, tree nodes appended after the cache.
 
@@ -103,7 +125,7 @@ def forward_tree(
     Returns float32 logits, one row per new node.
     """
     device = model.device
-    n, m = len(tokens), visible.shape[1]
+    n, m = len(tokens) if embeds is None else embeds.shape[1], visible.shape[1]
     past = kv_length(cache)
     start = past + n - m  # first tree slot
     pos = torch.tensor(positions, device=device)
@@ -115,8 +137,8 @@ def forward_tree(
         key_pos = torch.cat([torch.arange(start, device=device), pos])
         in_window = (pos[-n:, None] - key_pos[None, :]) < window
         mask = {"full_attention": mask, "sliding_attention": _attention_mask(model, allowed & in_window)}
-    out = model(input_ids=torch.tensor([tokens], device=device), position_ids=pos[None, -n:],
-                attention_mask=mask, cache=cache, use_cache=True)
+    out = model(**_inputs(tokens, embeds, device), position_ids=pos[None, -n:], attention_mask=mask, cache=cache,
+                use_cache=True)
     return out.logits[0].float()
 
 

@@ -25,11 +25,12 @@ is distributed exactly as the target's p.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from .kv import forward_tree, keep_slots, kv_length
+from .kv import final_hidden, forward_tree, keep_slots, kv_length
 from .sampling import SamplingConfig, warp
 from .tree import DraftTree
 
@@ -72,6 +73,7 @@ class Verdict:
     path: list[int]  # accepted tree nodes (flat indices, root excluded), root to leaf
     tokens: list[int]  # their tokens, then the bonus token
     forward_s: float  # wall time of the target forward
+    hidden: torch.Tensor | None = None  # with ``hidden``: the target's last hidden states of the root and the path
 
 
 def walk_tree(logits: torch.Tensor, tree: DraftTree, sampling: SamplingConfig,
@@ -99,21 +101,24 @@ def walk_tree(logits: torch.Tensor, tree: DraftTree, sampling: SamplingConfig,
 
 @torch.inference_mode()
 def verify_tree(target, cache, tree: DraftTree, sampling: SamplingConfig,
-                generator: torch.Generator | None = None) -> Verdict:
+                generator: torch.Generator | None = None, hidden: bool = False) -> Verdict:
     """Verify ``tree`` in one forward of ``target``, leaving only the accepted path in ``cache``.
 
     Before the call the cache holds every committed token but the root (the pending token);
-    after it, it holds those plus the root and the accepted draft tokens.
+    after it, it holds those plus the root and the accepted draft tokens. ``hidden``: also return
+    the target's last hidden states of the root and the accepted nodes (for drafters that read them).
     """
     if tree.sampled == sampling.greedy and len(tree) > 1:
         raise ValueError("the draft tree was grown for another decoding mode (greedy vs sampled)")
     past = kv_length(cache)
     positions = [past + d for d in tree.depths]
     t0 = time.perf_counter()
-    logits = forward_tree(target, cache, tree.tokens, positions, tree.ancestor_mask())
+    with final_hidden(target) if hidden else nullcontext([]) as states:
+        logits = forward_tree(target, cache, tree.tokens, positions, tree.ancestor_mask())
     if logits.is_cuda:
         torch.cuda.synchronize(logits.device)
     forward_s = time.perf_counter() - t0
     path, bonus = walk_tree(logits, tree, sampling, generator)
     keep_slots(cache, past, [past] + [past + i for i in path])
-    return Verdict(path=path, tokens=[tree.tokens[i] for i in path] + [bonus], forward_s=forward_s)
+    return Verdict(path=path, tokens=[tree.tokens[i] for i in path] + [bonus], forward_s=forward_s,
+                   hidden=states[-1][0, [0, *path]] if states else None)

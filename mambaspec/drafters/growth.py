@@ -28,7 +28,7 @@ import torch
 from ..core.sampling import SamplingConfig, warp
 from ..core.shape import TreeShape
 from ..core.tree import DraftTree
-from .base import Drafter, ReportsRanks, Rewindable
+from .base import Drafter, ReportsRanks
 from .vocab import Candidates, DraftVocab
 
 
@@ -37,7 +37,7 @@ def top_probability(scores: torch.Tensor) -> float:
     return float(torch.exp(scores.max() - torch.logsumexp(scores.float(), dim=-1)))
 
 
-class StepDrafter(Drafter, ReportsRanks, Rewindable):
+class StepDrafter(Drafter, ReportsRanks):
     """A drafter with a model that feeds a batch of frontier nodes per step (Mamba, Transformer, EAGLE).
 
     Commits are lazy: ``commit`` only records what was accepted, and the model reads it when its

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .base import Rewindable
 from .growth import StepDrafter
 from .mamba_step import mamba2_step, supports_fast_step
 from .vocab import DraftVocab
@@ -48,7 +49,7 @@ class MambaState:
         return sum(t.numel() * t.element_size() for t in (*self.conv, *self.ssm))
 
 
-class MambaDrafter(StepDrafter):
+class MambaDrafter(StepDrafter, Rewindable):
     """A Mamba or Mamba2 drafter."""
 
     name = "mamba"

@@ -10,11 +10,12 @@ import torch
 from transformers import DynamicCache
 
 from ..core.kv import forward_chain, forward_tree, keep_slots, kv_bytes, new_kv_cache
+from .base import Rewindable
 from .growth import StepDrafter
 from .vocab import DraftVocab
 
 
-class TransformerDrafter(StepDrafter):
+class TransformerDrafter(StepDrafter, Rewindable):
     name = "transformer"
 
     def __init__(self, model, tokenizer=None, name: str | None = None, draft_vocab: DraftVocab | None = None) -> None:

@@ -36,6 +36,7 @@ class ModelEntry:
     recipe: str | None = None  # for shipped drafters: the recipe that produced them (recipes/...)
     default_drafter: str | None = None  # --drafter when not given (generate, bench)
     default_transformer_drafter: str | None = None  # bench's --transformer-drafter when not given
+    default_eagle_drafter: str | None = None  # bench's --eagle-drafter when not given
 
     @property
     def shipped_path(self) -> Path | None:
@@ -56,14 +57,15 @@ def registry() -> dict[str, ModelEntry]:
 
 def default_drafter(target: str) -> str:
     """The drafter used when none is named: the target's shipped drafter, else ``none``."""
-    entry = registry().get(target)
-    return (entry.default_drafter if entry and entry.default_drafter else None) or "none"
+    return default_bench_drafter(target, "mamba")
 
 
-def default_transformer_drafter(target: str) -> str:
-    """The Transformer drafter bench compares with, when none is named (``none`` when the target has none)."""
+def default_bench_drafter(target: str, kind: str) -> str:
+    """The drafter of a kind ("mamba", "transformer", "eagle") bench compares with when none is named (``none``)."""
     entry = registry().get(target)
-    return (entry.default_transformer_drafter if entry and entry.default_transformer_drafter else None) or "none"
+    field = {"mamba": "default_drafter", "transformer": "default_transformer_drafter",
+             "eagle": "default_eagle_drafter"}[kind]
+    return (getattr(entry, field) if entry else None) or "none"
 
 
 @dataclass

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 from ..core.engine import GenerationResult, SpeculativeGenerator, encode_prompt
@@ -19,12 +20,13 @@ from ..core.shape import DEFAULT_TREE
 from ..drafters import make_drafter
 from ..drafters.base import Drafter, NoDrafter
 from ..drafters.crosstok import CrossTokenizerDrafter, same_tokenizer
+from ..drafters.eagle import is_eagle, load_eagle
 from ..drafters.hybrid import HybridDrafter
 from ..drafters.lookup import LookupDrafter
 from ..errors import MambaspecError
-from ..drafters.vocab import vocab_from_meta
+from ..drafters.vocab import read_meta, vocab_from_meta
 from ..config import DEFAULT_TARGET
-from .models import LoadedModel, default_drafter, load_model
+from .models import LoadedModel, default_drafter, load_model, locate
 from .options import ModelOptions, check_cross_tokenizer
 
 
@@ -43,6 +45,13 @@ def load_drafter(name: str | None, target: LoadedModel, options: ModelOptions | 
     if name.endswith("+lookup"):
         model = load_drafter(name[: -len("+lookup")], target, options, cross_tokenizer)
         return HybridDrafter(model, LookupDrafter(global_index=lookup_global))
+    where = locate(name)
+    meta = read_meta(where) if Path(where).is_dir() else {}
+    if is_eagle(meta):  # a self-speculation head: it reads this target's hidden states
+        if cross_tokenizer == "on":
+            raise MambaspecError(f"drafter '{name}' is an EAGLE head, which drafts from its own target's hidden "
+                                 f"states and cannot draft through another tokenizer; turn cross-tokenizer off")
+        return load_eagle(where, meta, target, name)
     options = options or target.options
     if options.device == "auto":  # a drafter lives where the target does
         options = ModelOptions(**{**options.as_dict(), "device": str(target.device), "device_map": None})

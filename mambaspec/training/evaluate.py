@@ -8,13 +8,17 @@ from pathlib import Path
 import torch
 
 from ..core.engine import SpeculativeGenerator
+from ..drafters.base import ReadsTargetHidden
 from ..drafters.growth import StepDrafter
 from ..loading.models import LoadedModel
 
 
 @torch.inference_mode()
-def top1_agreement(drafter: StepDrafter, rows: list[dict]) -> float:
-    """Fraction of answer tokens the drafter's argmax predicts, teacher-forced on the target's own answers."""
+def top1_agreement(drafter: StepDrafter, rows: list[dict]) -> float | None:
+    """Fraction of answer tokens the drafter's argmax predicts, teacher-forced on the target's own answers
+    (None for a drafter that reads the target's hidden states: only the decoding loop measures it)."""
+    if isinstance(drafter, ReadsTargetHidden):
+        return None
     hits = total = 0
     cand = drafter.candidates
     for row in rows:
@@ -50,10 +54,13 @@ def evaluate_drafter(folder: str | Path, target: LoadedModel, rows: list[dict], 
         for row in group:
             res = gen.generate([int(t) for t in row["ids"][: row["prompt_len"]]], max_new_tokens=new_tokens, tree=tree)
             tokens, rounds = tokens + res.stats.new_tokens, rounds + res.stats.rounds
-        results["domains"][domain] = {"prompts": len(group), "top1_agreement": round(top1_agreement(drafter, group), 4),
-                                      key: round(tokens / max(rounds, 1), 4)}
+        agreement = top1_agreement(drafter, group)
+        results["domains"][domain] = {"prompts": len(group), key: round(tokens / max(rounds, 1), 4)}
+        if agreement is not None:
+            results["domains"][domain]["top1_agreement"] = round(agreement, 4)
         all_tokens, all_rounds = all_tokens + tokens, all_rounds + rounds
-    results["top1_agreement"] = round(sum(d["top1_agreement"] * d["prompts"] for d in results["domains"].values())
-                                      / max(results["heldout_prompts"], 1), 4)
+    if all("top1_agreement" in d for d in results["domains"].values()):
+        results["top1_agreement"] = round(sum(d["top1_agreement"] * d["prompts"] for d in results["domains"].values())
+                                          / max(results["heldout_prompts"], 1), 4)
     results[key] = round(all_tokens / max(all_rounds, 1), 4)
     return results

@@ -130,6 +130,7 @@ class _Setup:
     start_step: int
     wall_before: float
     target_vocab: int
+    loss: Callable[[Any, Any], torch.Tensor]  # (model, batch) -> loss
 
 
 def train_drafter(recipe: DrafterRecipe, target_name: str, out: str | Path, extra_data: list[str] | None = None,
@@ -193,20 +194,36 @@ def _setup(recipe: DrafterRecipe, target: _TargetOnDemand, extra: list[str], ckp
     from ..loading.models import locate
 
     tokenizer = AutoTokenizer.from_pretrained(locate(target.name))
-    data = prepare_data(recipe, target.name, tokenizer, target.get, extra, log)
+    eagle = recipe.arch == "eagle"
+    if eagle:
+        from .eagle import feature_data
+
+        data = feature_data(recipe, target.name, target.get, log)
+        streams = [(data.ids, 1.0)]
+    else:
+        data = prepare_data(recipe, target.name, tokenizer, target.get, extra, log)
+        streams = [(s.ids, s.weight) for s in data.streams]
     target_vocab, eos = len(tokenizer), tokenizer.eos_token_id
     ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path else None
     if ckpt is not None:
         vocab = DraftVocab(ckpt["draft_vocab"], target_vocab) if ckpt["draft_vocab"] else None
     elif recipe.vocab_top_k and recipe.vocab_top_k < target_vocab:
         counts = torch.zeros(target_vocab)
-        for s in data.streams:
-            counts += torch.bincount(s.ids.long(), minlength=target_vocab)[:target_vocab].float() * s.weight / len(s.ids)
+        for ids, weight in streams:
+            counts += torch.bincount(ids.long(), minlength=target_vocab)[:target_vocab].float() * weight / len(ids)
         vocab = DraftVocab.from_counts(counts, recipe.vocab_top_k, always=[eos])
     else:
         vocab = None
-    model = build_model(recipe, vocab.size if vocab else target_vocab, int(vocab.to_draft[eos]) if vocab else eos)
-    if ckpt is None and recipe.init_embeddings_from_target:
+    if eagle:
+        from .eagle import build_head, eagle_loss
+
+        model = build_head(recipe, target.get().model, vocab)
+        embed = target.get().model.get_input_embeddings()
+        loss = lambda m, b: eagle_loss(m, b, vocab, embed, device)  # noqa: E731
+    else:
+        model = build_model(recipe, vocab.size if vocab else target_vocab, int(vocab.to_draft[eos]) if vocab else eos)
+        loss = lambda m, b: loss_of(m, b, vocab, recipe, device)  # noqa: E731
+    if ckpt is None and recipe.init_embeddings_from_target and not eagle:
         init_embeddings_from_target(model, target.get().model, vocab)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95))
@@ -216,7 +233,7 @@ def _setup(recipe: DrafterRecipe, target: _TargetOnDemand, extra: list[str], ckp
         opt.load_state_dict(ckpt["optimizer"])
         start, wall = ckpt["step"], ckpt["wall_s"]
         log(f"resuming at step {start}")
-    return _Setup(data, vocab, model, opt, start, wall, target_vocab)
+    return _Setup(data, vocab, model, opt, start, wall, target_vocab, loss)
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -239,7 +256,7 @@ def _train_steps(recipe: DrafterRecipe, s: _Setup, end: int, device: str, ckpt_p
         batch = s.data.batch(step, recipe)
         for group in s.opt.param_groups:
             group["lr"] = lr_at(step, recipe)
-        loss = loss_of(s.model, batch, s.vocab, recipe, device)
+        loss = s.loss(s.model, batch)
         s.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(s.model.parameters(), recipe.grad_clip)
@@ -277,12 +294,18 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def _save(recipe: DrafterRecipe, s: _Setup, target_name: str, out: Path, wall: float) -> dict:
     """The drafter in float16 (``save_pretrained``) and its ``mambaspec.json``; returns that meta."""
     s.model.eval()
+    streams = getattr(s.data, "streams", None)
     meta = {"tokenizer": target_name, "arch": recipe.arch, "target_vocab_size": s.target_vocab,
             "parameters": sum(p.numel() for p in s.model.parameters()), "steps": recipe.steps,
             "wall_s": round(wall, 1), "recipe": asdict(recipe),
-            "data": {st.name: int(len(st.ids)) for st in s.data.streams}}
+            "data": {st.name: int(len(st.ids)) for st in streams} if streams else {"distill+features": len(s.data.ids)}}
     if s.vocab is not None:
         meta["draft_vocab"] = s.vocab.target_ids
+    if recipe.arch == "eagle":
+        from ..drafters.eagle import save_head
+
+        save_head(s.model, out, meta)
+        return meta
     s.model.to(torch.float16).save_pretrained(out)
     (out / META_FILE).write_text(json.dumps(meta))
     for f in out.iterdir():

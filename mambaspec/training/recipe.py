@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import load_yaml
 from ..errors import MambaspecError
 
-ARCHS = ("mamba2", "mamba", "llama")
+ARCHS = ("mamba2", "mamba", "llama", "eagle")
 SOURCES = ("stdlib-code", "distill", "files")
 
 
@@ -24,6 +24,8 @@ class DrafterRecipe:
     expand: int = 2  # mamba / mamba2
     num_heads: int = 4  # llama (matched-size layers are chosen automatically)
     llama_layers: int = 0  # llama: 0 = as many as match the Mamba2 body of the same recipe
+    eagle_intermediate: int = 1536  # eagle: the feed-forward width of its decoder layer (the rest follows the target)
+    eagle_tokens: int = 300_000  # eagle: tokens of the target's hidden states computed (and cached) to train on
     vocab_top_k: int = 8192  # 0 = the target's whole vocabulary
     init_embeddings_from_target: bool = True
     seq_len: int = 256
