@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..config import cache_dir, load_yaml, recipes_dir
+from ..core.sampling import SamplingConfig, warp
 from ..errors import MambaspecError
 from .corpus import stdlib_function_prompts
 from .sources import document_prompts, template_prompts
@@ -237,12 +238,8 @@ def answer_batch(model, batch: AnswerBatch, pad: int, eos: int, max_new: int, to
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
     tokens = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
     generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + batch.index) if batch.sampled else None
-    sampling = None
-    if batch.sampled:
-        from ..core.sampling import SamplingConfig
-
-        sampling = SamplingConfig(temperature=float(recipe.answer("temperature", 0.7)),
-                                  top_p=float(recipe.answer("top_p", 1.0)))
+    sampling = SamplingConfig(temperature=float(recipe.answer("temperature", 0.7)),
+                              top_p=float(recipe.answer("top_p", 1.0))) if batch.sampled else None
     cache = DynamicCache()
     alive = list(range(len(ids)))  # original row of each batch row
     answers = [[] for _ in ids]
@@ -253,12 +250,8 @@ def answer_batch(model, batch: AnswerBatch, pad: int, eos: int, max_new: int, to
                        logits_to_keep=1).logits[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1)
         top = logp.topk(top_k, dim=-1)
-        if sampling is None:
-            nxt = logits.argmax(-1)
-        else:
-            from ..core.sampling import warp
-
-            nxt = torch.multinomial(warp(logits, sampling), 1, generator=generator)[:, 0]
+        nxt = logits.argmax(-1) if sampling is None else torch.multinomial(warp(logits, sampling), 1,
+                                                                             generator=generator)[:, 0]
         keep = []
         for row, orig in enumerate(alive):
             tok = int(nxt[row])
