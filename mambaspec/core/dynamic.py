@@ -218,19 +218,26 @@ class DynamicTreePolicy:
         self.costs.observe(outcome, tree.steps if tree is not None else 0)
         if tree is None or plan is None:
             return
+        worth = False
         if outcome.nodes:
-            self._predicted.append(self.acceptance.predicted_tokens(tree))
+            predicted = self.acceptance.predicted_tokens(tree)
+            self._predicted.append(predicted)
             self._actual.append(outcome.accepted + 1)
             first = outcome.path[0] if outcome.path else None
             top = max(tree.children(0), key=lambda c: tree.prob[c], default=None)
             if top is not None:
                 self._top = [self._top[0] + (first == top), self._top[1] + 1]
             self.acceptance.update(tree, outcome.path)
-        if plan.declined:  # nothing paid: leave the drafter alone for a while
+            # the drafter's own time counts too: did this round's expected rate beat a plain step's? (Reading
+            # tokens skipped earlier is not this round's cost; feeding this round's commit, about a step, is.)
+            plain = self.costs.verify(0, outcome.context) + self.costs.overhead
+            drafting = outcome.draft_s - tree.read_s + self.costs.step
+            worth = predicted * plain > self.costs.verify(outcome.nodes, outcome.context) + self.costs.overhead + drafting
+        if worth:
+            self._backoff = 0
+        else:  # nothing paid: leave the drafter alone for a while
             self._backoff = min(MAX_SKIP, max(1, 2 * self._backoff))
             self._skip = self._backoff
-        elif outcome.nodes:
-            self._backoff = 0
 
     def report(self) -> dict:
         drafted = len(self._predicted)

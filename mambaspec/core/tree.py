@@ -25,7 +25,7 @@ class DraftTree:
     the highest), from which the bandit replays ranks. ``prob[i]`` is the drafter's probability of
     node i given its parent (1.0 for the root). ``feature[i]`` describes a node that was not proposed by a
     model (e.g. ``(match length, agreement)`` of a context match), None for model nodes. ``steps`` counts
-    the drafter forwards the tree took.
+    the drafter forwards the tree took, ``read_s`` the time it first spent reading the committed text.
     """
 
     tokens: list[int]
@@ -36,6 +36,7 @@ class DraftTree:
     drawn: list[bool] = field(default_factory=lambda: [False])
     feature: list[tuple | None] = field(default_factory=lambda: [None])
     steps: int = 0
+    read_s: float = 0.0  # seconds the drafter spent reading committed tokens before drafting (lazy commits)
     q: dict[int, torch.Tensor] = field(default_factory=dict)
     logits: dict[int, torch.Tensor] = field(default_factory=dict)
     _children: list[list[int]] | None = field(default=None, repr=False)

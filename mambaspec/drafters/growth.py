@@ -20,6 +20,7 @@ only sampled trees carry a target-width distribution q, which verification needs
 from __future__ import annotations
 
 import heapq
+import time
 from abc import abstractmethod
 from typing import Callable
 
@@ -184,6 +185,14 @@ def pick_children(scores: torch.Tensor, n: int, sampling: SamplingConfig, genera
     return kids, [[float(q[r, c]) for c in row] for r, row in enumerate(kids)], q
 
 
+def _read(drafter: StepDrafter, tree: DraftTree) -> torch.Tensor:
+    """The drafter's root logits, timing how long it took to read what was committed since it last ran."""
+    t0 = time.perf_counter()
+    logits = drafter.root_logits
+    tree.read_s = time.perf_counter() - t0
+    return logits
+
+
 def _record(tree: DraftTree, drafter: StepDrafter, node: int, scores: torch.Tensor, dist: torch.Tensor) -> None:
     """What verification (sampled: q) and rank replay (greedy: the logits) need of an expanded node."""
     if tree.sampled:
@@ -215,7 +224,7 @@ def grow_fixed(drafter: StepDrafter | None, root_token: int, shape: TreeShape, s
         return tree
     frontier, scores = [0], None
     if drafter is not None:
-        scores = drafter.candidates.scores(drafter.root_logits)
+        scores = drafter.candidates.scores(_read(drafter, tree))
         drafter.bonus_logits = None
         drafter.begin_tree()
     for depth, n in enumerate(shape.branching, start=1):
@@ -260,7 +269,7 @@ def grow_dynamic(drafter: StepDrafter | None, root_token: int, plan, sampling: S
     value, tokens, time = [1.0], 1.0, plan.base_time()
     scores: dict[int, torch.Tensor] = {}  # expanded node -> its scores
     if drafter is not None:
-        scores[0] = drafter.candidates.scores(drafter.root_logits)[0]
+        scores[0] = drafter.candidates.scores(_read(drafter, tree))[0]
         drafter.bonus_logits = None
         drafter.begin_tree()
     level, rows = [0], {0: 0}  # nodes whose children are considered; row of each expanded one in its batch
