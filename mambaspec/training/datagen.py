@@ -292,7 +292,10 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     plan_file = folder / "plan.json"
     if plan_file.exists():
         n = json.loads(plan_file.read_text())["batches"]
-        if all(shard_path(folder, i).exists() for i in range(n)):
+        wanted = int(recipe.answer("batches", n) or n)
+        if wanted <= n and all(shard_path(folder, i).exists() for i in range(wanted)):
+            if wanted < n:
+                plan_file.write_text(json.dumps({**json.loads(plan_file.read_text()), "batches": wanted}))
             return folder
     (folder / "answers").mkdir(parents=True, exist_ok=True)
     log(f"data set {recipe.name}: loading the target {recipe.target} to make it ...")
@@ -300,6 +303,8 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     model, tokenizer = target.model, target.tokenizer
     prompts = build_prompt_set(recipe, model, tokenizer, log)
     plan = plan_batches(prompts, recipe, tokenizer)
+    if recipe.answer("batches", None):  # the recipe answers only the first batches of the plan (a CPU budget)
+        plan = plan[: int(recipe.answer("batches", None))]
     plan_file.write_text(json.dumps({"batches": len(plan), "prompts": len(prompts)}))
     todo = [b for b in plan if not shard_path(folder, b.index).exists()]
     log(f"answers: {len(plan) - len(todo)} of {len(plan)} batches already done; {len(todo)} to go")
@@ -341,8 +346,14 @@ def make_recipe_data(recipe, target: str, device: str = "cpu", log: Log = print)
 
 
 def read_shards(folder: Path, split: str | None = None) -> Iterator[dict]:
-    """Every answered row of a data set (optionally of one split), in plan order."""
-    for path in sorted((Path(folder) / "answers").glob("shard-*.pt")):
+    """Every answered row of a data set (optionally of one split), in plan order (shards past the plan that
+    ``plan.json`` records, e.g. from a run with a larger budget, are left out)."""
+    folder = Path(folder)
+    plan_file = folder / "plan.json"
+    limit = json.loads(plan_file.read_text())["batches"] if plan_file.exists() else None
+    for path in sorted((folder / "answers").glob("shard-*.pt")):
+        if limit is not None and int(path.stem.split("-")[1]) >= limit:
+            continue
         for row in torch.load(path, weights_only=False):
             if split is None or row["split"] == split:
                 yield row
