@@ -136,7 +136,7 @@ def test_recipe_errors(tmp_path, content, needle):
 def test_shipped_recipes_are_valid():
     from mambaspec.training.datagen import DataRecipe
 
-    paths = sorted((recipes_dir() / "drafters").glob("*.yaml"))
+    paths = sorted((recipes_dir() / "drafters").glob("**/*.yaml"))
     assert len(paths) >= 2
     for path in paths:
         recipe = DrafterRecipe.load(path)
