@@ -53,11 +53,11 @@ class EagleHead(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.fc.weight.device
+        return self.decoder.embed_tokens.weight.device  # (the linear layers may be packed: no .weight)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.fc.weight.dtype
+        return self.decoder.embed_tokens.weight.dtype
 
     def settings(self) -> dict:
         c = self.config
@@ -184,8 +184,10 @@ def is_eagle(meta: dict) -> bool:
 
 
 def load_eagle(folder: str | Path, meta: dict, target, name: str | None = None) -> EagleDrafter:
-    """The EAGLE head in ``folder`` for ``target`` (a ``LoadedModel``: its embeddings and tokenizer)."""
+    """The EAGLE head in ``folder`` for ``target`` (a ``LoadedModel``: its embeddings, tokenizer and options)."""
     from safetensors.torch import load_file
+
+    from ..cpu.linears import onednn_usable, pack_linears
 
     folder = Path(folder)
     settings = json.loads((folder / "config.json").read_text())
@@ -198,5 +200,7 @@ def load_eagle(folder: str | Path, meta: dict, target, name: str | None = None) 
     head = EagleHead(**settings)
     head.load_state_dict({k: v.float() for k, v in load_file(folder / WEIGHTS).items()})
     head.to(target.device).eval().requires_grad_(False)
+    if target.options.linear != "torch" and onednn_usable(head):  # the drafters' linear backend, as load_model gives
+        pack_linears(head)
     vocab = DraftVocab(meta["draft_vocab"], meta["target_vocab_size"]) if "draft_vocab" in meta else None
     return EagleDrafter(head, target.model.get_input_embeddings(), target.tokenizer, name or folder.name, vocab)
