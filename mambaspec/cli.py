@@ -271,7 +271,7 @@ def _methods(text: str | None) -> list[str] | None:
 def bench(
     dataset: str = typer.Argument(..., help="humaneval (offline), gsm8k, mt-bench, alpaca, xsum, cnn-dm, longbench (hub, or --data), or jsonl (--data FILE of {\"prompt\": ...} lines). See recipes/datasets.yaml."),
     data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.jsonl.gz/.json/.parquet file with the dataset's fields: replaces its source (offline use)."),
-    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated: ar, mamba, mamba-auto, mamba-dynamic, lookup, mamba+lookup, transformer, eagle, hf-assisted, prompt-lookup. Default: all whose drafter is available."),
+    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated: ar, mamba, mamba-auto, mamba-dynamic, lookup, mamba+lookup, mamba+lookup-dynamic, transformer, eagle, hf-assisted, prompt-lookup. Default: all whose drafter is available."),
     target: str = TargetOpt,
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Mamba drafter for `mamba` (default: the target's, e.g. mamba2-smollm2; `none` = skip)."),
     transformer_drafter: Optional[str] = typer.Option(None, "--transformer-drafter", help="Transformer drafter for `transformer` and `hf-assisted` (default: the target's, e.g. llama-smollm2; `none` = skip)."),
@@ -438,7 +438,7 @@ def verify_cost_table(rows, settings: dict, target: str):
 @app.command("pretrain-drafter")
 def pretrain_drafter(
     target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target whose tokenizer the drafter speaks; also the teacher for distillation."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="mamba2, mamba or llama (the Transformer baseline, sized to match the Mamba2). Default: the recipe's."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="mamba2, mamba, llama (the Transformer baseline) or eagle (a head over the target's hidden states; see recipes/drafters/eagle-smollm2.yaml). Default: the recipe's."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2.yaml."),
     data: Optional[list[str]] = typer.Option(None, "--data", help="Extra training text: .txt/.md/.py/.rst/.jsonl/.parquet files or folders (repeatable)."),
     out_dir_opt: Optional[str] = typer.Option(None, "--out", help="Output folder (checkpoints, metrics.csv, the model, eval.json, README.md)."),

@@ -24,8 +24,8 @@ from conftest import run_cli, run_cli_process
 from tiny import EOS, VOCAB, char_tokenizer, save_tiny, tiny_llama
 
 NEW = 6
-ALL = ["ar", "mamba", "mamba-auto", "mamba-dynamic", "lookup", "mamba+lookup", "transformer", "eagle",
-       "hf-assisted", "prompt-lookup"]
+ALL = ["ar", "mamba", "mamba-auto", "mamba-dynamic", "lookup", "mamba+lookup", "mamba+lookup-dynamic",
+       "transformer", "eagle", "hf-assisted", "prompt-lookup"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,6 +6,7 @@
 - ``mamba-dynamic``: the Mamba drafter with dynamic trees (``core.dynamic``: only what pays is drafted);
 - ``lookup``: our loop with the lookup drafter (chains copied from the prompt and the output so far);
 - ``mamba+lookup``: the Mamba drafter with the lookup's chains merged into its trees (``--tree``);
+- ``mamba+lookup-dynamic``: the same with dynamic trees (model and copied nodes compete for the budget);
 - ``eagle``: our loop with an EAGLE-style self-speculation head of the target (``--eagle-drafter``);
 - ``hf-assisted``: transformers' ``generate(assistant_model=...)`` with the Transformer drafter
   (Leviathan et al. 2023 chain drafting as transformers implements it, its default settings);
@@ -141,6 +142,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("mamba-dynamic", "mamba", engine_method("mamba", lambda cfg: DynamicTreePolicy())),
     Method("lookup", None, engine_method(None, lookup="alone")),
     Method("mamba+lookup", "mamba", engine_method("mamba", lookup="merged")),
+    Method("mamba+lookup-dynamic", "mamba", engine_method("mamba", lambda cfg: DynamicTreePolicy(), lookup="merged")),
     Method("transformer", "transformer", engine_method("transformer")),
     Method("eagle", "eagle", engine_method("eagle")),
     Method("hf-assisted", "transformer", build_hf_assisted),

@@ -47,7 +47,7 @@ class DrafterRecipe:
     eval_new_tokens: int = 64
     data: list[dict] = field(default_factory=lambda: [
         {"source": "stdlib-code", "weight": 1.0},
-        {"source": "distill", "set": "stdlib-functions", "weight": 3.0},
+        {"source": "distill", "set": "broad-v1", "weight": 4.0},
     ])
     notes: str = ""
 

@@ -1,0 +1,35 @@
+"""Markdown tables of a scripts/measure.sh run: per benchmark, per method τ, speed-up, draft and verify ms per
+round, drafter state, and whether every output matched plain decoding.  Usage: python scripts/measure_table.py [OUT]"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = {"method": "method", "length": "length", "decode_tokens_per_s": "decode tok/s", "speedup_decode": "speed-up",
+           "mean_accept_len": "τ", "mean_tree_nodes": "nodes/round", "no_draft_rounds": "no-draft rounds",
+           "draft_ms_per_round": "draft ms/round", "verify_ms_per_round": "verify ms/round",
+           "drafter_state_bytes": "drafter state (KiB)", "greedy_match": "lossless"}
+
+
+def table(csv: Path) -> str:
+    frame = pd.read_csv(csv)
+    frame = frame[[c for c in COLUMNS if c in frame.columns]].copy()
+    if frame["length"].isna().all() or (frame["length"].astype(str) == "0").all():
+        frame = frame.drop(columns="length")
+    frame["drafter_state_bytes"] = (frame["drafter_state_bytes"].fillna(0) / 1024).round(0).astype(int)
+    frame["no_draft_rounds"] = (100 * frame["no_draft_rounds"].fillna(0)).round(0).astype(int).astype(str) + " %"
+    frame["speedup_decode"] = frame["speedup_decode"].map(lambda v: f"{v:.2f}×")
+    frame["greedy_match"] = frame["greedy_match"].fillna("reference")
+    frame = frame.round(2).rename(columns=COLUMNS)
+    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    return header + "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False))
+
+
+def main(out: str) -> None:
+    for csv in sorted(Path(out).glob("*/results.csv")):
+        print(f"\n### {csv.parent.name}\n\n{table(csv)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/measure")
