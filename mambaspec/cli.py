@@ -18,7 +18,7 @@ import typer
 from .config import DEFAULT_TARGET
 from .core.bandit import DEFAULT_C, DEFAULT_EDGES, check_options
 from .core.sampling import SamplingConfig
-from .core.shape import DEFAULT_TREE, TreeShape
+from .core.shape import DEFAULT_SHAPE, DEFAULT_TREE, TreeShape
 from .display import Reporter, Streamer, arms_table, consoles, stats_table
 from .errors import MambaspecError
 from .loading.options import ModelOptions, check_cross_tokenizer
@@ -41,7 +41,7 @@ TreeHelp = ("Draft tree: a shape N1,...,Nγ (1,1,1,1 = chain of 4; 3,2,2,1,1 = 4
             "from the drafter's probabilities as far as measured costs say it pays (nothing when nothing pays); "
             "`auto`: a UCB bandit picks a shape every round.")
 DrafterHelp = ("Drafter: a name, hub id or folder; `lookup` (copies from the prompt and the output); NAME+lookup (both in "
-               "one tree); `none` for plain decoding. Default: the target's shipped drafter, if any.")
+               "one tree); `none` for plain decoding. Default: the target's, e.g. mamba2-smollm2+lookup for smollm2-135m.")
 LookupGlobalHelp = "Lookup drafters also index the outputs of earlier generations in this process (SuffixDecoding's global tree)."
 RewardHelp = ("The tree bandit's reward: `replayed` (tokens/s: every arm's acceptance replayed on every "
               "round from the drafter's ranks, each arm's cost per round measured; greedy, else as measured), "
@@ -276,7 +276,7 @@ def bench(
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Mamba drafter for `mamba` (default: the target's, e.g. mamba2-smollm2; `none` = skip)."),
     transformer_drafter: Optional[str] = typer.Option(None, "--transformer-drafter", help="Transformer drafter for `transformer` and `hf-assisted` (default: the target's, e.g. llama-smollm2; `none` = skip)."),
     eagle_drafter: Optional[str] = typer.Option(None, "--eagle-drafter", help="EAGLE head for `eagle` (default: the target's, e.g. eagle-smollm2; `none` = skip)."),
-    tree: str = typer.Option(DEFAULT_TREE, "--tree", help="The tree of our loop's methods (mamba, lookup, mamba+lookup, transformer): a shape N1,...,Nγ, `dynamic` or `auto`."),
+    tree: str = typer.Option(DEFAULT_SHAPE, "--tree", help="The tree of our loop's methods (mamba, lookup, mamba+lookup, transformer): a shape N1,...,Nγ, `dynamic` or `auto`."),
     lookup_global: bool = typer.Option(False, "--lookup-global", help="Our lookup drafters also index the outputs of the earlier prompts of a row."),
     arms: Optional[str] = typer.Option(None, "--arms", help="mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="mamba-auto's UCB exploration constant."),

@@ -26,7 +26,28 @@ def table(csv: Path) -> str:
     return header + "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False))
 
 
+def summary(out: Path, benches: list[str]) -> str:
+    """One table: methods by workload, each cell "speed-up (τ)"; long documents split by length."""
+    cells: dict[str, dict[str, str]] = {}
+    columns: list[str] = []
+    for bench in benches:
+        csv = out / bench / "results.csv"
+        if not csv.exists():
+            continue
+        frame = pd.read_csv(csv)
+        for length, part in frame.groupby(frame["length"].fillna(0), sort=True):
+            column = bench if not length else f"{bench} {int(length) // 1000}k"
+            columns.append(column)
+            for row in part.itertuples():
+                cells.setdefault(row.method, {})[column] = f"{row.speedup_decode:.2f}× ({row.mean_accept_len:.2f})"
+    header = "| method | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
+    return header + "\n".join(f"| {method} | " + " | ".join(row.get(c, "-") for c in columns) + " |"
+                               for method, row in cells.items())
+
+
 def main(out: str) -> None:
+    print(summary(Path(out), ["humaneval", "code", "math", "chat", "summaries", "longdocs", "chain4-humaneval",
+                              "chain4-chat"]))
     for csv in sorted(Path(out).glob("*/results.csv")):
         print(f"\n### {csv.parent.name}\n\n{table(csv)}")
 

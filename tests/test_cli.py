@@ -91,7 +91,7 @@ def test_stop_strings_only_cut(gen_args):
 def test_json_record_reproduces_itself(gen_args):
     rec = json.loads(run_cli(*gen_args, "Hello", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3",
                              "--json").stdout)
-    assert rec["target"] == gen_args[3] and rec["tree"] == "2,1,1" and rec["max_new_tokens"] == 12
+    assert rec["target"] == gen_args[3] and rec["tree"] == "dynamic" and rec["max_new_tokens"] == 12
     assert rec["sampling"] == {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 3}
     again = json.loads(run_cli(*gen_args, "Hello", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3",
                                "--json").stdout)

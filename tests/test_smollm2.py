@@ -14,7 +14,7 @@ from mambaspec.loading.pipeline import load_drafter
 
 pytestmark = pytest.mark.slow
 
-SHAPES = ["1", "1,1,1,1", "2,2,1", "3,2,2,1,1"]
+SHAPES = ["1", "1,1,1,1", "2,2,1", "3,2,2,1,1", "dynamic"]
 NEW = 16
 TEXTS = [
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
@@ -67,7 +67,8 @@ def _random_mamba(kind: str, vocab: int):
     return Mamba2ForCausalLM(cfg).eval()
 
 
-DRAFTERS = ["random-mamba1", "random-mamba2", "mamba2-smollm2", "llama-smollm2", "oracle"]
+DRAFTERS = ["random-mamba1", "random-mamba2", "mamba2-smollm2", "llama-smollm2", "eagle-smollm2", "mamba2-smollm2+lookup",
+            "oracle"]
 
 
 def _drafter(name, target):

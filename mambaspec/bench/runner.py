@@ -24,7 +24,7 @@ import torch
 from ..core.bandit import DEFAULT_C, DEFAULT_EDGES, check_options
 from ..core.engine import GenerationResult, SpeculativeGenerator
 from ..core.policy import TREE_POLICIES
-from ..core.shape import DEFAULT_TREE, TreeShape
+from ..core.shape import DEFAULT_SHAPE, TreeShape
 from ..drafters.base import innermost
 from ..drafters.eagle import EagleDrafter
 from ..drafters.mamba import MAMBA_TYPES
@@ -55,7 +55,7 @@ class BenchConfig:
     drafter: str | None = None  # the Mamba drafter; "none" = no mamba method
     transformer_drafter: str | None = None  # for transformer and hf-assisted; "none" = neither
     eagle_drafter: str | None = None  # for eagle (a self-speculation head of the target); "none" = no eagle
-    tree: str = DEFAULT_TREE
+    tree: str = DEFAULT_SHAPE
     arms: str | None = None  # mamba-auto's arms file (None: recipes/trees.yaml); a tuned file warm-starts it
     ucb_c: float = DEFAULT_C
     confidence_buckets: str = ",".join(map(str, DEFAULT_EDGES))  # mamba-auto's contexts (core.bandit)

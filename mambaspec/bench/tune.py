@@ -146,6 +146,7 @@ def tune_dataset(
 ) -> tuple[TuneResult, Path, Path]:
     """``mambaspec tune``: load the models and the prompts (the sources of ``bench``), tune, write
     ``arms.csv`` and ``tuned_arms.yaml`` into ``out`` (after every prompt too); returns both paths."""
+    from ..loading.models import default_bench_drafter
     from ..loading.pipeline import load_pipeline
     from .datasets import build_prompts, dataset_spec, load_rows
 
@@ -157,7 +158,7 @@ def tune_dataset(
     spec = dataset_spec(dataset)
     rows = load_rows(spec, data)
     log(f"loading target {target} and its drafter ...")
-    pipe = load_pipeline(target, drafter, options)
+    pipe = load_pipeline(target, drafter or default_bench_drafter(target, "mamba"), options)
     if pipe.drafter.name == "none":
         raise MambaspecError("tune needs a drafter: name one (the target has no default drafter)")
     context = pipe.generator.context_length

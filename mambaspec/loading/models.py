@@ -34,7 +34,7 @@ class ModelEntry:
     offline: dict[str, Any] | None = None
     shipped: str | None = None
     recipe: str | None = None  # for shipped drafters: the recipe that produced them (recipes/...)
-    default_drafter: str | None = None  # --drafter when not given (generate, bench)
+    default_drafter: str | None = None  # --drafter when not given (generate; bench and tune: its model, without +lookup)
     default_transformer_drafter: str | None = None  # bench's --transformer-drafter when not given
     default_eagle_drafter: str | None = None  # bench's --eagle-drafter when not given
 
@@ -56,15 +56,19 @@ def registry() -> dict[str, ModelEntry]:
 
 
 def default_drafter(target: str) -> str:
-    """The drafter used when none is named: the target's shipped drafter, else ``none``."""
-    return default_bench_drafter(target, "mamba")
+    """The drafter ``generate`` uses when none is named: the target's default (e.g. ``mamba2-smollm2+lookup``), else
+    ``none``."""
+    entry = registry().get(target)
+    return (entry.default_drafter if entry else None) or "none"
 
 
 def default_bench_drafter(target: str, kind: str) -> str:
-    """The drafter of a kind ("mamba", "transformer", "eagle") bench compares with when none is named (``none``)."""
+    """The drafter of a kind ("mamba", "transformer", "eagle") bench compares with when none is named (``none``):
+    for "mamba" the model of the target's default drafter, without the lookup it may be merged with."""
+    if kind == "mamba":
+        return default_drafter(target).removesuffix("+lookup")
     entry = registry().get(target)
-    field = {"mamba": "default_drafter", "transformer": "default_transformer_drafter",
-             "eagle": "default_eagle_drafter"}[kind]
+    field = {"transformer": "default_transformer_drafter", "eagle": "default_eagle_drafter"}[kind]
     return (getattr(entry, field) if entry else None) or "none"
 
 
