@@ -242,8 +242,10 @@ class DynamicTreePolicy:
     def report(self) -> dict:
         drafted = len(self._predicted)
         predicted, actual = sum(self._predicted), sum(self._actual)
+        context = self.costs.rounds[-1][1] if self.costs.rounds else 0  # the fit, where the last round was
         return {"drafted_rounds": drafted, "no_draft_rounds": self._bare,
                 "predicted_accept_len": round(predicted / drafted, 3) if drafted else 0.0,
                 "measured_accept_len": round(actual / drafted, 3) if drafted else 0.0,
                 "prediction_error": round(abs(predicted - actual) / actual, 3) if actual else 0.0,
-                "verify_ms_1_16": [round(1e3 * self.costs.verify(n, 512), 2) for n in (0, 1, 4, 16)]}
+                "context": context, "verify_ms_0_1_4_16": [round(1e3 * self.costs.verify(n, context), 2)
+                                                            for n in (0, 1, 4, 16)]}
