@@ -243,7 +243,7 @@ class DynamicTreePolicy:
         drafted = len(self._predicted)
         predicted, actual = sum(self._predicted), sum(self._actual)
         context = self.costs.rounds[-1][1] if self.costs.rounds else 0  # the fit, where the last round was
-        return {"drafted_rounds": drafted, "no_draft_rounds": self._bare,
+        return {"drafted_rounds": drafted, "plain_rounds": self._bare,
                 "predicted_accept_len": round(predicted / drafted, 3) if drafted else 0.0,
                 "measured_accept_len": round(actual / drafted, 3) if drafted else 0.0,
                 "prediction_error": round(abs(predicted - actual) / actual, 3) if actual else 0.0,
