@@ -317,11 +317,13 @@ def _save(recipe: DrafterRecipe, s: _Setup, target_name: str, out: Path, wall: f
 def write_card(out: Path, meta: dict, results: dict) -> None:
     size = sum(f.stat().st_size for f in out.iterdir() if f.name in ("model.safetensors", "config.json", META_FILE))
     r = meta["recipe"]
+    cfg = json.loads((out / "config.json").read_text())  # what was built (an EAGLE head ignores the recipe's sizes)
+    hidden, layers = cfg.get("hidden_size", cfg.get("hidden")), cfg.get("num_hidden_layers", 1)
     lines = [
         f"# {out.name}", "",
         f"A `{meta['arch']}` drafter for `{meta['tokenizer']}`, trained by `mambaspec pretrain-drafter`.", "",
         "| | |", "|---|---|",
-        f"| architecture | {meta['arch']}, hidden {r['hidden_size']}, {r['num_layers']} layers (recipe) |",
+        f"| architecture | {meta['arch']}, hidden {hidden}, {layers} layer{'s' * (layers > 1)} |",
         f"| parameters | {meta['parameters']:,} |",
         f"| size on disk | {size / 2**20:.1f} MiB (float16) |",
         f"| draft vocabulary | {len(meta.get('draft_vocab', [])) or 'full'} tokens |",
