@@ -66,7 +66,9 @@ def default_bench_drafter(target: str, kind: str) -> str:
     """The drafter of a kind ("mamba", "transformer", "eagle") bench compares with when none is named (``none``):
     for "mamba" the model of the target's default drafter, without the lookup it may be merged with."""
     if kind == "mamba":
-        return default_drafter(target).removesuffix("+lookup")
+        from ..drafters.lookup import MERGED
+
+        return default_drafter(target).removesuffix(MERGED)
     entry = registry().get(target)
     field = {"transformer": "default_transformer_drafter", "eagle": "default_eagle_drafter"}[kind]
     return (getattr(entry, field) if entry else None) or "none"

@@ -22,7 +22,7 @@ from ..drafters.base import Drafter, NoDrafter
 from ..drafters.crosstok import CrossTokenizerDrafter, same_tokenizer
 from ..drafters.eagle import is_eagle, load_eagle
 from ..drafters.hybrid import HybridDrafter
-from ..drafters.lookup import LookupDrafter
+from ..drafters.lookup import MERGED, LookupDrafter
 from ..errors import MambaspecError
 from ..drafters.vocab import read_meta, vocab_from_meta
 from ..config import DEFAULT_TARGET
@@ -42,8 +42,8 @@ def load_drafter(name: str | None, target: LoadedModel, options: ModelOptions | 
         return NoDrafter()
     if name == "lookup":
         return LookupDrafter(global_index=lookup_global)
-    if name.endswith("+lookup"):
-        model = load_drafter(name[: -len("+lookup")], target, options, cross_tokenizer)
+    if name.endswith(MERGED):
+        model = load_drafter(name.removesuffix(MERGED), target, options, cross_tokenizer)
         return HybridDrafter(model, LookupDrafter(global_index=lookup_global))
     where = locate(name)
     meta = read_meta(where) if Path(where).is_dir() else {}
