@@ -176,7 +176,7 @@ class RecordRanks:
     def __init__(self, shape):
         self.shape, self.rounds, self.ranks = TreeShape.parse(shape), [], []
 
-    def begin_sequence(self, drafter, probe=None):
+    def begin_sequence(self, drafter):
         self.rounds, self.ranks = [], []
 
     def choose(self, drafter, context, remaining):

@@ -32,11 +32,14 @@ class FixedCosts(CostModel):
     def observe(self, outcome, steps):
         pass
 
+    def measured_near(self, context):
+        return True, True
+
 
 def policy(kind: str) -> DynamicTreePolicy:
-    if kind == "measured":  # the real cost model, probed and fitted on this machine
+    if kind == "measured":  # the real cost model, fitted on this machine
         return DynamicTreePolicy()
-    return DynamicTreePolicy(costs=FixedCosts(), probe=False, max_nodes=24)
+    return DynamicTreePolicy(costs=FixedCosts(), max_nodes=24)
 
 
 DRAFTERS = {
@@ -146,7 +149,7 @@ def test_no_draft_when_nothing_pays(tiny_target, references):
     calls = []
     real = drafter.advance
     drafter.advance = lambda *a: (calls.append(len(a[2])), real(*a))
-    pol = DynamicTreePolicy(costs=FixedCosts(per_node=1.0), probe=False)
+    pol = DynamicTreePolicy(costs=FixedCosts(per_node=1.0))
     gen = SpeculativeGenerator(tiny_target, drafter)
     result = gen.generate(PROMPTS[5], max_new_tokens=MAX_NEW, tree=pol)
     assert result.new_token_ids == references[5]
@@ -170,3 +173,61 @@ def test_calibration_and_cost_fit():
             costs.observe(RoundOutcome(tokens=1, seconds=0.0, draft_s=0.0, forward_s=0.02 + 0.001 * n + 2e-6 * ctx
                                        + 1e-6 * n * ctx, nodes=n, depth=1, context=ctx), steps=0)
     assert costs.verify(6, 4000) == pytest.approx(0.02 + 0.006 + 0.008 + 0.024, rel=1e-3)
+
+
+def test_cost_model_stays_local():
+    """Rounds from one context (a few hundred tokens of growth, noisy) predict that context, and known samples from
+    another context do not pull the prediction away from this run's own rounds."""
+    g = torch.Generator().manual_seed(0)
+    truth = lambda n, ctx: 0.02 + 0.001 * n + 2e-6 * ctx + 1e-6 * n * ctx
+    known = [(n, 500, truth(n, 500)) for n in (0, 1, 3, 7, 15)]
+    costs = CostModel(known=known)
+    assert costs.measured_near(8000) == (False, False) and costs.measured_near(550) == (True, True)
+    for i in range(60):
+        n, ctx = i % 5, 8000 + 2 * i
+        noise = 1 + 0.05 * float(torch.randn((), generator=g))
+        costs.observe(RoundOutcome(tokens=1, seconds=0.0, draft_s=0.0, forward_s=truth(n, ctx) * noise, nodes=n,
+                                   depth=1, context=ctx), steps=0)
+    for n in (0, 4, 8, 16):  # 16 is beyond the rounds' sizes: the known slope and the rounds' agree closely enough
+        assert costs.verify(n, 8100) == pytest.approx(truth(n, 8100), rel=0.1), n
+    assert costs.verify(3, 500) == pytest.approx(truth(3, 500), rel=0.1)
+
+
+def test_dynamic_policy_measures_a_new_context_with_real_rounds(tiny_target, references):
+    """No probe: the first round at a new context is a plain step, the next ones draft at most 3 nodes until a
+    drafted round was measured; then the full budget."""
+    pol = DynamicTreePolicy()
+    gen = SpeculativeGenerator(tiny_target, TransformerDrafter(tiny_llama(0)))
+    sizes = []
+    real = pol.observe
+    pol.observe = lambda outcome: (sizes.append(outcome.nodes), real(outcome))
+    assert gen.generate(PROMPTS[3], max_new_tokens=MAX_NEW, tree=pol).new_token_ids == references[3]
+    first = next(i for i, n in enumerate(sizes) if n)
+    assert sizes[0] == 0 and sizes[first] <= 3
+    assert pol.choose(None, len(PROMPTS[3]) + MAX_NEW, MAX_NEW).max_nodes == pol.max_nodes
+
+
+def test_costs_carry_over_between_processes(tiny_target, references, tmp_path, monkeypatch):
+    """The pipeline saves its dynamic policy's cost samples per machine and target, and a new pipeline (a new
+    process) starts from them; a damaged file is ignored."""
+    from mambaspec.loading.costs import cost_store
+    from mambaspec.loading.models import LoadedModel
+    from mambaspec.loading.pipeline import Pipeline
+
+    monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path))
+    target = LoadedModel(tiny_target, char_tokenizer(), "tiny-llama", "tests")
+    drafter = TransformerDrafter(tiny_llama(0))
+
+    def pipeline():
+        return Pipeline(target, drafter, SpeculativeGenerator(tiny_target, drafter))
+
+    first = pipeline()
+    assert first.generate(PROMPTS[2], max_new_tokens=MAX_NEW, tree="dynamic").new_token_ids == references[2]
+    saved = cost_store(target).load()
+    assert saved and all(n >= 0 and c > 0 and s > 0 for n, c, s in saved)
+    second = pipeline()
+    assert second.policy("dynamic").costs.known == saved
+    assert second.generate(PROMPTS[2], max_new_tokens=MAX_NEW, tree="dynamic").new_token_ids == references[2]
+    assert len(cost_store(target).load()) > len(saved)
+    cost_store(target).path.write_text("{not json")
+    assert cost_store(target).load() == [] and pipeline().policy("dynamic").costs.known == []

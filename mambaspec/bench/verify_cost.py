@@ -1,6 +1,6 @@
 """``mambaspec verify-cost``: what one verification forward costs, by number of tree nodes and context length.
 
-For q tree nodes after a prefix of P tokens, times (median of ``repeats``) the engine's
+For q tree nodes after a prefix of P tokens, times (median of ``repeats``, the sizes interleaved) the engine's
 verification forward (``kv.forward_tree``: tree mask, per-node positions, the engine's cache and
 attention, with ``--compile``/``--quantize`` when given) next to a plain transformers forward of
 the same q tokens (a fresh ``DynamicCache`` of the prefix, the model's stock ``sdpa`` attention,
@@ -57,16 +57,17 @@ class CostRow:
             "engine_over_engine_1": round(self.engine_ratio, 3), "plain_over_plain_1": round(self.plain_ratio, 3)}
 
 
-def _median_ms(fn: Callable[[], None], repeats: int) -> float:
+def _seconds(fn: Callable[[], None]) -> float:
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def _median_ms(fn: Callable[[], None], repeats: int) -> float:
+    return statistics.median(_seconds(fn) for _ in range(repeats)) * 1e3
 
 
 def matmul_gflops(repeats: int = 5) -> float:
@@ -110,13 +111,18 @@ def measure_verify_cost(engine_model, plain_model, vocab_size: int, prefix: int 
                     use_cache=True)
         plain_cache.crop(-q)
 
-    rows: list[CostRow] = []
-    for q in sorted(set(nodes) | {1}):
-        engine_step(q), plain_step(q)  # warm-up (and compilation) of this shape, untimed
-        rows.append(CostRow(prefix, q, _median_ms(lambda: engine_step(q), repeats),
-                            _median_ms(lambda: plain_step(q), repeats)))
+    sizes = sorted(set(nodes) | {1})
+    for q in sizes:
+        engine_step(q), plain_step(q)  # warm-up (and compilation) of every shape, untimed
+    engine: dict[int, list[float]] = {q: [] for q in sizes}
+    plain: dict[int, list[float]] = {q: [] for q in sizes}
+    for _ in range(repeats):  # sizes interleaved: a drift of the machine's speed hits every size alike
+        for q in sizes:
+            engine[q].append(_seconds(lambda: engine_step(q)))
+            plain[q].append(_seconds(lambda: plain_step(q)))
         if progress:
             progress()
+    rows = [CostRow(prefix, q, statistics.median(engine[q]) * 1e3, statistics.median(plain[q]) * 1e3) for q in sizes]
     one = rows[0]
     rate = gflops or matmul_gflops()
     for r in rows:
@@ -162,7 +168,7 @@ def verify_cost(target: str = DEFAULT_TARGET, prefixes: tuple[int, ...] = (512,)
     if max(prefixes) + max(nodes) > context:
         raise MambaspecError(f"prefix {max(prefixes)} + {max(nodes)} nodes exceeds the target's context of {context}")
     vocab = plain.config.get_text_config(decoder=True).vocab_size
-    rate, done, total = matmul_gflops(), [0], len(prefixes) * len(set(nodes) | {1})
+    rate, done, total = matmul_gflops(), [0], len(prefixes) * repeats
 
     def step() -> None:
         done[0] += 1

@@ -206,7 +206,7 @@ class UCBPolicy:
         """Rounds every arm runs before UCB chooses: ``first_pulls`` with the replayed reward, else one."""
         return self.first_pulls if self.wants_ranks else 1
 
-    def begin_sequence(self, drafter=None, probe=None) -> None:
+    def begin_sequence(self, drafter=None) -> None:
         """A new sequence starts: replayed rounds start again at its first token."""
         self._ranks, self._buckets = [], []
         self._pulls_before = {a.name: a.pulls for a in self.arms}

@@ -13,8 +13,10 @@ per second of the round:
 ``acc`` is learnt online: a calibration of the drafter's probability (and, for nodes copied from the
 context, of the match's length and agreement) against what the target accepted, over every node
 whose parent was accepted. ``verify(n, L)`` is a least-squares fit of the rounds' forward times on
-``1, n, L, n·L`` (seeded by a short probe of the target at the start). When not even the best first
-node pays, the round verifies the pending token alone — a plain step — and the drafter is left
+``1, n, L, n·L`` centred on the round's context, nearer rounds weighing more (``CostModel``). Nothing is
+probed: where no round was measured near the context yet, the first round there is a plain step and
+the next ones draft at most ``EXPLORE_NODES`` nodes until a drafted round has been measured; all of
+them are real rounds that commit tokens. When not even the best first node pays, the round verifies the pending token alone — a plain step — and the drafter is left
 alone for a few rounds (doubling up to ``MAX_SKIP``); with lazy commits it then reads the skipped
 tokens in one forward.
 """
@@ -31,7 +33,8 @@ from .stats import RoundOutcome
 from .tree import DraftTree
 
 MAX_SKIP = 8  # rounds the drafter is left alone at most after a round in which nothing paid
-PROBE_NODES = (0, 1, 3, 7, 15)  # tree sizes the start-up probe times
+EXPLORE_NODES = 3  # the node budget at a context where no drafted round was measured near yet
+KNOWN_WEIGHT = 0.25  # weight of a known sample (an earlier run's) against one of this run's rounds
 BINS = 20  # calibration bins of the drafter's probability
 PRIOR = 2.0  # pseudo-observations at the bin's own probability (an uncalibrated drafter is taken at its word)
 HISTORY = 256  # rounds the cost fit remembers
@@ -85,46 +88,55 @@ class AcceptanceModel:
 
 
 class CostModel:
-    """Seconds of a round's parts, measured from the rounds themselves."""
+    """Seconds of a round's parts, measured from the rounds themselves (and from ``known`` samples: earlier runs on
+    this machine and target, e.g. ``loading.costs.CostStore``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: list[tuple[int, int, float]] | None = None) -> None:
         self.rounds: deque[tuple[int, int, float]] = deque(maxlen=HISTORY)  # (nodes, context, forward seconds)
-        self.probe: list[tuple[int, int, float]] = []
+        self.known = list(known or [])
         self.step = 0.0  # one drafter step (a batched forward of a tree level), exponential average
         self.overhead = 0.0  # a round's time outside the target's forward and the drafting
-        self._theta: torch.Tensor | None = None
+        self._theta: dict[int, torch.Tensor | None] = {}  # fit by the context it was made for
 
     def observe(self, outcome: RoundOutcome, steps: int) -> None:
         self.rounds.append((outcome.nodes, outcome.context, outcome.forward_s))
         if steps:
             self.step = _ema(self.step, outcome.draft_s / steps)
         self.overhead = _ema(self.overhead, max(outcome.seconds - outcome.forward_s - outcome.draft_s, 0.0))
-        self._theta = None
+        self._theta = {}
+
+    def samples(self) -> list[tuple[int, int, float]]:
+        """What was measured, the known samples first: (nodes, context, seconds)."""
+        return self.known + list(self.rounds)
+
+    def measured_near(self, context: int) -> tuple[bool, bool]:
+        """Whether a plain step and a drafted round were measured near ``context`` (within a quarter of it)."""
+        near = [n for n, c, _ in self.samples() if abs(c - context) <= 0.25 * context + 256]
+        return 0 in near, any(n > 0 for n in near)
 
     def verify(self, nodes: int, context: int) -> float:
         """Predicted seconds of a verification forward of ``nodes`` draft nodes after ``context`` tokens."""
-        if self._theta is None:
-            self._theta = self._fit()
-        if self._theta is None:
+        if context not in self._theta:
+            self._theta[context] = self._fit(context)
+        theta = self._theta[context]
+        if theta is None:
             return 0.0
-        x = torch.tensor([1.0, nodes, context / 1e3, nodes * context / 1e3], dtype=torch.float64)
-        zero = torch.tensor([1.0, 0.0, context / 1e3, 0.0], dtype=torch.float64)
-        base = float(self._theta @ zero)
-        return max(float(self._theta @ x), base, 1e-4)  # never cheaper than the bare step
+        return max(float(theta[0] + theta[1] * nodes), float(theta[0]), 1e-4)  # never cheaper than the bare step
 
-    def _fit(self) -> torch.Tensor | None:
-        data = self.probe + list(self.rounds)
+    def _fit(self, context: int) -> torch.Tensor | None:
+        """Weighted least squares of the seconds on ``1, n, ℓ, n·ℓ`` (ℓ: thousands of tokens from ``context``), the
+        samples weighted by how near their context is (known ones less than this run's rounds); a ridge on the ℓ
+        terms keeps samples from one context from extrapolating. At ``context`` the prediction is θ0 + θ1·n."""
+        data = [(n, c, t, KNOWN_WEIGHT) for n, c, t in self.known] + [(n, c, t, 1.0) for n, c, t in self.rounds]
         if not data:
             return None
-        rows = torch.tensor([[1.0, n, c / 1e3, n * c / 1e3] for n, c, _ in data], dtype=torch.float64)
-        y = torch.tensor([t for *_, t in data], dtype=torch.float64)
-        if len({n for n, _, _ in data}) < 2 or len({c for _, c, _ in data}) < 2:
-            rows = rows[:, :2]  # too little variety for the context terms yet
-            if len({n for n, _, _ in data}) < 2:
-                return torch.tensor([float(y.median()), 0.0, 0.0, 0.0], dtype=torch.float64)
-        ridge = 1e-6 * torch.eye(rows.shape[1], dtype=torch.float64)
-        theta = torch.linalg.solve(rows.T @ rows + ridge, rows.T @ y)
-        return torch.cat([theta, theta.new_zeros(4 - len(theta))])
+        n, c, t, w = (torch.tensor(col, dtype=torch.float64) for col in zip(*data))
+        ell = (c - context) / 1e3
+        w = w * torch.exp(-(c - context).abs() / (0.5 * context + 512))
+        x = torch.stack([torch.ones_like(n), n, ell, n * ell], dim=1)
+        ridge = torch.tensor([0.0, 1e-9, 0.01, 0.01], dtype=torch.float64) * w.sum() + 1e-12
+        xw = x * w[:, None]
+        return torch.linalg.solve(x.T @ xw + torch.diag(ridge), xw.T @ t)
 
 
 def _ema(old: float, new: float, weight: float = 0.1) -> float:
@@ -180,7 +192,6 @@ class DynamicTreePolicy:
     max_nodes: int = 16
     max_depth: int = 8
     max_children: int = 3
-    probe: bool = True
     acceptance: AcceptanceModel = field(default_factory=AcceptanceModel)
     costs: CostModel = field(default_factory=CostModel)
     _skip: int = 0
@@ -196,19 +207,19 @@ class DynamicTreePolicy:
         return (f"dynamic (up to {self.max_nodes} nodes, depth {self.max_depth}, {self.max_children} children a node; "
                 f"measured costs, calibrated acceptance)")
 
-    def begin_sequence(self, drafter, probe=None) -> None:
+    def begin_sequence(self, drafter) -> None:
         self._skip, self._backoff, self._plan = 0, 0, None
         self._predicted, self._actual, self._rounds, self._bare = [], [], 0, 0
-        if probe is not None and self.probe and not self.costs.probe:
-            self.costs.probe = [probe(n) for n in PROBE_NODES]
 
     def choose(self, drafter, context: int, remaining: int):
         self._plan = None
-        if remaining <= 1 or self._skip > 0:
+        plain_seen, drafted_seen = self.costs.measured_near(context)
+        if remaining <= 1 or self._skip > 0 or not plain_seen:  # a plain step (what measures the base cost)
             self._skip = max(self._skip - 1, 0)
             return TreeShape(())
+        budget = self.max_nodes if drafted_seen else EXPLORE_NODES  # small, until drafted nodes are measured here
         self._plan = DynamicPlan(self.acceptance, self.costs, context, min(self.max_depth, remaining - 1),
-                                 self.max_nodes, self.max_children, self._top[0] / self._top[1])
+                                 budget, self.max_children, self._top[0] / self._top[1])
         return self._plan
 
     def observe(self, outcome: RoundOutcome) -> None:

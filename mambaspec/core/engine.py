@@ -17,12 +17,11 @@ import torch
 
 from ..drafters.base import Drafter, NoDrafter, ReadsTargetHidden, ReportsRanks
 from ..errors import MambaspecError
-from .kv import final_hidden, forward_chain, forward_tree, keep_slots, kv_bytes, kv_length, new_kv_cache
+from .kv import final_hidden, forward_chain, kv_bytes, new_kv_cache
 from .policy import FixedTree, TreePolicy, as_policy
 from .sampling import SamplingConfig
 from .stats import GenerationStats, RoundOutcome, StatsRecorder, sync
 from .shape import TreeShape
-from .tree import DraftTree
 from .verify import verify_tree
 
 
@@ -145,23 +144,10 @@ class SpeculativeGenerator:
         recorder.prefilled()
         stats.target_kv_bytes = kv_bytes(cache)
         stats.drafter_state_bytes = self.drafter.state_bytes()
-        policy.begin_sequence(self.drafter, probe=lambda n: self._probe(cache, prompt_ids[-1], n))
+        policy.begin_sequence(self.drafter)
         budget = min(max_new_tokens, self.context_length - len(prompt_ids))
         return _Run(cache, prompt_ids[-1], len(prompt_ids) - 1, budget, max_new_tokens, policy, sampling, generator,
                     recorder, stop)
-
-    def _probe(self, cache, root: int, nodes: int) -> tuple[int, int, float]:
-        """Time a throwaway verification of a chain of ``nodes`` draft nodes (the cache is left as it was)."""
-        past = kv_length(cache)
-        tree = DraftTree.root_only(root)
-        for _ in range(nodes):
-            tree.add(root, len(tree) - 1)
-        t0 = time.perf_counter()
-        forward_tree(self.target, cache, tree.tokens, [past + d for d in tree.depths], tree.ancestor_mask())
-        sync(self.target.device)
-        seconds = time.perf_counter() - t0
-        keep_slots(cache, past, [])
-        return nodes, past, seconds
 
     def _round(self, run: _Run) -> list[int]:
         """One round: draft, verify, commit; returns the new tokens (cut after an EOS)."""

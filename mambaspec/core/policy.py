@@ -17,9 +17,8 @@ from .shape import TreeShape
 class TreePolicy(Protocol):
     name: str  # the shape for a fixed tree, else what picks it: "auto", "dynamic"
 
-    def begin_sequence(self, drafter, probe=None) -> None:
-        """A new sequence starts (after the prefill). ``probe(n)`` times a throwaway verification of n draft
-        nodes at the current context and returns ``(n, context, seconds)``."""
+    def begin_sequence(self, drafter) -> None:
+        """A new sequence starts (after the prefill)."""
 
     def choose(self, drafter, context: int, remaining: int):
         """The plan of the next round: a ``TreeShape`` or an object with ``grow`` (dynamic trees).
@@ -48,7 +47,7 @@ class FixedTree:
         self.shape = shape
         self.name = str(shape)
 
-    def begin_sequence(self, drafter, probe=None) -> None:
+    def begin_sequence(self, drafter) -> None:
         pass
 
     def choose(self, drafter, context: int, remaining: int) -> TreeShape:

@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 
 from ..core.engine import GenerationResult, SpeculativeGenerator, encode_prompt
 from ..core.sampling import SamplingConfig
+from ..core.dynamic import CostModel, DynamicTreePolicy
 from ..core.policy import TREE_POLICIES, as_policy
 from ..core.shape import DEFAULT_TREE
 from ..drafters import make_drafter
@@ -26,6 +27,7 @@ from ..drafters.lookup import MERGED, LookupDrafter
 from ..errors import MambaspecError
 from ..drafters.vocab import read_meta, vocab_from_meta
 from ..config import DEFAULT_TARGET
+from .costs import cost_store
 from .models import LoadedModel, default_drafter, load_model, locate
 from .options import ModelOptions, check_cross_tokenizer
 
@@ -95,8 +97,9 @@ class TextStream:
     is never yielded.
     """
 
-    def __init__(self, rounds, tokenizer, stop: list[str]) -> None:
-        self._rounds, self._tokenizer, self._stop = rounds, tokenizer, stop
+    def __init__(self, rounds, tokenizer, stop: list[str],
+                 on_done: Callable[[GenerationResult], None] | None = None) -> None:
+        self._rounds, self._tokenizer, self._stop, self._on_done = rounds, tokenizer, stop, on_done
         self._ids: list[int] = []
         self._printed = ""
         self.result: GenerationResult | None = None
@@ -111,6 +114,8 @@ class TextStream:
             except StopIteration as done:
                 self.result = done.value
                 self.result.text = cut_at_stop(self.result.text, self._stop)
+                if self._on_done is not None:
+                    self._on_done(self.result)
                 rest = self.result.text[len(self._printed):]
                 self._printed = self.result.text
                 if rest:
@@ -133,7 +138,8 @@ class TextStream:
 @dataclass
 class Pipeline:
     """A loaded target and drafter, ready to generate from text. A tree policy named by a string (``"dynamic"``,
-    ``"auto"``) is made once and kept, so what it learns (costs, calibration, arm statistics) carries over."""
+    ``"auto"``) is made once and kept, so what it learns (costs, calibration, arm statistics) carries over; the
+    dynamic policy's verification costs also carry over between processes (``loading.costs``)."""
 
     target: LoadedModel
     drafter: Drafter
@@ -142,9 +148,16 @@ class Pipeline:
 
     def policy(self, tree):
         """The tree policy for ``tree`` (a shape, ``"dynamic"``, ``"auto"``, or a policy object)."""
-        if isinstance(tree, str) and tree.strip().lower() in TREE_POLICIES:
-            return self.policies.setdefault(tree.strip().lower(), as_policy(tree))
+        name = tree.strip().lower() if isinstance(tree, str) else None
+        if name == "dynamic" and name not in self.policies:
+            self.policies[name] = DynamicTreePolicy(costs=CostModel(known=cost_store(self.target).load()))
+        if name in TREE_POLICIES:
+            return self.policies.setdefault(name, as_policy(tree))
         return as_policy(tree)
+
+    def _remember_costs(self, policy) -> None:
+        if isinstance(policy, DynamicTreePolicy) and policy is self.policies.get("dynamic"):
+            cost_store(self.target).save(policy.costs.samples())
 
     def encode(self, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
         return encode_prompt(self.target.tokenizer, prompt, chat=chat, system=system)
@@ -156,9 +169,10 @@ class Pipeline:
         (wrapped in the chat template unless ``chat=False``) or token ids; ``tree`` a shape such as
         ``"2,1,1"`` or a tree policy; ``stop`` strings end the text before them."""
         ids = prompt if isinstance(prompt, list) else self.encode(prompt, chat=chat, system=system)
-        rounds = self.generator.stream(ids, max_new_tokens, self.policy(tree), sampling, seed,
+        policy = self.policy(tree)
+        rounds = self.generator.stream(ids, max_new_tokens, policy, sampling, seed,
                                        stop_at(self.target.tokenizer, stop or []))
-        return TextStream(rounds, self.target.tokenizer, stop or [])
+        return TextStream(rounds, self.target.tokenizer, stop or [], on_done=lambda _: self._remember_costs(policy))
 
     def generate(self, prompt: str | list[int], **kwargs) -> GenerationResult:
         """The whole answer at once; the same keywords as ``stream``."""

@@ -1,0 +1,71 @@
+"""What verification costs on this machine, kept between runs: the dynamic-tree cost model's samples.
+
+``generate`` (and the Python API's ``Pipeline``) start each process's dynamic policy from the samples of
+earlier runs with the same target, options, device, dtype, thread count, CPU and torch; this run's own rounds
+weigh more (``core.dynamic.CostModel``). Files live in ``$MAMBASPEC_CACHE/costs`` (default
+``~/.cache/mambaspec/costs``); delete them to start afresh. ``bench`` does not read them: its numbers come
+from its own run alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+from ..config import cache_dir
+
+MAX_SAMPLES = 512  # the newest kept
+
+
+class CostStore:
+    """A JSON file of ``(nodes, context, seconds)`` samples."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> list[tuple[int, int, float]]:
+        """The samples, or none when the file is missing or unreadable (a cache, never an error)."""
+        try:
+            rows = json.loads(self.path.read_text())["samples"]
+            return [(int(n), int(c), float(s)) for n, c, s in rows]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
+    def save(self, samples: list[tuple[int, int, float]]) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"samples": [list(s) for s in samples[-MAX_SAMPLES:]]}))
+            tmp.replace(self.path)
+        except OSError:
+            pass  # a read-only cache costs only the measurements
+
+
+def machine_key(target) -> str:
+    """What the costs depend on: the target and its options, the device, dtype, threads, CPU and torch."""
+    p = next(target.model.parameters())
+    return "|".join([target.name, target.optimized, str(p.device), str(p.dtype), str(torch.get_num_threads()),
+                     _cpu(), platform.machine(), torch.__version__])
+
+
+def cost_store(target) -> CostStore:
+    """The store of ``target`` (a ``LoadedModel``) on this machine."""
+    key = machine_key(target)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", target.name).strip("-")[-48:] or "target"
+    return CostStore(cache_dir() / "costs" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json")
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
