@@ -1,10 +1,12 @@
 """``mambaspec bench``: drafters, peers and plain decoding side by side, on the same prompts.
 
 Every method (``methods.METHODS``) runs in one process, on the same prompts, dtype and device,
-after an untimed warm-up. Greedy outputs are compared with ``ar``'s, prompt by prompt: the bench
-is also a lossless check. Results go to ``OUT/results.csv``, one row per (dataset, length,
-method) written as soon as it is done, with the configuration in every row; a rerun with the
-same ``out`` and configuration skips the rows already there. Each prompt's new token ids and
+after an untimed warm-up, prompt by prompt (every method on a prompt before the next prompt, so
+that a drift of the machine's speed hits all methods alike). Greedy outputs are compared with
+``ar``'s, prompt by prompt: the bench is also a lossless check. Results go to ``OUT/results.csv``,
+one row per (dataset, length, method), the rows of a length written as soon as it is done, with
+the configuration in every row; a rerun with the same ``out`` and configuration skips the rows
+already there. Each prompt's new token ids and
 text go to ``OUT/outputs.jsonl``.
 """
 
@@ -19,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-import torch
 
 from ..core.bandit import DEFAULT_C, DEFAULT_EDGES, check_options
 from ..core.engine import GenerationResult, SpeculativeGenerator
@@ -123,8 +124,7 @@ def run_bench(cfg: BenchConfig, on_progress: Progress | None = None,
         resumed += len(group) - len(todo)
         if todo:
             prompts = _prompts(cfg, rows, models, length, context, log)
-            for method in todo:
-                _run_row(cfg, models, built, method, prompts, length, env, out, on_progress, log)
+            _run_length(cfg, models, built, todo, prompts, length, env, out, on_progress, log)
     if resumed:
         log(f"{resumed} rows already in {csv_path} for this configuration: skipped")
     frame = read_results(csv_path)
@@ -231,26 +231,41 @@ def _prompts(cfg: BenchConfig, rows, models: BenchModels, length: int | None, co
     return prompts
 
 
-def _run_row(cfg: BenchConfig, models: BenchModels, built: dict[str, MethodRun], method: str,
-             prompts: list[BenchPrompt], length: int | None, env: dict, out: Path, on_progress: Progress | None,
-             log: Callable[[str], None]) -> None:
-    """Run one method on the prompts of one length; append its outputs, then its CSV row."""
-    if method not in built:
-        log(f"{method}: warming up")
-        built[method] = METHODS[method].build(models, cfg)
-        warm = prompts[0].ids[-WARMUP_PROMPT_TOKENS:]
-        (built[method].warm_up or built[method].run)(warm, min(WARMUP_NEW_TOKENS, cfg.max_new_tokens), cfg.seed)
-    label = f"{cfg.dataset}{f' · {length} tokens' if length else ''} · {method}"
+def _run_length(cfg: BenchConfig, models: BenchModels, built: dict[str, MethodRun], todo: list[str],
+                prompts: list[BenchPrompt], length: int | None, env: dict, out: Path, on_progress: Progress | None,
+                log: Callable[[str], None]) -> None:
+    """Run the methods ``todo`` on the prompts of one length, prompt by prompt: every method on a prompt before the
+    next prompt, so that a drift of the machine's speed hits all methods alike. Then append each method's outputs
+    and CSV row (ar's first: the others are compared with it)."""
+    for method in todo:
+        if method not in built:
+            log(f"{method}: warming up")
+            built[method] = METHODS[method].build(models, cfg)
+            warm = prompts[0].ids[-WARMUP_PROMPT_TOKENS:]
+            (built[method].warm_up or built[method].run)(warm, min(WARMUP_NEW_TOKENS, cfg.max_new_tokens), cfg.seed)
+    label = {m: f"{cfg.dataset}{f' · {length} tokens' if length else ''} · {m}" for m in todo}
     device = models.target.device
-    results, peak = [], 0
+    results: dict[str, list[GenerationResult]] = {m: [] for m in todo}
+    peak = dict.fromkeys(todo, 0)
     for i, prompt in enumerate(prompts):
+        for method in todo:
+            if on_progress:
+                on_progress(label[method], i, len(prompts))
+            with PeakMemory(device) as mem:
+                results[method].append(built[method].run(prompt.ids, cfg.max_new_tokens, cfg.seed + i))
+            peak[method] = max(peak[method], mem.peak_bytes)
+    for method in todo:
         if on_progress:
-            on_progress(label, i, len(prompts))
-        with PeakMemory(device) as mem:
-            results.append(built[method].run(prompt.ids, cfg.max_new_tokens, cfg.seed + i))
-        peak = max(peak, mem.peak_bytes)
-    if on_progress:
-        on_progress(label, len(prompts), len(prompts))
+            on_progress(label[method], len(prompts), len(prompts))
+        _write_row(cfg, models, built, method, prompts, results[method], peak[method], length, env, out)
+    gc.collect()
+
+
+def _write_row(cfg: BenchConfig, models: BenchModels, built: dict[str, MethodRun], method: str,
+               prompts: list[BenchPrompt], results: list[GenerationResult], peak: int, length: int | None, env: dict,
+               out: Path) -> None:
+    """One method's row of one length, compared with ar's outputs and speed; its outputs before it."""
+    device = models.target.device
     where = {"config_id": env["config_id"], "dataset": cfg.dataset, "length": str(length or "")}
     row = {**env, **where, "length": length or "", "method": method, **summarize(results, peak),
            "mem_measure": PeakMemory(device).kind, "method_detail": built[method].detail,
@@ -267,7 +282,6 @@ def _run_row(cfg: BenchConfig, models: BenchModels, built: dict[str, MethodRun],
         {"prompt_id": p.id, "new_token_ids": r.new_token_ids,
          "text": tokenizer.decode(r.new_token_ids, skip_special_tokens=True)} for p, r in zip(prompts, results)])
     append_row(csv_path, row)
-    gc.collect()
 
 
 def summarize(results: list[GenerationResult], peak_bytes: int) -> dict:
