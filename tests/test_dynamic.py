@@ -21,15 +21,15 @@ PROMPTS = prompts(14)
 class FixedCosts(CostModel):
     """Verification nearly free per node: the policy drafts deep trees (what the tests want to exercise)."""
 
-    def __init__(self, per_node: float = 1e-4) -> None:
+    def __init__(self, per_node: float = 1e-4, base: float = 0.01) -> None:
         super().__init__()
-        self.per_node = per_node
+        self.per_node, self.base = per_node, base
         self.step = 2e-4
 
     def verify(self, nodes, context):
-        return 0.01 + self.per_node * nodes
+        return self.base + self.per_node * nodes
 
-    def observe(self, outcome, steps):
+    def observe(self, outcome, steps, read_s=0.0):
         pass
 
     def measured_near(self, context):
@@ -144,12 +144,13 @@ def _confident(model, mamba=False):
 
 
 def test_no_draft_when_nothing_pays(tiny_target, references):
-    """Verification made expensive: the policy verifies the pending token alone, and leaves the drafter alone."""
+    """Drafted nodes made expensive (and a plain step cheaper than any real round): the policy verifies the pending
+    token alone, and, since engaging the drafter never pays, leaves the drafter alone."""
     drafter = MambaDrafter(tiny_mamba2(2))
     calls = []
     real = drafter.advance
     drafter.advance = lambda *a: (calls.append(len(a[2])), real(*a))
-    pol = DynamicTreePolicy(costs=FixedCosts(per_node=1.0))
+    pol = DynamicTreePolicy(costs=FixedCosts(per_node=1.0, base=1e-6))
     gen = SpeculativeGenerator(tiny_target, drafter)
     result = gen.generate(PROMPTS[5], max_new_tokens=MAX_NEW, tree=pol)
     assert result.new_token_ids == references[5]
@@ -231,3 +232,27 @@ def test_costs_carry_over_between_processes(tiny_target, references, tmp_path, m
     assert len(cost_store(target).load()) > len(saved)
     cost_store(target).path.write_text("{not json")
     assert cost_store(target).load() == [] and pipeline().policy("dynamic").costs.known == []
+
+
+def test_backoff_follows_what_drafting_really_gained():
+    """Rounds that commit enough tokens for their time keep the drafter engaged; a run of rounds that do not
+    leaves it alone for 1, 2, 4 ... rounds; one good round later it drafts every round again."""
+    pol = DynamicTreePolicy(costs=FixedCosts(per_node=1e-3, base=0.01))
+    pol.begin_sequence(None)
+    tree = DraftTree.root_only(0)
+    tree.add(1, 0, prob=0.9)
+
+    def round_(tokens: int, seconds: float) -> int:
+        """Choose (a plan), observe the outcome; how many plain rounds follow."""
+        assert pol.choose(None, 100, 50) is not None
+        pol.observe(RoundOutcome(tokens=tokens, seconds=seconds, draft_s=0.001, forward_s=0.011, nodes=1, depth=1,
+                                 context=100, accepted=tokens - 1, tree=tree, path=[1][:tokens - 1]))
+        skipped = 0
+        while pol._skip:
+            assert pol.choose(None, 100, 50).depth == 0
+            skipped += 1
+        return skipped
+
+    assert [round_(2, 0.013) for _ in range(5)] == [0] * 5  # 2 tokens in 1.3 plain steps: pays
+    assert [round_(1, 0.013) for _ in range(7)] == [0, 0, 0, 1, 2, 4, 8]  # the average turns negative: back off
+    assert round_(3, 0.013) == 0  # one good round and it drafts every round again

@@ -16,9 +16,11 @@ whose parent was accepted. ``verify(n, L)`` is a least-squares fit of the rounds
 ``1, n, L, n·L`` centred on the round's context, nearer rounds weighing more (``CostModel``). Nothing is
 probed: where no round was measured near the context yet, the first round there is a plain step and
 the next ones draft at most ``EXPLORE_NODES`` nodes until a drafted round has been measured; all of
-them are real rounds that commit tokens. When not even the best first node pays, the round verifies the pending token alone — a plain step — and the drafter is left
-alone for a few rounds (doubling up to ``MAX_SKIP``); with lazy commits it then reads the skipped
-tokens in one forward.
+them are real rounds that commit tokens. When not even the best first node pays, the round verifies
+the pending token alone — a plain step. When drafting has not paid lately (a moving average of what
+the rounds that engaged the drafter really gained, in plain steps: committed tokens against their
+time), the drafter is left alone for a few rounds (doubling up to ``MAX_SKIP``); with lazy commits
+it then reads the skipped tokens in one forward.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from .shape import TreeShape
 from .stats import RoundOutcome
 from .tree import DraftTree
 
-MAX_SKIP = 8  # rounds the drafter is left alone at most after a round in which nothing paid
+MAX_SKIP = 8  # rounds the drafter is left alone at most while drafting does not pay
 EXPLORE_NODES = 3  # the node budget at a context where no drafted round was measured near yet
 KNOWN_WEIGHT = 0.25  # weight of a known sample (an earlier run's) against one of this run's rounds
 BINS = 20  # calibration bins of the drafter's probability
 PRIOR = 2.0  # pseudo-observations at the bin's own probability (an uncalibrated drafter is taken at its word)
 HISTORY = 256  # rounds the cost fit remembers
+GAIN_WEIGHT = 0.25  # weight of the latest round in the moving average of what drafting gained
 
 
 class AcceptanceModel:
@@ -98,10 +101,11 @@ class CostModel:
         self.overhead = 0.0  # a round's time outside the target's forward and the drafting
         self._theta: dict[int, torch.Tensor | None] = {}  # fit by the context it was made for
 
-    def observe(self, outcome: RoundOutcome, steps: int) -> None:
+    def observe(self, outcome: RoundOutcome, steps: int, read_s: float = 0.0) -> None:
+        """Learn from a round whose drafter ran ``steps`` tree steps after ``read_s`` seconds of reading."""
         self.rounds.append((outcome.nodes, outcome.context, outcome.forward_s))
         if steps:
-            self.step = _ema(self.step, outcome.draft_s / steps)
+            self.step = _ema(self.step, max(outcome.draft_s - read_s, 0.0) / steps)
         self.overhead = _ema(self.overhead, max(outcome.seconds - outcome.forward_s - outcome.draft_s, 0.0))
         self._theta = {}
 
@@ -157,7 +161,8 @@ class DynamicPlan:
     declined: bool = False  # growth set it: not even the first node paid
 
     def base_time(self) -> float:
-        return self.costs.verify(0, self.context) + self.costs.overhead
+        """A round that drafts: a plain step's time, and the drafter's feeding of what it commits (about a step)."""
+        return self.costs.verify(0, self.context) + self.costs.overhead + self.costs.step
 
     def node_cost(self, n: int) -> float:
         """The extra verification time of the n-th node."""
@@ -200,6 +205,7 @@ class DynamicTreePolicy:
     _predicted: list[float] = field(default_factory=list)  # per drafted round: expected committed tokens ...
     _actual: list[float] = field(default_factory=list)  # ... and what was committed
     _top: list[float] = field(default_factory=lambda: [1.0, 2.0])  # first-child acceptance: hits, seen (prior 0.5)
+    _gain: float = 0.0  # recent gain of the rounds that engaged the drafter, in plain steps (moving average)
     _rounds: int = 0
     _bare: int = 0
 
@@ -226,27 +232,26 @@ class DynamicTreePolicy:
         self._rounds += 1
         self._bare += outcome.nodes == 0
         tree, plan = outcome.tree, self._plan
-        self.costs.observe(outcome, tree.steps if tree is not None else 0)
+        self.costs.observe(outcome, tree.steps if tree is not None else 0, tree.read_s if tree is not None else 0.0)
         if tree is None or plan is None:
             return
-        worth = False
         if outcome.nodes:
-            predicted = self.acceptance.predicted_tokens(tree)
-            self._predicted.append(predicted)
+            self._predicted.append(self.acceptance.predicted_tokens(tree))
             self._actual.append(outcome.accepted + 1)
             first = outcome.path[0] if outcome.path else None
             top = max(tree.children(0), key=lambda c: tree.prob[c], default=None)
             if top is not None:
                 self._top = [self._top[0] + (first == top), self._top[1] + 1]
             self.acceptance.update(tree, outcome.path)
-            # the drafter's own time counts too: did this round's expected rate beat a plain step's? (Reading
-            # tokens skipped earlier is not this round's cost; feeding this round's commit, about a step, is.)
-            plain = self.costs.verify(0, outcome.context) + self.costs.overhead
-            drafting = outcome.draft_s - tree.read_s + self.costs.step
-            worth = predicted * plain > self.costs.verify(outcome.nodes, outcome.context) + self.costs.overhead + drafting
-        if worth:
+        # What engaging the drafter really gained, in plain steps: the tokens committed against the plain steps they
+        # would have taken, less this round's time (reading tokens skipped earlier aside, feeding its commit in).
+        plain = self.costs.verify(0, outcome.context) + self.costs.overhead
+        spent = outcome.seconds - tree.read_s + self.costs.step
+        gain = (outcome.tokens * plain - spent) / plain if plain > 0 else 0.0
+        self._gain = (1 - GAIN_WEIGHT) * self._gain + GAIN_WEIGHT * gain
+        if self._gain >= 0:
             self._backoff = 0
-        else:  # nothing paid: leave the drafter alone for a while
+        else:  # drafting has not paid lately: leave the drafter alone for a while
             self._backoff = min(MAX_SKIP, max(1, 2 * self._backoff))
             self._skip = self._backoff
 
