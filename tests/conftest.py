@@ -1,4 +1,8 @@
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -6,6 +10,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)  # 2 cores: one thread is faster and steadier than two under any other load
+# generate keeps measured verification costs between runs; the tests' runs (and their subprocesses) keep theirs apart
+os.environ["MAMBASPEC_COSTS"] = tempfile.mkdtemp(prefix="mambaspec-costs-")
+atexit.register(shutil.rmtree, os.environ["MAMBASPEC_COSTS"], ignore_errors=True)
 
 from tiny import char_tokenizer, save_tiny, tiny_llama, tiny_mamba, tiny_mamba2  # noqa: E402
 

@@ -215,7 +215,7 @@ def test_costs_carry_over_between_processes(tiny_target, references, tmp_path, m
     from mambaspec.loading.models import LoadedModel
     from mambaspec.loading.pipeline import Pipeline
 
-    monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path))
+    monkeypatch.setenv("MAMBASPEC_COSTS", str(tmp_path))
     target = LoadedModel(tiny_target, char_tokenizer(), "tiny-llama", "tests")
     drafter = TransformerDrafter(tiny_llama(0))
 

@@ -2,8 +2,8 @@
 
 ``generate`` (and the Python API's ``Pipeline``) start each process's dynamic policy from the samples of
 earlier runs with the same target, options, device, dtype, thread count, CPU and torch; this run's own rounds
-weigh more (``core.dynamic.CostModel``). Files live in ``$MAMBASPEC_CACHE/costs`` (default
-``~/.cache/mambaspec/costs``); delete them to start afresh. ``bench`` does not read them: its numbers come
+weigh more (``core.dynamic.CostModel``). Files live in ``$MAMBASPEC_COSTS``, by default
+``$MAMBASPEC_CACHE/costs`` (``~/.cache/mambaspec/costs``); delete them to start afresh. ``bench`` does not read them: its numbers come
 from its own run alone.
 """
 
@@ -58,7 +58,12 @@ def cost_store(target) -> CostStore:
     """The store of ``target`` (a ``LoadedModel``) on this machine."""
     key = machine_key(target)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", target.name).strip("-")[-48:] or "target"
-    return CostStore(cache_dir() / "costs" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json")
+    return CostStore(costs_dir() / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json")
+
+
+def costs_dir() -> Path:
+    """``$MAMBASPEC_COSTS``, default ``$MAMBASPEC_CACHE/costs``."""
+    return Path(os.environ.get("MAMBASPEC_COSTS") or cache_dir() / "costs")
 
 
 def _cpu() -> str:
