@@ -108,6 +108,11 @@ def test_csv_has_every_column_and_every_method(first_run):
     assert by["ar"]["speedup_decode"] == "1.0" and float(by["mamba"]["speedup_decode"]) > 0
     assert 0 < float(by["mamba"]["mean_tree_nodes"]) <= 6  # tree (2,1,1), cut near the end
     assert int(by["mamba"]["drafter_state_bytes"]) > 0 and int(by["ar"]["drafter_state_bytes"]) == 0
+    for r in rows:  # a dynamic policy's predictions against what it measured, over its drafted rounds
+        dynamic = r["method"].endswith("dynamic") and r["drafted_accept_len"] != ""
+        assert (r["prediction_error"] != "") == dynamic, r["method"]
+        if dynamic:
+            assert float(r["drafted_accept_len"]) >= 1 and float(r["predicted_accept_len"]) >= 1
     # hf-assisted runs the same Transformer drafter (through its full-vocabulary view): same KV bytes
     assert by["hf-assisted"]["drafter_state_bytes"] == by["transformer"]["drafter_state_bytes"] != "0"
     outputs = [json.loads(line) for line in open(out / "outputs.jsonl")]

@@ -309,7 +309,21 @@ def summarize(results: list[GenerationResult], peak_bytes: int) -> dict:
         "peak_mem_mb": round(peak_bytes / 2**20, 1),
         "drafter_state_bytes": round(sum(x.drafter_state_bytes for x in s) / n),
         "target_kv_bytes": round(sum(x.target_kv_bytes for x in s) / n),
+        **predictions(s),
     }
+
+
+def predictions(stats: list) -> dict:
+    """A dynamic policy's predicted against measured tokens per drafted round, over all prompts (empty for others):
+    ``prediction_error`` = |predicted - measured| / measured of the means."""
+    reports = [(x.policy_report.get("drafted_rounds", 0), x.policy_report) for x in stats]
+    drafted = sum(k for k, _ in reports)
+    if not drafted:
+        return {}
+    predicted = sum(k * r["predicted_accept_len"] for k, r in reports if k) / drafted
+    measured = sum(k * r["measured_accept_len"] for k, r in reports if k) / drafted
+    return {"drafted_accept_len": round(measured, 4), "predicted_accept_len": round(predicted, 4),
+            "prediction_error": round(abs(predicted - measured) / measured, 4)}
 
 
 def compare_with_ar(row: dict, prompts: list[BenchPrompt], results: list[GenerationResult],
