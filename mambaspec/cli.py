@@ -19,7 +19,7 @@ from .config import DEFAULT_TARGET
 from .core.bandit import DEFAULT_C, DEFAULT_EDGES, check_options
 from .core.sampling import SamplingConfig
 from .core.shape import DEFAULT_SHAPE, DEFAULT_TREE, TreeShape
-from .display import Reporter, Streamer, arms_table, consoles, stats_table
+from .display import Reporter, Streamer, arms_table, consoles, dynamic_table, stats_table
 from .errors import MambaspecError
 from .loading.options import ModelOptions, check_cross_tokenizer
 
@@ -334,7 +334,7 @@ def tune(
     limit: Optional[int] = typer.Option(20, "--limit", help="Number of prompts."),
     target: str = TargetOpt,
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (default: the target's, e.g. mamba2-smollm2)."),
-    policy: str = typer.Option("ucb", "--policy", help="ucb: one bandit across all prompts (it learns the workload). fixed: every arm on every prompt (a sweep, the reference)."),
+    policy: str = typer.Option("ucb", "--policy", help="ucb: one bandit across all prompts (it learns the workload). fixed: every arm on every prompt (a sweep, the reference). dynamic: dynamic trees across the prompts, as generate runs them (what they drafted, predicted vs measured; the measured costs are kept for generate)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Stop the bandit after this many rounds in all (ucb)."),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="Exploration constant c of UCB (arm values are divided by the largest one first; larger explores more)."),
     reward: str = typer.Option("replayed", "--reward", help=RewardHelp),
@@ -363,12 +363,19 @@ def tune(
         from .bench.tune import tune_dataset
 
         out, err = consoles()
-        with Reporter(err, unit="prompts" if policy == "ucb" else "runs (arm x prompt)") as report:
+        with Reporter(err, unit="runs (arm x prompt)" if policy == "fixed" else "prompts") as report:
             result, csv_path, yaml_path = tune_dataset(
                 arms, dataset=dataset, data=data, limit=limit, target=target, drafter=drafter, policy=policy,
                 rounds=rounds, c=ucb_c, reward=reward, edges=edges, max_new_tokens=max_new_tokens,
                 temperature=temperature, options=options, out=out_dir,
                 progress=lambda done, total: report.update(f"tune ({policy})", done, total), log=report.status)
+    if policy == "dynamic":
+        from .loading.costs import costs_dir
+
+        out.print(dynamic_table(result))
+        out.print(f"CSV: {csv_path}; the measured verification costs are kept for generate on this machine "
+                  f"({costs_dir()})", soft_wrap=True)
+        return
     out.print(arms_table(result.rows(), f"tree arms ({result.policy})", best=result.best.name, reward=reward))
     best_value = result.values[result.arms.index(result.best)]
     out.print(f"best arm: {result.best.name} {result.best.shape}, value {best_value:.1f}; "

@@ -126,6 +126,22 @@ RANKED_BY = {"replayed": "est. tokens/s: replayed tokens/round ÷ round cost (pe
              "measured": "mean tokens/s of its rounds", "modeled": "the paper's −(1+λγ)/N_accept"}
 
 
+def dynamic_table(row: dict) -> Table:
+    """``tune --policy dynamic``'s summary: what dynamic trees drafted and how well their predictions held."""
+    t = Table(title=f"dynamic trees, drafter {row['drafter']}", header_style="bold",
+              caption="predicted / measured: tokens per round that drafted, expected by the policy and committed")
+    cells = {"prompts": f"{row['prompts']}", "new tokens": f"{row['new_tokens']}",
+             "tok/s": f"{row['tokens_per_s']:.1f}", "τ": f"{row['mean_accept_len']:.2f}",
+             "nodes/round": f"{row['mean_tree_nodes']:.2f}", "no-draft rounds": f"{100 * row['no_draft_rounds']:.0f} %",
+             "predicted / measured": (f"{row['predicted_accept_len']:.2f} / {row['drafted_accept_len']:.2f}"
+                                      if "predicted_accept_len" in row else "-"),
+             "error": f"{100 * row['prediction_error']:.1f} %" if "prediction_error" in row else "-"}
+    for col in cells:
+        t.add_column(col, justify="right")
+    t.add_row(*cells.values())
+    return t
+
+
 def arms_table(arms: list[dict], title: str, best: str | None = None, reward: str = "replayed") -> Table:
     t = Table(title=title, header_style="bold", caption=f"the bandit ranks arms by value = {RANKED_BY[reward]}; "
               "tokens/round and tokens/s are over the rounds the arm ran, replayed over all rounds")

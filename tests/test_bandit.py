@@ -167,6 +167,24 @@ def test_tune_cli_end_to_end(tmp_path, tiny_dir):
     assert bad.returncode != 0 and "arms file not found" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_tune_dynamic_cli(tmp_path, tiny_dir):
+    """`mambaspec tune --policy dynamic`: a summary of what dynamic trees drafted, dynamic.csv, and the measured
+    costs kept for generate."""
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"def f{i}(x):"}) for i in range(3)))
+    costs = tmp_path / "costs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "MAMBASPEC_COSTS": str(costs)}
+    proc = subprocess.run([sys.executable, "-m", "mambaspec", "tune", "--policy", "dynamic", "--dataset", "jsonl",
+                           "--data", str(data), "--target", tiny_dir["target"], "--drafter", tiny_dir["mamba2"],
+                           "-n", "10", "--out", str(tmp_path / "out"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "dynamic trees" in proc.stdout and "predicted / measured" in proc.stdout
+    row = next(csv.DictReader(open(tmp_path / "out" / "dynamic.csv")))
+    assert int(row["prompts"]) == 3 and int(row["new_tokens"]) == 30 and float(row["tokens_per_s"]) > 0
+    assert len(list(costs.glob("*.json"))) == 1
+
+
 class RecordRanks:
     """A fixed shape (a tree policy) that records each round's committed tokens and the drafter's ranks of them."""
 

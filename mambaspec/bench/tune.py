@@ -4,7 +4,10 @@
 ``fixed`` runs every arm on every prompt with a fixed tree (a sweep, the reference the bandit
 is judged against). Both report per-arm pulls, mean reward, acceptance length and tokens/s, and
 write a tuned arms file (arms with their statistics) that ``generate --arms`` and ``bench``
-accept as a warm start.
+accept as a warm start. ``dynamic`` runs dynamic trees (``core.dynamic``) across the prompts, as
+``generate`` does, and reports what they drafted and how well their predictions held
+(``dynamic.csv``); the verification costs it measured go to this machine's cost store
+(``loading.costs``), which ``generate`` starts from.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from ..loading.options import ModelOptions
 if TYPE_CHECKING:  # light to import: the command line checks tune's options before torch loads
     from ..core.engine import SpeculativeGenerator
 
-POLICIES = ("ucb", "fixed")
+POLICIES = ("ucb", "fixed", "dynamic")
+SHAPE_POLICIES = ("ucb", "fixed")
 WARMUP_TOKENS = 16
 
 
@@ -65,8 +69,8 @@ def tune(
 
     ``checkpoint`` receives the statistics so far after every prompt (so an interrupted run keeps them).
     """
-    if policy not in POLICIES:
-        raise MambaspecError(f"unknown policy '{policy}'; use one of {', '.join(POLICIES)}")
+    if policy not in SHAPE_POLICIES:
+        raise MambaspecError(f"unknown policy '{policy}'; use one of {', '.join(SHAPE_POLICIES)}")
     if not prompts:
         raise MambaspecError("no prompts to tune on")
     arms = copy.deepcopy(arms)
@@ -125,6 +129,26 @@ def write_tune_outputs(result: TuneResult, out: str | Path, comment: str = "") -
     return csv_path, yaml_path
 
 
+def tune_dynamic(pipe, prompts: list[list[int]], max_new_tokens: int = 128, sampling: SamplingConfig | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> dict:
+    """Dynamic trees over ``prompts`` through ``pipe`` (one policy across them; its measured costs are kept for
+    ``generate``): the bench's summary of the run (tokens/s, τ, nodes per round, no-draft rounds, predicted
+    against measured tokens per drafted round)."""
+    from .runner import summarize
+
+    if not prompts:
+        raise MambaspecError("no prompts to tune on")
+    # untimed warm-up (first forwards of a new size are slow), with a fixed tree: no costs are learnt from it
+    pipe.generator.generate(prompts[0], max_new_tokens=WARMUP_TOKENS, tree="2,1,1", sampling=sampling)
+    results = []
+    for i, ids in enumerate(prompts):
+        results.append(pipe.generate(ids, max_new_tokens=max_new_tokens, tree="dynamic", sampling=sampling))
+        if progress:
+            progress(i + 1, len(prompts))
+    row = {k: v for k, v in summarize(results, 0).items() if k not in ("peak_mem_mb", "prefill_s")}
+    return {"drafter": pipe.drafter.name, **row}
+
+
 def tune_dataset(
     arms_file: str | Path | None = None,
     dataset: str = "humaneval",
@@ -143,26 +167,27 @@ def tune_dataset(
     out: str | Path = "runs/tune",
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = lambda message: None,
-) -> tuple[TuneResult, Path, Path]:
+) -> tuple[TuneResult | dict, Path, Path | None]:
     """``mambaspec tune``: load the models and the prompts (the sources of ``bench``), tune, write
-    ``arms.csv`` and ``tuned_arms.yaml`` into ``out`` (after every prompt too); returns both paths."""
-    from ..loading.models import default_bench_drafter
-    from ..loading.pipeline import load_pipeline
-    from .datasets import build_prompts, dataset_spec, load_rows
-
+    ``arms.csv`` and ``tuned_arms.yaml`` into ``out`` (after every prompt too); returns both paths. With
+    ``policy="dynamic"``: the ``tune_dynamic`` summary and ``dynamic.csv`` (no arms file)."""
     check_options(policy, c, reward, edges)
     for name, value in (("limit", limit), ("rounds", rounds), ("max_new_tokens", max_new_tokens)):
         if value is not None and value < 1:
             raise MambaspecError(f"{name} must be at least 1, got {value}")
-    arms = load_arms(arms_file or recipes_dir() / "trees.yaml")
-    spec = dataset_spec(dataset)
-    rows = load_rows(spec, data)
-    log(f"loading target {target} and its drafter ...")
-    pipe = load_pipeline(target, drafter or default_bench_drafter(target, "mamba"), options)
-    if pipe.drafter.name == "none":
-        raise MambaspecError("tune needs a drafter: name one (the target has no default drafter)")
-    context = pipe.generator.context_length
-    prompts, _ = build_prompts(spec, rows, pipe.target.tokenizer, max_tokens=context - max_new_tokens, limit=limit)
+    arms = load_arms(arms_file or recipes_dir() / "trees.yaml") if policy != "dynamic" else []
+    pipe, prompts = _load(dataset, data, limit, target, drafter, max_new_tokens, options, log)
+    sampling = SamplingConfig(temperature=temperature)
+    if policy == "dynamic":
+        log("dynamic trees over the prompts (after an untimed warm-up)")
+        row = tune_dynamic(pipe, prompts, max_new_tokens, sampling, progress)
+        path = Path(out) / "dynamic.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[*row, "dataset", "target"])
+            w.writeheader()
+            w.writerow({**row, "dataset": dataset, "target": target})
+        return row, path, None
     comment = (f"tuned by `mambaspec tune --policy {policy}` on {dataset} ({len(prompts)} prompts, "
                f"{max_new_tokens} new tokens), target {target}, drafter {pipe.drafter.name}, c={c}, {reward} reward"
                + (f", confidence buckets {edges}" if reward == "replayed" else ""))
@@ -171,8 +196,24 @@ def tune_dataset(
         write_tune_outputs(partial, out, comment=comment)
 
     log(f"warming up the {len(arms)} arms' shapes (untimed)")
-    result = tune(pipe.generator, [p.ids for p in prompts], arms, policy=policy, c=c, reward=reward, edges=edges,
-                  max_new_tokens=max_new_tokens, rounds=rounds, sampling=SamplingConfig(temperature=temperature),
-                  progress=progress, checkpoint=save)
+    result = tune(pipe.generator, prompts, arms, policy=policy, c=c, reward=reward, edges=edges,
+                  max_new_tokens=max_new_tokens, rounds=rounds, sampling=sampling, progress=progress, checkpoint=save)
     csv_path, yaml_path = write_tune_outputs(result, out, comment=comment)
     return result, csv_path, yaml_path
+
+
+def _load(dataset, data, limit, target, drafter, max_new_tokens, options, log) -> tuple:
+    """The pipeline (target and drafter: the bench's Mamba drafter by default) and the prompts' token ids."""
+    from ..loading.models import default_bench_drafter
+    from ..loading.pipeline import load_pipeline
+    from .datasets import build_prompts, dataset_spec, load_rows
+
+    spec = dataset_spec(dataset)
+    rows = load_rows(spec, data)
+    log(f"loading target {target} and its drafter ...")
+    pipe = load_pipeline(target, drafter or default_bench_drafter(target, "mamba"), options)
+    if pipe.drafter.name == "none":
+        raise MambaspecError("tune needs a drafter: name one (the target has no default drafter)")
+    context = pipe.generator.context_length
+    prompts, _ = build_prompts(spec, rows, pipe.target.tokenizer, max_tokens=context - max_new_tokens, limit=limit)
+    return pipe, [p.ids for p in prompts]
