@@ -184,10 +184,24 @@ def test_generate_to_a_file_and_interrupted_start_up(tiny_dir, tmp_path):
 
     p = subprocess.Popen([sys.executable, "-m", "mambaspec", "generate", "hi", "--target", tiny_dir["target"]],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)  # past the interpreter's own start-up, into mambaspec's (imports, model loading)
+    _wait_for_torch(p)  # well into mambaspec's start-up (the libraries are loading), however loaded the machine
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err and "interrupted" in err, err
+
+
+def _wait_for_torch(proc, timeout: float = 60.0) -> None:
+    """Until ``proc`` has mapped libtorch (on Linux; elsewhere two seconds)."""
+    maps, deadline = f"/proc/{proc.pid}/maps", time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with open(maps) as f:
+                if "libtorch" in f.read():
+                    return
+        except OSError:
+            time.sleep(2.0)
+            return
+        time.sleep(0.02)
 
 
 def test_help_piped_keeps_option_names_whole():
