@@ -1,11 +1,13 @@
 """Dynamic trees (core.dynamic) and lookup drafting (drafters.lookup, drafters.hybrid): lossless whatever they
 decide, for every drafter; sampled output follows the target; the cost model and calibration learn."""
 
+import json
+
 import pytest
 import torch
 
 from mambaspec import MambaDrafter, SamplingConfig, SpeculativeGenerator, TransformerDrafter
-from mambaspec.core.dynamic import AcceptanceModel, CostModel, DynamicTreePolicy
+from mambaspec.core.dynamic import KEPT_COUNTS, AcceptanceModel, CostModel, DynamicTreePolicy
 from mambaspec.core.stats import RoundOutcome
 from mambaspec.core.tree import DraftTree
 from mambaspec.drafters.crosstok import CrossTokenizerDrafter
@@ -228,10 +230,30 @@ def test_costs_carry_over_between_processes(tiny_target, references, tmp_path, m
     assert saved and all(n >= 0 and c > 0 and s > 0 for n, c, s in saved)
     second = pipeline()
     assert second.policy("dynamic").costs.known == saved
+    kept = second.policy("dynamic").acceptance  # the drafter's calibration too, capped at KEPT_COUNTS a bin
+    learnt = first.policy("dynamic").acceptance
+    assert sum(kept.seen) > 0 and all(k <= KEPT_COUNTS + 1e-9 and k <= n + 1e-9 for k, n in zip(kept.seen, learnt.seen))
+    assert all(abs(kept.model(q) - learnt.model(q)) < 0.15 for q in (0.05, 0.5, 0.95))
     assert second.generate(PROMPTS[2], max_new_tokens=MAX_NEW, tree="dynamic").new_token_ids == references[2]
     assert len(cost_store(target).load()) > len(saved)
     cost_store(target).path.write_text("{not json")
     assert cost_store(target).load() == [] and pipeline().policy("dynamic").costs.known == []
+    cost_store(target).path.write_text('{"samples": [[1, "x"]], "calibration": {"' + drafter.name + '": {"hits": 3}}}')
+    fresh = pipeline().policy("dynamic")
+    assert fresh.costs.known == [] and sum(fresh.acceptance.seen) == 0
+
+
+def test_calibration_round_trips_and_is_capped():
+    acc = AcceptanceModel()
+    tree = DraftTree.root_only(0)
+    a = tree.add(5, 0, prob=0.9)
+    tree.add(6, 0, prob=0.05, drawn=False, feature=(3, 1.0))
+    for _ in range(100):
+        acc.update(tree, [a])
+    back = AcceptanceModel.from_dict(json.loads(json.dumps(acc.as_dict())))
+    assert max(back.seen) == KEPT_COUNTS and back.model(0.9) == pytest.approx(acc.model(0.9), abs=0.05)
+    assert back.copy((3, 1.0)) == pytest.approx(acc.copy((3, 1.0)), abs=0.05) and back.copied[(3, 1.0)][1] == KEPT_COUNTS
+    assert sum(AcceptanceModel.from_dict({"hits": [1], "seen": "x"}).seen) == 0
 
 
 def test_backoff_follows_what_drafting_really_gained():

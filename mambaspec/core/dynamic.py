@@ -39,6 +39,7 @@ EXPLORE_NODES = 3  # the node budget at a context where no drafted round was mea
 KNOWN_WEIGHT = 0.25  # weight of a known sample (an earlier run's) against one of this run's rounds
 BINS = 20  # calibration bins of the drafter's probability
 PRIOR = 2.0  # pseudo-observations at the bin's own probability (an uncalibrated drafter is taken at its word)
+KEPT_COUNTS = 20.0  # observations per calibration bin kept from earlier runs at most
 HISTORY = 256  # rounds the cost fit remembers
 GAIN_WEIGHT = 0.25  # weight of the latest round in the moving average of what drafting gained
 
@@ -51,6 +52,28 @@ class AcceptanceModel:
         self.hits = [0.0] * BINS
         self.seen = [0.0] * BINS
         self.copied: dict[tuple, list[float]] = {}
+
+    def as_dict(self) -> dict:
+        """The counts, to keep between runs (``loading.costs``)."""
+        return {"hits": list(self.hits), "seen": list(self.seen),
+                "copied": [[*feature, h, n] for feature, (h, n) in self.copied.items()]}
+
+    @classmethod
+    def from_dict(cls, data: dict, cap: float = KEPT_COUNTS) -> AcceptanceModel:
+        """Counts kept from earlier runs, each bin scaled down to at most ``cap`` observations so that this run's
+        rounds soon outweigh them; anything malformed gives a fresh model."""
+        model = cls()
+        try:
+            if len(data.get("hits", [])) == BINS == len(data.get("seen", [])):
+                for b, (h, n) in enumerate(zip(data["hits"], data["seen"])):
+                    k = min(1.0, cap / n) if n > 0 else 0.0
+                    model.hits[b], model.seen[b] = float(h) * k, float(n) * k
+            for *feature, h, n in data.get("copied", []):
+                k = min(1.0, cap / n) if n > 0 else 0.0
+                model.copied[tuple(feature)] = [float(h) * k, float(n) * k]
+        except (TypeError, ValueError, AttributeError):
+            return cls()
+        return model
 
     def model(self, q: float) -> float:
         b = min(int(q * BINS), BINS - 1)

@@ -1,8 +1,11 @@
-"""What verification costs on this machine, kept between runs: the dynamic-tree cost model's samples.
+"""What verification costs on this machine, kept between runs: the dynamic-tree cost model's samples, and each
+drafter's acceptance calibration.
 
 ``generate`` (and the Python API's ``Pipeline``) start each process's dynamic policy from the samples of
 earlier runs with the same target, options, device, dtype, thread count, CPU and torch; this run's own rounds
-weigh more (``core.dynamic.CostModel``). Files live in ``$MAMBASPEC_COSTS``, by default
+weigh more (``core.dynamic.CostModel``). The calibration of the drafter's probabilities against the target's
+acceptance is kept per drafter, capped so that a new workload soon outweighs it
+(``core.dynamic.AcceptanceModel.from_dict``). Files live in ``$MAMBASPEC_COSTS``, by default
 ``$MAMBASPEC_CACHE/costs`` (``~/.cache/mambaspec/costs``); delete them to start afresh. ``bench`` does not read them: its numbers come
 from its own run alone.
 """
@@ -24,24 +27,40 @@ MAX_SAMPLES = 512  # the newest kept
 
 
 class CostStore:
-    """A JSON file of ``(nodes, context, seconds)`` samples."""
+    """A JSON file of ``(nodes, context, seconds)`` samples and, per drafter, a calibration."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
     def load(self) -> list[tuple[int, int, float]]:
         """The samples, or none when the file is missing or unreadable (a cache, never an error)."""
         try:
-            rows = json.loads(self.path.read_text())["samples"]
-            return [(int(n), int(c), float(s)) for n, c, s in rows]
-        except (OSError, ValueError, KeyError, TypeError):
+            return [(int(n), int(c), float(s)) for n, c, s in self._read().get("samples", [])]
+        except (ValueError, TypeError):
             return []
 
-    def save(self, samples: list[tuple[int, int, float]]) -> None:
+    def calibration(self, drafter: str) -> dict:
+        """``drafter``'s kept calibration (``AcceptanceModel.as_dict``), or an empty one."""
+        kept = self._read().get("calibration", {})
+        return kept.get(drafter, {}) if isinstance(kept, dict) else {}
+
+    def save(self, samples: list[tuple[int, int, float]], drafter: str | None = None,
+             calibration: dict | None = None) -> None:
+        kept = self._read().get("calibration", {})
+        kept = kept if isinstance(kept, dict) else {}
+        if drafter is not None and calibration is not None:
+            kept[drafter] = calibration
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"samples": [list(s) for s in samples[-MAX_SAMPLES:]]}))
+            tmp.write_text(json.dumps({"samples": [list(s) for s in samples[-MAX_SAMPLES:]], "calibration": kept}))
             tmp.replace(self.path)
         except OSError:
             pass  # a read-only cache costs only the measurements

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 from ..core.engine import GenerationResult, SpeculativeGenerator, encode_prompt
 from ..core.sampling import SamplingConfig
-from ..core.dynamic import CostModel, DynamicTreePolicy
+from ..core.dynamic import AcceptanceModel, CostModel, DynamicTreePolicy
 from ..core.policy import TREE_POLICIES, as_policy
 from ..core.shape import DEFAULT_TREE
 from ..drafters import make_drafter
@@ -139,7 +139,8 @@ class TextStream:
 class Pipeline:
     """A loaded target and drafter, ready to generate from text. A tree policy named by a string (``"dynamic"``,
     ``"auto"``) is made once and kept, so what it learns (costs, calibration, arm statistics) carries over; the
-    dynamic policy's verification costs also carry over between processes (``loading.costs``)."""
+    dynamic policy's verification costs and the drafter's calibration also carry over between processes
+    (``loading.costs``)."""
 
     target: LoadedModel
     drafter: Drafter
@@ -150,14 +151,17 @@ class Pipeline:
         """The tree policy for ``tree`` (a shape, ``"dynamic"``, ``"auto"``, or a policy object)."""
         name = tree.strip().lower() if isinstance(tree, str) else None
         if name == "dynamic" and name not in self.policies:
-            self.policies[name] = DynamicTreePolicy(costs=CostModel(known=cost_store(self.target).load()))
+            store = cost_store(self.target)
+            self.policies[name] = DynamicTreePolicy(
+                costs=CostModel(known=store.load()),
+                acceptance=AcceptanceModel.from_dict(store.calibration(self.drafter.name)))
         if name in TREE_POLICIES:
             return self.policies.setdefault(name, as_policy(tree))
         return as_policy(tree)
 
     def _remember_costs(self, policy) -> None:
         if isinstance(policy, DynamicTreePolicy) and policy is self.policies.get("dynamic"):
-            cost_store(self.target).save(policy.costs.samples())
+            cost_store(self.target).save(policy.costs.samples(), self.drafter.name, policy.acceptance.as_dict())
 
     def encode(self, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
         return encode_prompt(self.target.tokenizer, prompt, chat=chat, system=system)
