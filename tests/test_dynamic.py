@@ -229,7 +229,7 @@ def test_costs_carry_over_between_processes(tiny_target, references, tmp_path, m
     saved = cost_store(target).load()
     assert saved and all(n >= 0 and c > 0 and s > 0 for n, c, s in saved)
     second = pipeline()
-    assert second.policy("dynamic").costs.known == saved
+    assert second.policy("dynamic").costs.known == saved and second.policy("dynamic") is second.policy("dynamic")
     kept = second.policy("dynamic").acceptance  # the drafter's calibration too, capped at KEPT_COUNTS a bin
     learnt = first.policy("dynamic").acceptance
     assert sum(kept.seen) > 0 and all(k <= KEPT_COUNTS + 1e-9 and k <= n + 1e-9 for k, n in zip(kept.seen, learnt.seen))

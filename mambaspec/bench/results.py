@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 import subprocess
 import threading
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from .. import __version__
 from ..config import PACKAGE_DIR
 from ..errors import MambaspecError
+from ..loading.costs import device_name
 
 CSV_NAME = "results.csv"
 OUTPUTS_NAME = "outputs.jsonl"
@@ -89,16 +89,7 @@ def environment(device: torch.device) -> dict:
     """Where the numbers were measured: device name, threads, versions, git commit."""
     import transformers
 
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            name = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                        if ln.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-    return {"device_name": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"device_name": device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "transformers": transformers.__version__, "mambaspec": __version__, "git_commit": git_commit()}
 
 

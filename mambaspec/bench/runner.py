@@ -6,8 +6,7 @@ that a drift of the machine's speed hits all methods alike). Greedy outputs are 
 ``ar``'s, prompt by prompt: the bench is also a lossless check. Results go to ``OUT/results.csv``,
 one row per (dataset, length, method), the rows of a length written as soon as it is done, with
 the configuration in every row; a rerun with the same ``out`` and configuration skips the rows
-already there. Each prompt's new token ids and
-text go to ``OUT/outputs.jsonl``.
+already there. Each prompt's new token ids and text go to ``OUT/outputs.jsonl``.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ earlier runs with the same target, options, device, dtype, thread count, CPU and
 weigh more (``core.dynamic.CostModel``). The calibration of the drafter's probabilities against the target's
 acceptance is kept per drafter, capped so that a new workload soon outweighs it
 (``core.dynamic.AcceptanceModel.from_dict``). Files live in ``$MAMBASPEC_COSTS``, by default
-``$MAMBASPEC_CACHE/costs`` (``~/.cache/mambaspec/costs``); delete them to start afresh. ``bench`` does not read them: its numbers come
-from its own run alone.
+``$MAMBASPEC_CACHE/costs`` (``~/.cache/mambaspec/costs``); delete them to start afresh. ``bench`` does not
+read them: its numbers come from its own run alone.
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ class CostStore:
 
 
 def machine_key(target) -> str:
-    """What the costs depend on: the target and its options, the device, dtype, threads, CPU and torch."""
+    """What the costs depend on: the target and its options, the device (and its name), dtype, threads and torch."""
     p = next(target.model.parameters())
-    return "|".join([target.name, target.optimized, str(p.device), str(p.dtype), str(torch.get_num_threads()),
-                     _cpu(), platform.machine(), torch.__version__])
+    return "|".join([target.name, target.optimized, str(p.device), device_name(p.device), str(p.dtype),
+                     str(torch.get_num_threads()), platform.machine(), torch.__version__])
 
 
 def cost_store(target) -> CostStore:
@@ -85,11 +85,12 @@ def costs_dir() -> Path:
     return Path(os.environ.get("MAMBASPEC_COSTS") or cache_dir() / "costs")
 
 
-def _cpu() -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (``/proc/cpuinfo``; elsewhere what ``platform`` knows)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

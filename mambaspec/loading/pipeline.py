@@ -150,14 +150,17 @@ class Pipeline:
     def policy(self, tree):
         """The tree policy for ``tree`` (a shape, ``"dynamic"``, ``"auto"``, or a policy object)."""
         name = tree.strip().lower() if isinstance(tree, str) else None
-        if name == "dynamic" and name not in self.policies:
-            store = cost_store(self.target)
-            self.policies[name] = DynamicTreePolicy(
-                costs=CostModel(known=store.load()),
-                acceptance=AcceptanceModel.from_dict(store.calibration(self.drafter.name)))
-        if name in TREE_POLICIES:
-            return self.policies.setdefault(name, as_policy(tree))
-        return as_policy(tree)
+        if name not in TREE_POLICIES:
+            return as_policy(tree)
+        if name not in self.policies:  # made once: the bandit's arms file is read, the stored costs loaded, once
+            self.policies[name] = self._dynamic_policy() if name == "dynamic" else as_policy(tree)
+        return self.policies[name]
+
+    def _dynamic_policy(self) -> DynamicTreePolicy:
+        """Dynamic trees starting from this machine's kept costs and the drafter's kept calibration."""
+        store = cost_store(self.target)
+        return DynamicTreePolicy(costs=CostModel(known=store.load()),
+                                 acceptance=AcceptanceModel.from_dict(store.calibration(self.drafter.name)))
 
     def _remember_costs(self, policy) -> None:
         if isinstance(policy, DynamicTreePolicy) and policy is self.policies.get("dynamic"):
