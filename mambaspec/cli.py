@@ -406,8 +406,10 @@ def verify_cost_cmd(
     quantize: str = QuantizeOpt,
     compile_: bool = CompileOpt,
     out_dir: str = typer.Option("runs/verify-cost", "--out", help="Folder of verify_cost.csv (rows are appended, with their settings)."),
+    save_costs: bool = typer.Option(True, "--save-costs/--no-save-costs", help="Also keep the engine's timings in the target's cost store ($MAMBASPEC_COSTS), where `generate`'s dynamic trees start from."),
 ) -> None:
-    """Time one verification forward by tree size and context: the engine next to plain transformers, and the floor."""
+    """Time one verification forward by tree size and context (and the prefill of each context): the engine next to
+    plain transformers, and the floor."""
     with _errors():
         sizes = _int_list("--nodes", nodes)
         prefixes = _int_list("--prefix", prefix)
@@ -420,7 +422,7 @@ def verify_cost_cmd(
         with Reporter(err, unit="timings") as report:
             report.status(f"loading {target} ...")
             rows, settings, path = verify_cost(target, prefixes=prefixes, nodes=sizes, repeats=repeats,
-                                               options=options, out=out_dir,
+                                               options=options, out=out_dir, save_costs=save_costs,
                                                progress=lambda d, n: report.update("verify-cost", d, n))
     out.print(verify_cost_table(rows, settings, target))
     out.print(f"appended to {path}", soft_wrap=True)
@@ -434,11 +436,13 @@ def verify_cost_table(rows, settings: dict, target: str):
               caption="engine / 1 token: over the engine's own one-token step at that prefix (plain decoding in our "
                       "loop); floor: that step plus the extra rows' attention arithmetic at the matmul rate")
     for col in ("prefix", "nodes", "engine ms", "engine / 1 token", "floor ms", "plain transformers ms",
-                "plain / 1 token"):
+                "plain / 1 token", "prefill s: engine", "plain"):
         t.add_column(col, justify="right")
-    for r in rows:
+    for i, r in enumerate(rows):
+        first = i == 0 or rows[i - 1].prefix != r.prefix  # the prefill, once per prefix
         t.add_row(str(r.prefix), str(r.nodes), f"{r.engine_ms:.1f}", f"{r.engine_ratio:.2f}", f"{r.floor_ms:.1f}",
-                  f"{r.plain_ms:.1f}", f"{r.plain_ratio:.2f}")
+                  f"{r.plain_ms:.1f}", f"{r.plain_ratio:.2f}", f"{r.engine_prefill_s:.2f}" if first else "",
+                  f"{r.plain_prefill_s:.2f}" if first else "")
     return t
 
 

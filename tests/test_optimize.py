@@ -1,6 +1,8 @@
 """The cheap verification path: packed-GQA attention, oneDNN linears, int8, preallocated KV cache,
 `--compile` — each equal to what it replaces, and greedy decoding lossless with each option on."""
 
+import json
+
 import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -93,13 +95,21 @@ def test_bad_options():
         optimize_model(tiny_llama(0), linear="mkl")
 
 
-def test_verify_cost_cli(tiny_dir, tmp_path):
+def test_verify_cost_cli(tiny_dir, tmp_path, monkeypatch):
+    from mambaspec.loading.costs import costs_dir
+
+    monkeypatch.setenv("MAMBASPEC_COSTS", str(tmp_path / "costs"))
     args = ["verify-cost", "--target", tiny_dir["target"], "--prefix", "64,200", "--nodes", "1,2,5", "--repeats", "2"]
-    res = run_cli(*args, "--out", tmp_path)
+    res = run_cli(*args, "--out", tmp_path, "--no-save-costs")
     assert res.exit_code == 0, res.stderr
-    assert "engine ms" in res.stdout and "floor ms" in res.stdout
+    assert "engine ms" in res.stdout and "floor ms" in res.stdout and "prefill s" in res.stdout
     lines = (tmp_path / "verify_cost.csv").read_text().splitlines()
     assert lines[0].startswith("prefix,nodes,engine_ms,plain_ms") and len(lines) == 7
+    assert "engine_prefill_s" in lines[0] and not costs_dir().exists()
+    assert run_cli(*args, "--out", tmp_path).exit_code == 0  # the engine's timings go to the cost store
+    [store] = costs_dir().glob("*.json")
+    samples = json.loads(store.read_text())["samples"]
+    assert sorted((n, c) for n, c, _ in samples) == [(0, 64), (0, 200), (1, 64), (1, 200), (4, 64), (4, 200)]
     bad = run_cli(*args[:5], "--nodes", "a,b")
     assert bad.exit_code != 0 and "--nodes" in bad.stderr and bad.exception is None or isinstance(
         bad.exception, SystemExit)

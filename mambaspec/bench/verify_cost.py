@@ -43,6 +43,8 @@ class CostRow:
     plain_1_ms: float = 0.0
     attention_gflop: float = 0.0
     floor_ms: float = 0.0
+    engine_prefill_s: float = 0.0  # reading the prefix in one forward (logits of its last token only)
+    plain_prefill_s: float = 0.0
 
     @property
     def engine_ratio(self) -> float:
@@ -95,11 +97,10 @@ def measure_verify_cost(engine_model, plain_model, vocab_size: int, prefix: int 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab_size, (prefix + max(nodes),), generator=g).tolist()
     device = next(engine_model.parameters()).device
-    engine_cache = new_kv_cache()
-    forward_chain(engine_model, engine_cache, ids[:prefix])
-    plain_cache = DynamicCache()
-    plain_model(input_ids=torch.tensor([ids[:prefix]], device=device), past_key_values=plain_cache, use_cache=True,
-                logits_to_keep=1)
+    engine_cache, plain_cache = new_kv_cache(), DynamicCache()
+    plain_prefill = _seconds(lambda: plain_model(input_ids=torch.tensor([ids[:prefix]], device=device),
+                                                 past_key_values=plain_cache, use_cache=True, logits_to_keep=1))
+    engine_prefill = _seconds(lambda: forward_chain(engine_model, engine_cache, ids[:prefix]))
 
     def engine_step(q: int) -> None:
         forward_tree(engine_model, engine_cache, ids[prefix:prefix + q], list(range(prefix, prefix + q)),
@@ -127,6 +128,7 @@ def measure_verify_cost(engine_model, plain_model, vocab_size: int, prefix: int 
     rate = gflops or matmul_gflops()
     for r in rows:
         r.engine_1_ms, r.plain_1_ms = one.engine_ms, one.plain_ms
+        r.engine_prefill_s, r.plain_prefill_s = engine_prefill, plain_prefill
         r.attention_gflop = attention_flops(engine_model, r.nodes, prefix) / 1e9
         r.floor_ms = one.engine_ms + (r.attention_gflop - one.attention_gflop) / rate * 1e3
     return [r for r in rows if r.nodes in nodes]
@@ -149,10 +151,12 @@ def write_csv(rows: list[CostRow], path: str | Path, settings: dict) -> Path:
 
 def verify_cost(target: str = DEFAULT_TARGET, prefixes: tuple[int, ...] = (512,),
                 nodes: tuple[int, ...] = DEFAULT_NODES, repeats: int = 10, options: ModelOptions | None = None,
-                out: str | Path | None = "runs/verify-cost", progress: Callable[[int, int], None] | None = None
-                ) -> tuple[list[CostRow], dict, Path | None]:
+                out: str | Path | None = "runs/verify-cost", progress: Callable[[int, int], None] | None = None,
+                save_costs: bool = True) -> tuple[list[CostRow], dict, Path | None]:
     """Load ``target`` twice (the engine's, with its attention and the options; a stock one), measure at every
-    prefix length, append to ``out``/verify_cost.csv; returns the rows, the settings and the CSV path."""
+    prefix length, append to ``out``/verify_cost.csv; returns the rows, the settings and the CSV path.
+    ``save_costs``: also keep the engine's timings in the target's cost store (``loading.costs``), where
+    ``generate``'s dynamic trees start from."""
     import platform
 
     import transformers
@@ -184,4 +188,15 @@ def verify_cost(target: str = DEFAULT_TARGET, prefixes: tuple[int, ...] = (512,)
                 "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                 "torch": torch.__version__, "transformers": transformers.__version__, "mambaspec": __version__}
     path = write_csv(rows, Path(out) / "verify_cost.csv", settings) if out else None
+    if save_costs:
+        remember(engine, rows)
     return rows, settings, path
+
+
+def remember(engine, rows: list[CostRow]) -> None:
+    """Add the engine's timings to ``engine``'s cost store: a verification of q nodes is a round of q - 1 draft
+    nodes (the root is the pending token) at the prefix's context."""
+    from ..loading.costs import cost_store
+
+    store = cost_store(engine)
+    store.save(store.load() + [(r.nodes - 1, r.prefix, r.engine_ms / 1e3) for r in rows])

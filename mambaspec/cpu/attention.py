@@ -10,9 +10,10 @@ few KB), and one SDPA call runs on the cache as it is. Same arithmetic per head 
 Over a long cache (``LONG_PREFIX`` keys or more) the rows of a tree verification or of a decoding
 step share the whole committed prefix, and only the last few keys (the tree) need a mask. There the
 prefix is attended without a mask, cut into ``splits`` chunks of keys that run in parallel (flash-
-decoding's split-K), and the tree part is a small masked product; the parts are merged by their
-log-sum-exp (FlashInfer's shared-prefix attention). Each row's arithmetic does not depend on how
-many rows come with it, so a node gets what a one-token step would.
+decoding's split-K), and the tree part (with the prefix's few remaining keys) is one masked call of the
+same fused kernel; the parts are merged by their log-sum-exp (FlashInfer's shared-prefix attention).
+Each row's arithmetic does not depend on how many rows come with it, so a node gets what a one-token
+step would.
 
 ``use_packed_attention(model)`` registers it with transformers' attention and mask interfaces
 under ``mambaspec_sdpa`` and switches a model that uses ``sdpa`` to it.
@@ -29,6 +30,7 @@ NAME = "mambaspec_sdpa"
 LONG_PREFIX = 1024  # keys from which the shared-prefix path pays (measured: verify-cost --prefix)
 SPLIT_KEYS = 512  # keys per parallel chunk of the prefix, at least
 MAX_SPLITS = 8
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 
 def packed_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
@@ -80,25 +82,26 @@ def _shared_prefix(query, key, mask, kwargs) -> int:
 def shared_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix: int,
                             tree: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention of packed rows ``query`` (1, kv_heads, R, d) over ``key``/``value`` (1, kv_heads, L, d), where
-    every row sees keys ``[0, prefix)`` and ``tree`` (R, L - prefix) says which of the rest it sees."""
+    every row sees keys ``[0, prefix)`` and ``tree`` (R, L - prefix) says which of the rest it sees.
+
+    Two calls of the fused kernel: the prefix's first ``splits * chunk`` keys without a mask, in ``splits`` chunks
+    that run in parallel; the remainder and the tree with an additive mask. Their outputs are merged by log-sum-exp.
+    """
     splits = max(1, min(MAX_SPLITS, prefix // SPLIT_KEYS))
     chunk = prefix // splits
+    covered = splits * chunk
     heads, rows, d = query.shape[1], query.shape[2], query.shape[3]
-    split_k = key[0, :, : splits * chunk].view(heads, splits, chunk, d).transpose(0, 1)  # views, no copy
-    split_v = value[0, :, : splits * chunk].view(heads, splits, chunk, value.shape[-1]).transpose(0, 1)
-    outs, lses = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        query.expand(splits, heads, rows, d), split_k, split_v, 0.0, False, scale=scale)[:2]
-    rest_k, rest_v = key[0, :, splits * chunk:], value[0, :, splits * chunk:]  # the prefix's remainder, the tree
-    scores = torch.matmul(query[0], rest_k.transpose(-1, -2)) * scale  # (kv_heads, R, rest)
-    visible = torch.ones(rows, rest_k.shape[1], dtype=torch.bool, device=key.device)
-    visible[:, rest_k.shape[1] - tree.shape[1]:] = tree
-    scores = scores.masked_fill(~visible, float("-inf"))
-    rest_lse = torch.logsumexp(scores, dim=-1)
-    rest_out = torch.matmul(torch.softmax(scores, dim=-1), rest_v)
-    lse = torch.cat([lses, rest_lse[None]])  # (splits + 1, kv_heads, R)
-    weight = torch.softmax(lse, dim=0)  # each part's share of the total
-    out = (torch.cat([outs, rest_out[None]]) * weight[..., None]).sum(0)
-    return out[None]
+    split_k = key[0, :, :covered].view(heads, splits, chunk, d).transpose(0, 1)  # views, no copy
+    split_v = value[0, :, :covered].view(heads, splits, chunk, value.shape[-1]).transpose(0, 1)
+    outs, lses = _flash(query.expand(splits, heads, rows, d), split_k, split_v, 0.0, False, scale=scale)[:2]
+    rest = key.shape[2] - covered  # the prefix's remainder (fewer than ``splits`` keys), then the tree
+    mask = None
+    if not bool(tree.all()):
+        mask = torch.zeros(rows, rest, dtype=query.dtype, device=query.device)
+        mask[:, rest - tree.shape[1]:].masked_fill_(~tree, float("-inf"))
+    out, lse = _flash(query, key[:, :, covered:], value[:, :, covered:], 0.0, False, attn_mask=mask, scale=scale)[:2]
+    weight = torch.softmax(torch.cat([lses, lse]), dim=0)  # (splits + 1, kv_heads, R): each part's share
+    return (torch.cat([outs, out]) * weight[..., None]).sum(0, keepdim=True)
 
 
 def register() -> None:
