@@ -207,6 +207,7 @@ def test_dynamic_policy_measures_a_new_context_with_real_rounds(tiny_target, ref
     assert gen.generate(PROMPTS[3], max_new_tokens=MAX_NEW, tree=pol).new_token_ids == references[3]
     first = next(i for i, n in enumerate(sizes) if n)
     assert sizes[0] == 0 and sizes[first] <= 3
+    pol.begin_sequence(None)  # a new sequence: no back-off pending
     assert pol.choose(None, len(PROMPTS[3]) + MAX_NEW, MAX_NEW).max_nodes == pol.max_nodes
 
 
@@ -257,8 +258,9 @@ def test_calibration_round_trips_and_is_capped():
 
 
 def test_backoff_follows_what_drafting_really_gained():
-    """Rounds that commit enough tokens for their time keep the drafter engaged; a run of rounds that do not
-    leaves it alone for 1, 2, 4 ... rounds; one good round later it drafts every round again."""
+    """Rounds that commit enough tokens for their time keep the drafter engaged, through runs of rejections too
+    when it pays on average; rounds that keep losing leave it alone for 1, 2, 4 ... rounds; a good round later it
+    drafts every round again."""
     pol = DynamicTreePolicy(costs=FixedCosts(per_node=1e-3, base=0.01))
     pol.begin_sequence(None)
     tree = DraftTree.root_only(0)
@@ -276,5 +278,8 @@ def test_backoff_follows_what_drafting_really_gained():
         return skipped
 
     assert [round_(2, 0.013) for _ in range(5)] == [0] * 5  # 2 tokens in 1.3 plain steps: pays
-    assert [round_(1, 0.013) for _ in range(7)] == [0, 0, 0, 1, 2, 4, 8]  # the average turns negative: back off
+    # three rejections (1 token in 1.3 plain steps) to one success of 3 tokens: a gain on average, never a skip
+    assert [round_(t, 0.013) for _ in range(6) for t in (1, 1, 1, 3)] == [0] * 24
+    pol._gains.clear()
+    assert [round_(1, 0.013) for _ in range(6)] == [0, 1, 2, 4, 8, 8]  # nothing but losses: back off, doubling
     assert round_(3, 0.013) == 0  # one good round and it drafts every round again

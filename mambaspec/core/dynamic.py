@@ -17,10 +17,11 @@ whose parent was accepted. ``verify(n, L)`` is a least-squares fit of the rounds
 probed: where no round was measured near the context yet, the first round there is a plain step and
 the next ones draft at most ``EXPLORE_NODES`` nodes until a drafted round has been measured; all of
 them are real rounds that commit tokens. When not even the best first node pays, the round verifies
-the pending token alone — a plain step. When drafting has not paid lately (a moving average of what
-the rounds that engaged the drafter really gained, in plain steps: committed tokens against their
-time), the drafter is left alone for a few rounds (doubling up to ``MAX_SKIP``); with lazy commits
-it then reads the skipped tokens in one forward.
+the pending token alone — a plain step. When drafting has lost lately, with some confidence (what the
+last ``GAIN_WINDOW`` rounds that engaged the drafter really gained, in plain steps: committed tokens
+against their time — its mean plus one standard error below zero), the drafter is left alone for a few
+rounds (doubling up to ``MAX_SKIP``); with lazy commits it then reads the skipped tokens in one forward.
+A drafter that pays on average rides out a run of rejections instead of backing off after it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ BINS = 20  # calibration bins of the drafter's probability
 PRIOR = 2.0  # pseudo-observations at the bin's own probability (an uncalibrated drafter is taken at its word)
 KEPT_COUNTS = 20.0  # observations per calibration bin kept from earlier runs at most
 HISTORY = 256  # rounds the cost fit remembers
-GAIN_WEIGHT = 0.25  # weight of the latest round in the moving average of what drafting gained
+GAIN_WINDOW = 16  # the engaged rounds whose realized gain says whether drafting pays
 
 
 class AcceptanceModel:
@@ -228,7 +229,7 @@ class DynamicTreePolicy:
     _predicted: list[float] = field(default_factory=list)  # per drafted round: expected committed tokens ...
     _actual: list[float] = field(default_factory=list)  # ... and what was committed
     _top: list[float] = field(default_factory=lambda: [1.0, 2.0])  # first-child acceptance: hits, seen (prior 0.5)
-    _gain: float = 0.0  # recent gain of the rounds that engaged the drafter, in plain steps (moving average)
+    _gains: deque = field(default_factory=lambda: deque(maxlen=GAIN_WINDOW))  # realized gains, in plain steps
     _rounds: int = 0
     _bare: int = 0
 
@@ -270,13 +271,21 @@ class DynamicTreePolicy:
         # would have taken, less this round's time (reading tokens skipped earlier aside, feeding its commit in).
         plain = self.costs.verify(0, outcome.context) + self.costs.overhead
         spent = outcome.seconds - tree.read_s + self.costs.step
-        gain = (outcome.tokens * plain - spent) / plain if plain > 0 else 0.0
-        self._gain = (1 - GAIN_WEIGHT) * self._gain + GAIN_WEIGHT * gain
-        if self._gain >= 0:
+        self._gains.append((outcome.tokens * plain - spent) / plain if plain > 0 else 0.0)
+        if not self._losing():
             self._backoff = 0
-        else:  # drafting has not paid lately: leave the drafter alone for a while
+        else:  # drafting has lost lately: leave the drafter alone for a while
             self._backoff = min(MAX_SKIP, max(1, 2 * self._backoff))
             self._skip = self._backoff
+
+    def _losing(self) -> bool:
+        """Whether the recent rounds' mean gain is below zero by more than its standard error."""
+        n = len(self._gains)
+        if n < 2:
+            return False
+        mean = sum(self._gains) / n
+        variance = sum((g - mean) ** 2 for g in self._gains) / (n - 1)
+        return mean + (variance / n) ** 0.5 < 0
 
     def report(self) -> dict:
         drafted = len(self._predicted)
