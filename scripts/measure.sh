@@ -16,7 +16,7 @@ for mix in code math chat summaries; do
 done
 mambaspec bench humaneval --limit 20 -n $N --methods $OURS,lookup --out $OUT/humaneval
 mambaspec bench longbench $DOCS -n $N --methods $OURS --out $OUT/longdocs
-mambaspec verify-cost --prefix 500,2000,4000,8000 --nodes 1,2,4,6,8,16 --out $OUT/verify-cost
+mambaspec verify-cost --prefix 500,2000,4000,8000 --nodes 1,2,4,6,7,8,16 --out $OUT/verify-cost
 for mix in code math chat summaries; do
   mambaspec bench jsonl --data recipes/eval/$mix.jsonl -n $N --methods $PEERS --out $OUT/peers/$mix
 done

@@ -24,7 +24,7 @@ def table(csv: Path) -> str:
     frame["no_draft_rounds"] = (100 * frame["no_draft_rounds"].fillna(0)).round(0).astype(int).astype(str) + " %"
     frame["speedup_decode"] = frame["speedup_decode"].map(lambda v: f"{v:.2f}×")
     frame["greedy_match"] = frame["greedy_match"].fillna("reference")
-    frame = frame.round(2).fillna("-").rename(columns=COLUMNS)
+    frame = frame.round(2).astype(object).fillna("-").rename(columns=COLUMNS)
     header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
     return header + "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False))
 
