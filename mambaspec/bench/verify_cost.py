@@ -7,6 +7,9 @@ the same q tokens (a fresh ``DynamicCache`` of the prefix, the model's stock ``s
 float weights, no mask: causal). Both start from the same prefix, cut back after each timing. The
 tree is a chain (q nodes, each seeing its ancestors): the mask pattern does not change the work.
 
+Each prefix's prefill (one forward, the logits of its last token only) is timed once for both, and the engine's
+timings go to the target's cost store (``loading.costs``), where ``generate``'s dynamic trees start from.
+
 Speculation pays when ``verify(γ+1 nodes) + γ·draft < τ·t(1)``; ``engine / 1 token`` is each row
 over the engine's own one-token step at the same prefix (what plain decoding costs in our loop).
 The floor adds to that step only the attention arithmetic of the extra rows (4 · layers · heads ·
