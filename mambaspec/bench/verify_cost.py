@@ -31,6 +31,7 @@ from transformers import DynamicCache
 from ..config import DEFAULT_TARGET
 from ..core.kv import forward_chain, forward_tree, keep_slots, new_kv_cache
 from ..errors import MambaspecError
+from ..loading.costs import cost_store, device_name
 from ..loading.options import ModelOptions
 
 DEFAULT_NODES = (1, 2, 4, 6, 8, 16, 32)
@@ -160,8 +161,6 @@ def verify_cost(target: str = DEFAULT_TARGET, prefixes: tuple[int, ...] = (512,)
     prefix length, append to ``out``/verify_cost.csv; returns the rows, the settings and the CSV path.
     ``save_costs``: also keep the engine's timings in the target's cost store (``loading.costs``), where
     ``generate``'s dynamic trees start from."""
-    import platform
-
     import transformers
 
     from .. import __version__
@@ -188,7 +187,7 @@ def verify_cost(target: str = DEFAULT_TARGET, prefixes: tuple[int, ...] = (512,)
     settings = {"target": target, "repeats": repeats, "device": str(p.device),
                 "dtype": str(p.dtype).replace("torch.", ""), "linear": options.linear, "quantize": options.quantize,
                 "compile": options.compile, "engine_options": engine.optimized, "matmul_gflops": round(rate, 1),
-                "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(), "cpu": device_name(torch.device("cpu")),
                 "torch": torch.__version__, "transformers": transformers.__version__, "mambaspec": __version__}
     path = write_csv(rows, Path(out) / "verify_cost.csv", settings) if out else None
     if save_costs:
@@ -199,7 +198,5 @@ def verify_cost(target: str = DEFAULT_TARGET, prefixes: tuple[int, ...] = (512,)
 def remember(engine, rows: list[CostRow]) -> None:
     """Add the engine's timings to ``engine``'s cost store: a verification of q nodes is a round of q - 1 draft
     nodes (the root is the pending token) at the prefix's context."""
-    from ..loading.costs import cost_store
-
     store = cost_store(engine)
     store.save(store.load() + [(r.nodes - 1, r.prefix, r.engine_ms / 1e3) for r in rows])
