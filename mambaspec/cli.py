@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from .config import DEFAULT_TARGET
 from .core.bandit import DEFAULT_C, DEFAULT_EDGES, check_options
 from .core.sampling import SamplingConfig
 from .core.shape import DEFAULT_SHAPE, DEFAULT_TREE, TreeShape
+from .bench.report import count
 from .display import Reporter, Streamer, arms_table, consoles, dynamic_table, stats_table
 from .errors import MambaspecError
 from .loading.options import ModelOptions, check_cross_tokenizer
@@ -30,12 +32,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 EDGES = ",".join(map(str, DEFAULT_EDGES))
+FIRM_PULLS = 30  # tune: rounds of the best arm below which its choice is called noise
 
 TargetOpt = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target model: a name (see `mambaspec models`), hub id, folder or .gguf file.")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when a GPU is visible).")
-DtypeOpt = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16.")
+DtypeOpt = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16 or float64.")
 LinearOpt = typer.Option("auto", "--linear", help="Linear layers: auto (oneDNN-packed weights on CPU float32, 2-3x faster GEMMs for a few rows), onednn, or torch (stock).")
 QuantizeOpt = typer.Option("none", "--quantize", help="int8: int8 linear layers on CPU (faster, but a different model than float32: compare with ar run the same way).")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: one per core). On a machine other work keeps busy, 1 is often much faster than contending for every core.")
 CompileOpt = typer.Option(False, "--compile/--no-compile", help="torch.compile the target's feed-forward blocks (compilation runs in an untimed warm-up).")
 TreeHelp = ("Draft tree: a shape N1,...,Nγ (1,1,1,1 = chain of 4; 3,2,2,1,1 = 45 nodes); `dynamic`: grown every round "
             "from the drafter's probabilities as far as measured costs say it pays (nothing when nothing pays); "
@@ -50,15 +54,20 @@ EdgesHelp = ("Contexts of the replayed reward: the drafter's top-1 probability a
              "edges, and each context learns its own best arm (`none`: one context).")
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(threads: int | None = None) -> None:
+    """Import the heavy libraries quietly (and give torch ``threads`` CPU threads when set)."""
+    _at_least("--threads", threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
+    import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore")
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 @contextmanager
@@ -99,6 +108,8 @@ def _model_options(device: str, dtype: str, linear: str, quantize: str, compile_
 def _tree_option(tree: str, arms: str | None, c: float, reward: str, edges: str):
     """``--tree``: a fixed TreeShape, or for ``auto`` a UCB policy over the arms file (checked, not loaded yet)."""
     _option("--ucb-c/--reward/--confidence-buckets", lambda: check_options(c, reward, edges))
+    if arms is not None and tree.strip().lower() != "auto":
+        raise MambaspecError("--arms is only used with --tree auto")
     if tree.strip().lower() == "dynamic":
         return "dynamic"
     if tree.strip().lower() == "auto":
@@ -107,12 +118,31 @@ def _tree_option(tree: str, arms: str | None, c: float, reward: str, edges: str)
 
         return _option("--arms", lambda: UCBPolicy(load_arms(arms or recipes_dir() / "trees.yaml"), c=c,
                                                    reward=reward, edges=edges))
-    if arms is not None:
-        raise MambaspecError("--arms is only used with --tree auto")
     if tree.strip().strip("()[]").replace(" ", "") in ("", "0"):
         raise MambaspecError(f"--tree {tree.strip() or repr(tree)} drafts nothing; give a tree such as 2,1,1, or for "
                              f"plain decoding pass --drafter none")
     return _option("--tree", lambda: TreeShape.parse(tree))
+
+
+def _check_models(target: str, **drafters: str | None) -> None:
+    """Refuse a target or drafter that cannot be had before anything loads; ``drafters``: flag name -> value."""
+    from .loading.models import check_drafter_name, model_kind
+
+    _option("--target", lambda: model_kind(target))
+    for flag, name in drafters.items():
+        if name is not None:
+            _option("--" + flag.replace("_", "-"), lambda: check_drafter_name(name))
+
+
+def _stop_strings(stop: list[str] | None) -> list[str]:
+    if stop is not None and any(not s for s in stop):
+        raise MambaspecError("--stop needs a non-empty string")
+    return [_unescape(s) for s in stop or []]
+
+
+def _unescape(text: str) -> str:
+    r"""``\n``, ``\t`` and ``\\`` typed on a command line as the characters they stand for (a shell passes them as is)."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m[1]], text)
 
 
 def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
@@ -136,7 +166,7 @@ def generate(
     prompt: Optional[str] = typer.Argument(None, help="The text to continue (wrapped in the chat template unless --raw). Or use --prompt-file."),
     prompt_file: Optional[str] = typer.Option(None, "--prompt-file", "-f", help="Read the prompt from FILE (`-` = stdin)."),
     system: Optional[str] = typer.Option(None, "--system", help="The chat template's system turn."),
-    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop when the text contains STRING (repeatable); the text ends before it."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop when the text contains STRING (repeatable); the text ends before it. \\n and \\t stand for a newline and a tab; a string that never comes changes nothing."),
     target: str = TargetOpt,
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help=DrafterHelp),
     lookup_global: bool = typer.Option(False, "--lookup-global", help=LookupGlobalHelp),
@@ -150,14 +180,15 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples, losslessly."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold (1 = off)."),
     top_k: int = typer.Option(0, "--top-k", help="Top-k sampling (0 = off)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling (default: none, a fresh draw every run)."),
     chat: bool = typer.Option(True, "--chat/--raw", help="Apply the tokenizer's chat template (default when it has one) or feed the raw text."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
-    device_map: Optional[str] = typer.Option(None, "--device-map", help="`auto` shards the target over several GPUs (accelerate)."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="`auto` (the one value): shard the target over several GPUs with accelerate; nothing to shard on a CPU."),
     linear: str = LinearOpt,
     quantize: str = QuantizeOpt,
     compile_: bool = CompileOpt,
+    threads: Optional[int] = ThreadsOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print the text only: no stats, notes or status lines."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object (text, token ids, settings, stats) on stdout."),
 ) -> None:
@@ -169,24 +200,23 @@ def generate(
         _at_least("--max-new-tokens", max_new_tokens)
         _option("--cross-tokenizer", lambda: check_cross_tokenizer(cross_tokenizer))
         options = _model_options(device, dtype, linear, quantize, compile_, device_map)
-        if stop is not None and any(not s for s in stop):
-            raise MambaspecError("--stop needs a non-empty string")
+        stop = _stop_strings(stop)
+        _check_models(target, drafter=drafter)
         text = _read_prompt(prompt, prompt_file)
         _, err = consoles()
         say = (lambda m: None) if (quiet or as_json) else (lambda m: err.print(f"[dim]{m}[/]", soft_wrap=True))
-        pipe = _load_for_generate(target, drafter, options, cross_tokenizer, lookup_global, say)
-        for note in _policy_notes(tree_plan, pipe.drafter, sampling):
+        pipe = _load_for_generate(target, drafter, options, cross_tokenizer, lookup_global, say, threads)
+        for note in _run_notes(tree_plan, pipe.drafter, sampling, seed):
             say(f"note: {note}")
         kw = dict(max_new_tokens=max_new_tokens, tree=tree_plan, sampling=sampling, seed=seed, chat=chat,
-                  system=system, stop=stop or [])
+                  system=system, stop=stop)
         if compile_:  # compilation happens here, outside the timed generation
             pipe.generate(text, **{**kw, "max_new_tokens": min(8, max_new_tokens), "stop": []})
         result = _run_generation(pipe, text, kw, stream=not as_json)
     if as_json:
         print(json.dumps(_json_record(result, target, tree, sampling, seed, max_new_tokens, system, stop)))
         return
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    print(flush=True)  # the streamed text's final newline
     if not quiet:
         err.print(stats_table(result.stats))
         if "arms" in result.stats.policy_report:
@@ -195,16 +225,16 @@ def generate(
 
 
 def _load_for_generate(target: str, drafter: str | None, options: ModelOptions, cross_tokenizer: str,
-                       lookup_global: bool, say):
+                       lookup_global: bool, say, threads: int | None = None):
     say(f"loading {target} ...")
-    _quiet_libraries()
+    _quiet_libraries(threads)
     from .loading.models import default_drafter
     from .loading.pipeline import load_pipeline
 
-    if drafter is None and default_drafter(target) == "none":
-        say(f"hint: no shipped drafter for '{target}'; decoding without one (pass --drafter NAME to speculate)")
     pipe = load_pipeline(target, drafter, options, cross_tokenizer, lookup_global)
     say(f"loaded {target} ({pipe.target.optimized}) with drafter {pipe.drafter.name}")
+    if drafter is None and default_drafter(target) == "none":
+        say(f"hint: no shipped drafter for '{target}'; decoding without one (pass --drafter NAME to speculate)")
     return pipe
 
 
@@ -227,15 +257,18 @@ def _json_record(result, target: str, tree: str, sampling: SamplingConfig, seed,
             "text": result.text, "new_token_ids": result.new_token_ids, "stats": result.stats.as_dict()}
 
 
-def _policy_notes(plan, drafter, sampling: SamplingConfig) -> list[str]:
-    """What a user of --tree auto should know about this run before it starts."""
+def _run_notes(plan, drafter, sampling: SamplingConfig, seed: int | None) -> list[str]:
+    """What a user should know about this run before it starts: sampling options that do nothing, what --tree auto
+    will do."""
     from .drafters.base import ReportsRanks
 
-    if not hasattr(plan, "arms"):
-        return []
-    if drafter.name == "none":
-        return ["--tree auto has nothing to choose without a drafter: plain decoding"]
     notes = []
+    if sampling.greedy and (sampling.top_p != 1.0 or sampling.top_k != 0 or seed is not None):
+        notes.append("--top-p, --top-k and --seed shape sampling; with --temperature 0 decoding is greedy")
+    if not hasattr(plan, "arms"):
+        return notes
+    if drafter.name == "none":
+        return [*notes, "--tree auto has nothing to choose without a drafter: plain decoding"]
     if plan.wants_ranks and (not sampling.greedy or not isinstance(drafter, ReportsRanks)):
         why = "sampling" if not sampling.greedy else "a drafter that does not report ranks (e.g. another tokenizer)"
         notes.append(f"the replayed reward needs greedy decoding with the target's tokenizer; with {why} each arm "
@@ -271,12 +304,12 @@ def _methods(text: str | None) -> list[str] | None:
 def bench(
     dataset: str = typer.Argument(..., help="humaneval (offline), gsm8k, mt-bench, alpaca, xsum, cnn-dm, longbench (hub, or --data), or jsonl (--data FILE of {\"prompt\": ...} lines). See recipes/datasets.yaml."),
     data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.jsonl.gz/.json/.parquet file with the dataset's fields: replaces its source (offline use)."),
-    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated: ar, mamba, mamba-auto, mamba-dynamic, lookup, mamba+lookup, mamba+lookup-dynamic, transformer, eagle, hf-assisted, prompt-lookup. Default: all whose drafter is available."),
+    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated: ar, mamba, mamba-auto, mamba-dynamic, lookup, mamba+lookup, mamba+lookup-dynamic, transformer, eagle, hf-assisted, prompt-lookup. Default: all whose drafter is available. ar (plain decoding, the reference of speed-ups and outputs) always runs first."),
     target: str = TargetOpt,
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Mamba drafter for `mamba` (default: the target's, e.g. mamba2-smollm2; `none` = skip)."),
     transformer_drafter: Optional[str] = typer.Option(None, "--transformer-drafter", help="Transformer drafter for `transformer` and `hf-assisted` (default: the target's, e.g. llama-smollm2; `none` = skip)."),
     eagle_drafter: Optional[str] = typer.Option(None, "--eagle-drafter", help="EAGLE head for `eagle` (default: the target's, e.g. eagle-smollm2; `none` = skip)."),
-    tree: str = typer.Option(DEFAULT_SHAPE, "--tree", help="The tree of our loop's methods (mamba, lookup, mamba+lookup, transformer): a shape N1,...,Nγ, `dynamic` or `auto`."),
+    tree: str = typer.Option(DEFAULT_SHAPE, "--tree", help="The tree of our loop's fixed-tree methods (mamba, lookup, mamba+lookup, transformer, eagle): a shape N1,...,Nγ, `dynamic` or `auto`."),
     lookup_global: bool = typer.Option(False, "--lookup-global", help="Our lookup drafters also index the outputs of the earlier prompts of a row."),
     arms: Optional[str] = typer.Option(None, "--arms", help="mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="mamba-auto's UCB exploration constant."),
@@ -290,6 +323,7 @@ def bench(
     linear: str = LinearOpt,
     quantize: str = QuantizeOpt,
     compile_: bool = CompileOpt,
+    threads: Optional[int] = ThreadsOpt,
     out_dir: str = typer.Option("runs/bench", "--out", help="Output folder: results.csv (rerun to resume), outputs.jsonl, plots."),
     plot: bool = typer.Option(False, "--plot", help="Write PNGs of throughput and memory (needs matplotlib: the `plot` extra)."),
     prompt_lookup_tokens: int = typer.Option(10, "--prompt-lookup-tokens", help="prompt_lookup_num_tokens for `prompt-lookup`."),
@@ -306,7 +340,8 @@ def bench(
         from .bench.datasets import parse_lengths
 
         parsed = _option("--lengths", lambda: parse_lengths(lengths)) if lengths else None
-        _quiet_libraries()
+        _check_models(target, drafter=drafter, transformer_drafter=transformer_drafter, eagle_drafter=eagle_drafter)
+        _quiet_libraries(threads)
         from .bench.report import results_tables
         from .bench.runner import BenchConfig, run_bench
 
@@ -330,10 +365,10 @@ def bench(
 def tune(
     arms: Optional[str] = typer.Option(None, "--arms", help="Arms YAML: named tree shapes (default recipes/trees.yaml). A tuned_arms.yaml from an earlier run warm-starts the bandit."),
     dataset: str = typer.Option("humaneval", "--dataset", help="Prompt source, as for bench: humaneval (offline), gsm8k, mt-bench, ... or jsonl with --data."),
-    data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.json/.parquet file with the dataset's fields (offline use)."),
+    data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.jsonl.gz/.json/.parquet file with the dataset's fields (offline use)."),
     limit: Optional[int] = typer.Option(20, "--limit", help="Number of prompts."),
     target: str = TargetOpt,
-    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (default: the target's, e.g. mamba2-smollm2)."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter. Default: generate's for --policy dynamic (e.g. mamba2-smollm2+lookup), the target's model drafter for tree shapes (e.g. mamba2-smollm2)."),
     policy: str = typer.Option("ucb", "--policy", help="ucb: one bandit across all prompts (it learns the workload). fixed: every arm on every prompt (a sweep, the reference). dynamic: dynamic trees across the prompts, as generate runs them (what they drafted, predicted vs measured; the measured costs are kept for generate)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Stop the bandit after this many rounds in all (ucb)."),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="Exploration constant c of UCB (arm values are divided by the largest one first; larger explores more)."),
@@ -346,6 +381,7 @@ def tune(
     linear: str = LinearOpt,
     quantize: str = QuantizeOpt,
     compile_: bool = CompileOpt,
+    threads: Optional[int] = ThreadsOpt,
     out_dir: str = typer.Option("runs/tune", "--out", help="Output folder: arms.csv and tuned_arms.yaml (written after every prompt)."),
 ) -> None:
     """Find the tree shape that pays on a workload and this hardware (UCB bandit or a fixed sweep)."""
@@ -359,7 +395,8 @@ def tune(
             _at_least(flag, value)
         _option("--temperature", lambda: SamplingConfig(temperature=temperature))
         options = _model_options(device, dtype, linear, quantize, compile_)
-        _quiet_libraries()
+        _check_models(target, drafter=drafter)
+        _quiet_libraries(threads)
         from .bench.tune import tune_dataset
 
         out, err = consoles()
@@ -377,11 +414,20 @@ def tune(
                   f"({costs_dir()})", soft_wrap=True)
         return
     out.print(arms_table(result.rows(), f"tree arms ({result.policy})", best=result.best.name, reward=reward))
-    best_value = result.values[result.arms.index(result.best)]
-    out.print(f"best arm: {result.best.name} {result.best.shape}, value {best_value:.1f}; "
-              f"overall {result.tokens_per_s:.1f} tok/s (all prompts; prefill and exploration included)", soft_wrap=True)
+    for line in _best_arm_lines(result):
+        out.print(line, soft_wrap=True)
     out.print(f"per-arm CSV: {csv_path}; tuned arms: {yaml_path} (use with generate --tree auto --arms, "
               f"or bench --arms)", soft_wrap=True)
+
+
+def _best_arm_lines(result) -> list[str]:
+    best_value = result.values[result.arms.index(result.best)]
+    lines = [f"best arm: {result.best.name} {result.best.shape}, value {best_value:.1f}; overall "
+             f"{result.tokens_per_s:.1f} tok/s (all prompts; prefill and exploration included)"]
+    if result.best.pulls < FIRM_PULLS:
+        lines.append(f"note: the best arm ran {count(result.best.pulls, 'round')}; a firm choice wants more "
+                     f"(--limit, --max-new-tokens)")
+    return lines
 
 
 def _int_list(flag: str, text: str) -> tuple[int, ...]:
@@ -405,6 +451,7 @@ def verify_cost_cmd(
     linear: str = LinearOpt,
     quantize: str = QuantizeOpt,
     compile_: bool = CompileOpt,
+    threads: Optional[int] = ThreadsOpt,
     out_dir: str = typer.Option("runs/verify-cost", "--out", help="Folder of verify_cost.csv (rows are appended, with their settings)."),
     save_costs: bool = typer.Option(True, "--save-costs/--no-save-costs", help="Also keep the engine's timings in the target's cost store ($MAMBASPEC_COSTS), where `generate`'s dynamic trees start from."),
 ) -> None:
@@ -415,7 +462,8 @@ def verify_cost_cmd(
         prefixes = _int_list("--prefix", prefix)
         _at_least("--repeats", repeats)
         options = _model_options(device, dtype, linear, quantize, compile_)
-        _quiet_libraries()
+        _check_models(target)
+        _quiet_libraries(threads)
         from .bench.verify_cost import verify_cost
 
         out, err = consoles()
@@ -431,7 +479,7 @@ def verify_cost_cmd(
 def verify_cost_table(rows, settings: dict, target: str):
     from rich.table import Table
 
-    t = Table(title=f"verification forward, {target}, {settings['dtype']}, {settings['threads']} threads; engine: "
+    t = Table(title=f"verification forward, {target}, {settings['dtype']}, {count(int(settings['threads']), 'thread')}; engine: "
                     f"{settings['engine_options']}; floor at {settings['matmul_gflops']} GFLOP/s", header_style="bold",
               caption="engine / 1 token: over the engine's own one-token step at that prefix (plain decoding in our "
                       "loop); floor: that step plus the extra rows' attention arithmetic at the matmul rate")
@@ -452,12 +500,13 @@ def pretrain_drafter(
     arch: Optional[str] = typer.Option(None, "--arch", help="mamba2, mamba, llama (the Transformer baseline) or eagle (a head over the target's hidden states; see recipes/drafters/eagle-smollm2.yaml). Default: the recipe's."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2.yaml."),
     data: Optional[list[str]] = typer.Option(None, "--data", help="Extra training text: .txt/.md/.py/.rst/.jsonl/.parquet files or folders (repeatable)."),
-    out_dir_opt: Optional[str] = typer.Option(None, "--out", help="Output folder (checkpoints, metrics.csv, the model, eval.json, README.md)."),
+    out_dir_opt: Optional[str] = typer.Option(None, "--out", help="Output folder (checkpoints, metrics.csv, the model, eval.json, README.md). Default: runs/ARCH-TARGET."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the recipe's number of steps."),
     data_only: bool = typer.Option(False, "--data-only", help="Only make the recipe's distillation data sets (resumable), then stop."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on held-out prompts at the end."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Train a drafter for a target's tokenizer (LM pretraining + distillation from the target)."""
     with _errors("interrupted: the last checkpoint (and every finished data shard) is kept; rerun with --resume "
@@ -471,7 +520,8 @@ def pretrain_drafter(
         r = replace(r, **{k: v for k, v in (("arch", arch), ("steps", steps)) if v is not None})
         _option("--arch/--steps", lambda: r.validate("recipe"))
         out_dir = out_dir_opt or f"runs/{r.arch}-{target.replace('/', '_')}"
-        _quiet_libraries()
+        _check_models(target)
+        _quiet_libraries(threads)
         out, err = consoles()
         with Reporter(err, unit="steps") as report:
             if data_only:

@@ -134,6 +134,12 @@ def test_new_configuration_is_not_skipped(files, first_run):
     assert result.resumed == 0 and len(result.rows) == 1
 
 
+def test_ar_always_runs_as_the_reference(files, tmp_path):
+    result = run_bench(config(files, tmp_path, methods=["lookup"]))
+    assert [r["method"] for r in result.rows] == ["ar", "lookup"]
+    assert result.rows[1]["speedup_decode"] > 0 and result.rows[1]["greedy_match"] == "yes"
+
+
 def test_table_compares_methods(first_run):
     _, result = first_run
     console = Console(record=True, width=250)

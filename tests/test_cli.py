@@ -38,6 +38,9 @@ def gen_args(tiny_dir):
     (["--linear", "mkl"], ["unknown linear backend", "--linear"]),
     (["--cross-tokenizer", "sometimes"], ["--cross-tokenizer"]),
     (["--stop", ""], ["--stop"]),
+    (["--drafter", "no-such-drafter"], ["--drafter", "unknown model", "no-such-drafter"]),
+    (["--arms", "arms.yaml"], ["--arms", "--tree auto"]),
+    (["--threads", "0"], ["--threads"]),
 ])
 def test_bad_options(tiny_dir, args, needles):
     assert_clean_error(run_cli("generate", "hello", "--target", tiny_dir["target"], "--drafter", "none", *args),
@@ -86,6 +89,23 @@ def test_stop_strings_only_cut(gen_args):
     assert cut["new_token_ids"] == full["new_token_ids"][: len(cut["new_token_ids"])]  # a prefix: only cut
     streamed = run_cli(*gen_args, "Hello", "-n", "30", "--stop", stop, "--stop", "never-there", "--quiet")
     assert streamed.stdout == text[:first] + "\n"
+
+
+def test_stop_string_that_never_comes_changes_nothing(gen_args):
+    full = json.loads(run_cli(*gen_args, "Hello", "-n", "30", "--json").stdout)
+    res = run_cli(*gen_args, "Hello", "-n", "30", "--stop", "never-there", "--json")
+    assert res.exit_code == 0, res.stderr
+    rec = json.loads(res.stdout)
+    assert rec["text"] == full["text"] and rec["stats"]["stopped"] == full["stats"]["stopped"]
+    streamed = run_cli(*gen_args, "Hello", "-n", "30", "--stop", "never-there", "--quiet")
+    assert streamed.exit_code == 0 and streamed.stdout == full["text"] + "\n", streamed.stderr
+
+
+def test_stop_escapes():
+    from mambaspec.cli import _unescape
+
+    assert _unescape(r"\n\n") == "\n\n" and _unescape(r"a\tb") == "a\tb" and _unescape(r"\\n") == "\\n"
+    assert _unescape("plain") == "plain"
 
 
 def test_json_record_reproduces_itself(gen_args):
@@ -149,7 +169,8 @@ def test_unknown_target_without_drafter_is_one_line():
     (["--limit", "0"], "--limit"),
 ])
 def test_tune_rejects_bad_options_before_loading_models(args, needle):
-    assert_clean_error(run_cli("tune", "--target", "no-such-model", *args), needle)
+    # a hub id passes the name check and would only fail when loading: every option is checked before that
+    assert_clean_error(run_cli("tune", "--target", "no-such-org/no-such-model", *args), needle)
 
 
 # ------------------------------------------------------------------------------ real processes

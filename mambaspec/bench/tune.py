@@ -176,6 +176,10 @@ def tune_dataset(
         if value is not None and value < 1:
             raise MambaspecError(f"{name} must be at least 1, got {value}")
     arms = load_arms(arms_file or recipes_dir() / "trees.yaml") if policy != "dynamic" else []
+    if drafter is None:  # dynamic trees as generate runs them (its drafter); shapes: the target's model drafter
+        from ..loading.models import default_bench_drafter, default_drafter
+
+        drafter = default_drafter(target) if policy == "dynamic" else default_bench_drafter(target, "mamba")
     pipe, prompts = _load(dataset, data, limit, target, drafter, max_new_tokens, options, log)
     sampling = SamplingConfig(temperature=temperature)
     if policy == "dynamic":
@@ -203,15 +207,14 @@ def tune_dataset(
 
 
 def _load(dataset, data, limit, target, drafter, max_new_tokens, options, log) -> tuple:
-    """The pipeline (target and drafter: the bench's Mamba drafter by default) and the prompts' token ids."""
-    from ..loading.models import default_bench_drafter
+    """The pipeline (target and drafter) and the prompts' token ids."""
     from ..loading.pipeline import load_pipeline
     from .datasets import build_prompts, dataset_spec, load_rows
 
     spec = dataset_spec(dataset)
     rows = load_rows(spec, data)
     log(f"loading target {target} and its drafter ...")
-    pipe = load_pipeline(target, drafter or default_bench_drafter(target, "mamba"), options)
+    pipe = load_pipeline(target, drafter, options)
     if pipe.drafter.name == "none":
         raise MambaspecError("tune needs a drafter: name one (the target has no default drafter)")
     context = pipe.generator.context_length

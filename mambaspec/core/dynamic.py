@@ -295,5 +295,5 @@ class DynamicTreePolicy:
                 "predicted_accept_len": round(predicted / drafted, 3) if drafted else 0.0,
                 "measured_accept_len": round(actual / drafted, 3) if drafted else 0.0,
                 "prediction_error": round(abs(predicted - actual) / actual, 3) if actual else 0.0,
-                "context": context, "verify_ms_0_1_4_16": [round(1e3 * self.costs.verify(n, context), 2)
+                "context_tokens": context, "verify_ms_0_1_4_16": [round(1e3 * self.costs.verify(n, context), 2)
                                                             for n in (0, 1, 4, 16)]}

@@ -23,7 +23,6 @@ from ..core.tree import DraftTree
 from .base import Drafter
 
 MAX_SCAN = 32  # occurrences of an n-gram looked at (the most recent)
-MERGED = "+lookup"  # NAME+lookup: the model drafter NAME with the lookup's chains merged into its trees
 
 
 class SuffixIndex:

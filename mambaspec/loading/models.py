@@ -11,17 +11,21 @@ import hashlib
 import importlib.util
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..config import PACKAGE_DIR, cache_dir, hub_reachable, load_yaml, recipes_dir
 from ..errors import MambaspecError
 from .options import ModelOptions
 
+MERGED = "+lookup"  # NAME+lookup: the model drafter NAME with the lookup's chains merged into its trees
+NO_MODEL_DRAFTERS = ("none", "lookup")
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded: checking names stays cheap (the CLI, before loading)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,6 @@ def default_bench_drafter(target: str, kind: str) -> str:
     """The drafter of a kind ("mamba", "transformer", "eagle") bench compares with when none is named (``none``):
     for "mamba" the model of the target's default drafter, without the lookup it may be merged with."""
     if kind == "mamba":
-        from ..drafters.lookup import MERGED
-
         return default_drafter(target).removesuffix(MERGED)
     entry = registry().get(target)
     field = {"transformer": "default_transformer_drafter", "eagle": "default_eagle_drafter"}[kind]
@@ -96,6 +98,8 @@ class LoadedModel:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -107,12 +111,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
     if dtype not in table:
-        raise MambaspecError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
+        raise MambaspecError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16, float16 or float64")
     return table[dtype]
 
 
@@ -137,6 +143,7 @@ def _offline_gguf(entry: ModelEntry) -> Path | None:
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantize a GGUF file into a normal float32 transformers folder (done once per file)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = out.with_name(out.name + ".partial")
@@ -164,27 +171,52 @@ def _gguf_cache_folder(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
+def model_kind(name_or_path: str) -> str:
+    """What ``name_or_path`` names — ``gguf``, ``folder``, ``known`` (a name of ``recipes/models.yaml``) or ``hub`` (an
+    id to look up) — without loading anything; ``MambaspecError`` with the fix when it can be none of them."""
+    path = Path(name_or_path).expanduser()
+    if name_or_path.endswith(".gguf"):
+        if not path.is_file():
+            raise MambaspecError(f"GGUF file not found: {name_or_path}; check the path")
+        return "gguf"
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise MambaspecError(f"{name_or_path} is a folder without config.json; point at a saved transformers model")
+        return "folder"
+    if name_or_path in registry():
+        return "known"
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise MambaspecError(f"folder {name_or_path} does not exist; check the path (a saved transformers model "
+                             f"or a .gguf file)")
+    if _looks_like_hub_id(name_or_path):
+        return "hub"
+    raise MambaspecError(
+        f"unknown model '{name_or_path}': not a known name, folder or .gguf file (see `mambaspec models`)")
+
+
+def check_drafter_name(name: str) -> None:
+    """``none``, ``lookup``, ``NAME+lookup`` or a model (``model_kind``), checked without loading anything."""
+    if name not in NO_MODEL_DRAFTERS:
+        model_kind(name.removesuffix(MERGED))
+
+
 def locate(name_or_path: str) -> str:
     """Turn a short name, hub id, folder or .gguf file into a folder or hub id that transformers loads.
 
     Converts an offline GGUF into the cache when needed. Raises ``MambaspecError`` with what to
     install or download when the model cannot be had.
     """
+    kind = model_kind(name_or_path)
     path = Path(name_or_path).expanduser()
-    if name_or_path.endswith(".gguf"):
-        if not path.is_file():
-            raise MambaspecError(f"GGUF file not found: {name_or_path}; check the path")
+    if kind == "gguf":
         folder = _gguf_cache_folder(path)
         if not folder.exists():
             _convert_gguf(path, folder)
         return str(folder)
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise MambaspecError(f"{name_or_path} is a folder without config.json; point at a saved transformers model")
+    if kind == "folder":
         return str(path)
-    entries = registry()
-    if name_or_path in entries:
-        entry = entries[name_or_path]
+    if kind == "known":
+        entry = registry()[name_or_path]
         if entry.shipped_path is not None:
             if entry.shipped_path.is_dir():
                 return str(entry.shipped_path)
@@ -202,17 +234,11 @@ def locate(name_or_path: str) -> str:
         raise MambaspecError(
             f"model '{entry.name}' ({entry.hub_id}) is not available offline; {hint}, "
             f"or pass a local folder / .gguf file")
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise MambaspecError(f"folder {name_or_path} does not exist; check the path (a saved transformers model "
-                             f"or a .gguf file)")
-    if _looks_like_hub_id(name_or_path):
-        if _in_hf_cache(name_or_path) or hub_reachable():
-            return name_or_path
-        raise MambaspecError(
-            f"'{name_or_path}' is not a known name or local path and the model hub is not reachable; "
-            f"download it to a folder and pass the folder (known names: `mambaspec models`)")
+    if _in_hf_cache(name_or_path) or hub_reachable():
+        return name_or_path
     raise MambaspecError(
-        f"unknown model '{name_or_path}': not a known name, folder or .gguf file (see `mambaspec models`)")
+        f"'{name_or_path}' is not a known name or local path and the model hub is not reachable; "
+        f"download it to a folder and pass the folder (known names: `mambaspec models`)")
 
 
 def _looks_like_hub_id(s: str) -> bool:
@@ -227,6 +253,20 @@ def _in_hf_cache(hub_id: str) -> bool:
         return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
     except Exception:
         return False
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' "Loading weights" bars off while a model loads (a second for these models), as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def load_model(name_or_path: str, options: ModelOptions | None = None, role: str = "target") -> LoadedModel:
@@ -255,7 +295,7 @@ def load_model(name_or_path: str, options: ModelOptions | None = None, role: str
     # A drafter trained here names its target's tokenizer instead of carrying a copy of it.
     tokenizer_from = where if has_tokenizer or "tokenizer" not in meta else locate(meta["tokenizer"])
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _no_progress_bars():
             warnings.simplefilter("ignore")
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
             model = AutoModelForCausalLM.from_pretrained(where, **kwargs)

@@ -31,7 +31,7 @@ class ModelOptions:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise MambaspecError(f"unknown device '{self.device}'; use cpu, cuda, cuda:N or auto")
         if self.dtype not in DTYPES:
-            raise MambaspecError(f"unknown dtype '{self.dtype}'; use auto, float32, bfloat16 or float16")
+            raise MambaspecError(f"unknown dtype '{self.dtype}'; use auto, float32, bfloat16, float16 or float64")
         if self.linear not in LINEAR_BACKENDS:
             raise MambaspecError(f"unknown linear backend '{self.linear}'; use one of {', '.join(LINEAR_BACKENDS)}")
         if self.quantize not in QUANTIZE:

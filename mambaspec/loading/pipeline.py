@@ -23,12 +23,12 @@ from ..drafters.base import Drafter, NoDrafter
 from ..drafters.crosstok import CrossTokenizerDrafter, same_tokenizer
 from ..drafters.eagle import is_eagle, load_eagle
 from ..drafters.hybrid import HybridDrafter
-from ..drafters.lookup import MERGED, LookupDrafter
+from ..drafters.lookup import LookupDrafter
 from ..errors import MambaspecError
 from ..drafters.vocab import read_meta, vocab_from_meta
 from ..config import DEFAULT_TARGET
 from .costs import cost_store
-from .models import LoadedModel, default_drafter, load_model, locate
+from .models import MERGED, LoadedModel, default_drafter, load_model, locate
 from .options import ModelOptions, check_cross_tokenizer
 
 
@@ -108,7 +108,7 @@ class TextStream:
         return self
 
     def __next__(self) -> str:
-        while True:
+        while self.result is None:
             try:
                 new = next(self._rounds)
             except StopIteration as done:
@@ -133,6 +133,7 @@ class TextStream:
                 continue
             piece, self._printed = text[len(self._printed):], text
             return piece
+        raise StopIteration  # exhausted: the held-back rest was the last piece
 
 
 @dataclass

@@ -121,7 +121,8 @@ def read_text_files(paths: list[str]) -> list[str]:
             texts.extend(_texts_of(f))
     texts = [t for t in texts if t and t.strip()]
     if not texts:
-        raise MambaspecError(f"training data {' '.join(paths)}: no text found (.txt/.md/.py/.rst/.jsonl/.parquet)")
+        where = " ".join(map(str, paths)) or "(no paths given: a `files` source lists them under `paths:`)"
+        raise MambaspecError(f"training data {where}: no text found (.txt/.md/.py/.rst/.jsonl/.parquet)")
     return texts
 
 

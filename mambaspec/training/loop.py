@@ -145,7 +145,7 @@ def train_drafter(recipe: DrafterRecipe, target_name: str, out: str | Path, extr
     out = Path(out)
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
-        raise MambaspecError(f"{out} already holds a training run; resume it or pick another output folder")
+        raise MambaspecError(f"{out} already holds a training run; continue it with --resume, or pick another --out folder")
     if resume and not ckpt_path.exists():
         raise MambaspecError(f"no checkpoint in {out} to resume from; start a new run instead")
     out.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,8 @@ class DrafterRecipe:
                for c in self.curriculum):
             raise MambaspecError(f"{where}: 'curriculum' is a list of [step, seq_len] pairs, e.g. [[0, 256], [1000, 1024]]")
         if not self.data:
-            raise MambaspecError(f"{where}: 'data' lists no source")
+            raise MambaspecError(f"{where}: 'data' lists no source; add one, e.g. `- source: files` with `paths: "
+                                 f"[my_texts/]` (--data files are added to a recipe's sources, they do not replace them)")
         for i, src in enumerate(self.data):
             if not isinstance(src, dict) or src.get("source") not in SOURCES:
                 raise MambaspecError(f"{where}: data[{i}] needs source: {', '.join(SOURCES)}")
