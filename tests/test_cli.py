@@ -184,7 +184,10 @@ def test_bad_options_are_refused_before_torch_is_imported(tmp_path):
                          (["generate", "hi", "-n", "0"], "--max-new-tokens"),
                          (["generate", "hi", "--top-p", "1.5"], "top-p"),
                          (["bench", "humaneval", "--lengths", "1x"], "--lengths"),
-                         (["tune", "--policy", "nope"], "unknown policy")):
+                         (["tune", "--policy", "nope"], "unknown policy"),
+                         (["generate", "hi", "--target", "no-such-model"], "--target: unknown model"),
+                         (["generate", "hi", "--drafter", "no-such-drafter+lookup"], "--drafter: unknown model"),
+                         (["verify-cost", "--target", "./no/such/folder"], "does not exist")):
         t0 = time.perf_counter()
         proc = run_cli_process(*args, env={"PYTHONPATH": str(tmp_path)})
         assert proc.returncode != 0 and needle in proc.stderr, proc.stderr
