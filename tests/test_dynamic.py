@@ -11,6 +11,7 @@ from mambaspec.core.dynamic import KEPT_COUNTS, AcceptanceModel, CostModel, Dyna
 from mambaspec.core.stats import RoundOutcome
 from mambaspec.core.tree import DraftTree
 from mambaspec.drafters.crosstok import CrossTokenizerDrafter
+from mambaspec.drafters.growth import StepDrafter
 from mambaspec.drafters.hybrid import HybridDrafter
 from mambaspec.drafters.lookup import LookupDrafter, SuffixIndex
 from test_sampling import ALPHA, _exact_two_token_joint, _joint_counts, _pvalue, small_vocab_target, tiny_llama_like
@@ -283,3 +284,60 @@ def test_backoff_follows_what_drafting_really_gained():
     pol._gains.clear()
     assert [round_(1, 0.013) for _ in range(6)] == [0, 1, 2, 4, 8, 8]  # nothing but losses: back off, doubling
     assert round_(3, 0.013) == 0  # one good round and it drafts every round again
+
+
+class _FixedRoot(StepDrafter):
+    """A drafter whose root distribution is fixed (no model): for the keep rule of dynamic trees alone."""
+
+    def __init__(self, q: torch.Tensor) -> None:
+        super().__init__(model=None)
+        self._root_logits = q.log()[None]
+        self.bind(len(q))
+
+    own_width = property(lambda self: self._root_logits.shape[-1])
+
+    def prefill(self, ids):
+        pass
+
+    def begin_tree(self):
+        pass
+
+    def expand(self, *args):
+        raise AssertionError("one level only")
+
+    def advance(self, *args):
+        pass
+
+    def state_bytes(self):
+        return 0
+
+
+class _LinearCosts(FixedCosts):
+    def __init__(self, per_node: float) -> None:
+        super().__init__(per_node=per_node, base=0.01)
+        self.step = self.overhead = 0.0
+
+
+@pytest.mark.parametrize("q,p,per_node,children", [
+    ([0.9, 0.1], [0.5, 0.5], 0.005, 1),  # keeping a draw only when its own q is high gave 0.55 / 0.45
+    ([0.6, 0.3, 0.1], [0.2, 0.3, 0.5], 0.004, 2),
+])
+def test_dynamic_keep_rule_does_not_bias_sampling(q, p, per_node, children):
+    """Whether a drawn child is kept may depend on q, never on which token it drew: the first token out follows p
+    exactly while the budget cuts children."""
+    from mambaspec.core.dynamic import DynamicPlan
+    from mambaspec.core.verify import walk_tree
+    from mambaspec.drafters.growth import grow_dynamic
+
+    q, p = torch.tensor(q), torch.tensor(p)
+    drafter, sampling, g = _FixedRoot(q), SamplingConfig(temperature=1.0), torch.Generator().manual_seed(0)
+    counts, sizes = torch.zeros(len(p)), set()
+    for _ in range(20000):
+        plan = DynamicPlan(AcceptanceModel(), _LinearCosts(per_node), 100, max_depth=1, max_nodes=children,
+                           max_children=children, top_accept=0.5)
+        tree = grow_dynamic(drafter, 0, plan, sampling, g)
+        sizes.add(len(tree) - 1)
+        path, bonus = walk_tree(p.log()[None].expand(len(tree), -1), tree, sampling, g)
+        counts[tree.tokens[path[0]] if path else bonus] += 1
+    assert sizes - {0}, "the tree drafted nothing: the test would not exercise the keep rule"
+    assert _pvalue(counts, p) > ALPHA, (counts / counts.sum()).tolist()

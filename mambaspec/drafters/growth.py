@@ -309,9 +309,21 @@ def _candidates(tree, node, v, scores, drafter, forced, plan, sampling, generato
         exclude = [[col for *_, col in pre if col is not None]]
         kids, kid_probs, dist = pick_children(scores[None], plan.max_children, sampling, generator, exclude)
         _record(tree, drafter, node, scores, dist[0])
-        out += [(v * plan.acceptance.model(p), tok, p, True, None)
-                for tok, p in zip(drafter.candidates.target_ids(kids[0]), kid_probs[0])]
+        out += [(v * plan.acceptance.model(r), tok, p, True, None)
+                for tok, p, r in zip(drafter.candidates.target_ids(kids[0]), kid_probs[0],
+                                     _planning_probs(kid_probs[0], dist[0], sampling))]
     return out
+
+
+def _planning_probs(kid_probs: list[float], dist: torch.Tensor, sampling: SamplingConfig) -> list[float]:
+    """The drafter probabilities a node's own children are valued by: their own when greedy (the top ones); when
+    sampled, the i-th largest probability of q for the i-th draw, whatever token it drew. Whether a drawn child is
+    kept must not depend on which token it is, or a kept child would no longer be distributed as q and the
+    verification (which assumes it is) would not sample from the target (e.g. q = (0.9, 0.1), p = (0.5, 0.5), keep
+    a draw only when its own q is high: 0.55 / 0.45 come out instead of 0.5 / 0.5)."""
+    if sampling.greedy or not kid_probs:
+        return kid_probs
+    return dist.topk(len(kid_probs)).values.tolist()
 
 
 def _choose(queues: list[list[tuple]], plan, tokens: float, time: float, n: int) -> list[list[tuple]]:
