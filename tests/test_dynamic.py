@@ -119,18 +119,29 @@ def test_cross_tokenizer_drafter_with_dynamic_trees():
                                                                                                       MAX_NEW)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: MambaDrafter(_confident(tiny_llama_like(12), mamba=True)),
-    lambda: HybridDrafter(TransformerDrafter(_confident(tiny_llama_like(12))), LookupDrafter(max_tokens=3)),
-    lambda: LookupDrafter(max_tokens=3),
-], ids=["mamba2", "llama+lookup", "lookup"])
-def test_dynamic_sampling_follows_target(make):
+SAMPLING_DRAFTERS = {
+    "mamba2": lambda: MambaDrafter(_confident(tiny_llama_like(12), mamba=True)),
+    "llama+lookup": lambda: HybridDrafter(TransformerDrafter(_confident(tiny_llama_like(12))),
+                                          LookupDrafter(max_tokens=3)),
+    "lookup": lambda: LookupDrafter(max_tokens=3),
+}
+TREES = {  # generous: nearly every candidate pays; tight: the budget cuts children; or a fixed shape
+    "generous": lambda: policy("generous"),
+    "tight": lambda: DynamicTreePolicy(costs=FixedCosts(per_node=4e-3, base=0.01), max_nodes=4),
+    "2,1": lambda: "2,1",
+}
+
+
+@pytest.mark.parametrize("drafter_name,tree", [("mamba2", "generous"), ("llama+lookup", "generous"),
+                                               ("lookup", "generous"), ("mamba2", "tight"),
+                                               ("llama+lookup", "tight"), ("llama+lookup", "2,1"), ("lookup", "2,1")])
+def test_sampling_with_dynamic_and_lookup_trees_follows_target(drafter_name, tree):
     target = small_vocab_target()
-    gen = SpeculativeGenerator(target, make(), eos_token_ids=[])
+    gen = SpeculativeGenerator(target, SAMPLING_DRAFTERS[drafter_name](), eos_token_ids=[])
     sampling = SamplingConfig(temperature=1.0)
     prompt = [3, 7, 1, 3, 7, 1, 3, 7]  # repeats: the lookup proposes copied tokens too
     exact = _exact_two_token_joint(target, prompt, sampling)
-    counts = _joint_counts(gen, prompt, sampling, 2500, policy("generous"), 12)
+    counts = _joint_counts(gen, prompt, sampling, 2500, TREES[tree](), 12)
     assert _pvalue(counts, exact) > ALPHA
 
 
