@@ -352,3 +352,21 @@ def test_progress_lines_under_a_log_file(files, tmp_path):
         assert f"{method}: warming up" in text and f"jsonl · {method}: 0/2 prompts" in text
         assert f"jsonl · {method}: 2/2 prompts" in text
     assert text.index("[0:00:") == text.index("[")  # every status line carries the elapsed time
+
+
+def test_changed_data_file_is_a_new_configuration_and_outputs_are_not_duplicated(files, tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(files["prompts"].read_text() if hasattr(files["prompts"], "read_text") else open(files["prompts"]).read())
+    first = run_bench(config(files, tmp_path, data=str(data), methods=["ar", "lookup"]))
+    outputs = tmp_path / "outputs.jsonl"
+    n_records = len(outputs.read_text().splitlines())
+    # a run killed between a method's outputs and its CSV row: the rerun replaces those outputs, adds none twice
+    lines = (tmp_path / "results.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "results.csv").write_text("".join(lines[:-1]) + lines[-1][:20])  # and the row's line torn
+    again = run_bench(config(files, tmp_path, data=str(data), methods=["ar", "lookup"]))
+    assert again.resumed == 1 and len(outputs.read_text().splitlines()) == n_records
+    assert [r["method"] for r in again.rows] == ["ar", "lookup"]
+    data.write_text("\n".join(data.read_text().splitlines()[:1]) + "\n")  # same path, other prompts
+    other = run_bench(config(files, tmp_path, data=str(data), methods=["ar", "lookup"]))
+    assert other.resumed == 0 and all(r["greedy_match"] in ("yes", None, "") for r in other.rows)
+    assert first.rows[0]["config_id"] != other.rows[0]["config_id"]

@@ -87,3 +87,18 @@ def test_train_an_eagle_head_and_use_it(tmp_path, tiny_dir, monkeypatch):
     other = load_model(tiny_dir["llama"], ModelOptions(device="cpu"))  # 32 wide, not 64
     with pytest.raises(MambaspecError, match="serves only its own target"):
         load_drafter(str(tmp_path / "eagle"), other)
+
+
+def test_feature_cache_checks_rows_and_keeps_the_budget(tmp_path, tiny_dir, monkeypatch):
+    """Cached target features serve a row only when they have its length; the token budget picks the first rows."""
+    from mambaspec.loading.models import load_model
+    from mambaspec.training.eagle import target_features
+
+    monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path / "cache"))
+    target = load_model(tiny_dir["target"], ModelOptions(device="cpu")).model
+    rows = [{"key": f"r{i}", "ids": list(range(3, 8 + i))} for i in range(4)]  # 5, 6, 7, 8 tokens
+    quiet = lambda m: None  # noqa: E731
+    assert list(target_features(target, rows, "t", 11, quiet)) == ["r0", "r1"]
+    rows[0]["ids"] = rows[0]["ids"] + [9]  # another row under a cached key (a data set made anew)
+    assert len(target_features(target, rows, "t", 11, quiet)["r0"]) == 6
+    assert list(target_features(target, rows, "t", 3, quiet)) == ["r0"]  # a lower budget: fewer rows

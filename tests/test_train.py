@@ -82,6 +82,20 @@ def test_interrupt_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tin
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     steps = [int(line.split(",")[0]) for line in (tmp_path / "part" / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [2, 4, 6, 8, 10, 12]  # nothing twice, nothing lost
+    smoothed = [[float(line.split(",")[2]) for line in (tmp_path / run / "metrics.csv").read_text().splitlines()[1:]]
+                for run in ("full", "part")]
+    assert smoothed[0] == pytest.approx(smoothed[1], abs=1e-3)  # the smoothed loss carries over too
+
+
+def test_resume_under_other_settings_is_refused(tmp_path, tiny_dir, cache):
+    target_name = _target_named(tmp_path, tiny_dir)
+    train_drafter(tiny_recipe(tmp_path), target_name, tmp_path / "run", evaluate=False, log=lambda m: None,
+                  stop_after=4)
+    with pytest.raises(MambaspecError, match="other settings.*steps"):
+        train_drafter(tiny_recipe(tmp_path, steps=20), target_name, tmp_path / "run", resume=True, log=lambda m: None)
+    with pytest.raises(MambaspecError, match="training data differ"):
+        train_drafter(tiny_recipe(tmp_path), target_name, tmp_path / "run", resume=True, log=lambda m: None,
+                      extra_data=[str(tmp_path / "corpus.txt")])
 
 
 def test_data_set_resumes_shard_by_shard(tmp_path, tiny_dir, cache):
@@ -100,6 +114,26 @@ def test_data_set_resumes_shard_by_shard(tmp_path, tiny_dir, cache):
     calls = []
     datagen.make_data(recipe, lambda: calls.append(1), log=lambda m: None)  # complete: the target is not loaded
     assert not calls
+
+
+def test_data_set_budget_grows_and_changed_settings_are_refused(tmp_path, tiny_dir, cache):
+    """A budget (answers.batches) may grow or go; other settings changing under an interrupted set is refused
+    (its shards would be numbered differently: a resume would duplicate and lose prompts)."""
+    import mambaspec.training.datagen as datagen
+
+    _target_named(tmp_path, tiny_dir)
+    path = tmp_path / "recipes" / "data" / "tiny-test.yaml"
+    path.write_text(path.read_text().replace("batch_size: 4,", "batch_size: 4, batches: 1,"))
+    target = load_model(tiny_dir["target"], ModelOptions(device="cpu"))
+    folder = datagen.make_data(datagen.DataRecipe.named("tiny-test"), lambda: target, log=lambda m: None)
+    assert 0 < len(list(datagen.read_shards(folder))) < 6  # the budget: the first batch only
+    path.write_text(path.read_text().replace(" batches: 1,", ""))  # no budget: the whole plan
+    datagen.make_data(datagen.DataRecipe.named("tiny-test"), lambda: target, log=lambda m: None)
+    rows = list(datagen.read_shards(folder))
+    assert len(rows) == 6 and len({r["id"] for r in rows}) == 6
+    path.write_text(path.read_text().replace("batch_size: 4", "batch_size: 3"))
+    with pytest.raises(MambaspecError, match="other settings"):
+        datagen.make_data(datagen.DataRecipe.named("tiny-test"), lambda: target, log=lambda m: None)
 
 
 def test_draft_vocab_maps_back_to_target_ids():

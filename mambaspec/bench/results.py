@@ -38,8 +38,19 @@ TEXT = sorted(set(COLUMNS) - {"length", "prompts", "prompt_tokens", "new_tokens"
                               "target_kv_bytes", "mismatched_prompts"})
 
 
+def drop_torn_line(path: Path) -> None:
+    """Cut a last line without its newline (a write killed half-way: that row or record never finished, and it
+    would break every later read of the file)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 def read_results(path: Path) -> pd.DataFrame:
     """A results CSV as a DataFrame (numbers as floats, empty cells as NaN; text columns as text)."""
+    drop_torn_line(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=COLUMNS)
     with path.open(newline="") as f:
@@ -67,13 +78,24 @@ def append_row(path: Path, row: dict) -> None:
 
 
 def append_outputs(path: Path, where: dict, method: str, records: list[dict]) -> None:
+    """Add a method's records, replacing any it left before (a run stopped between its outputs and its CSV row)."""
+    key = {**where, "method": method}
+    drop_torn_line(path)
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [ln for ln in lines if not all(json.loads(ln).get(k) == v for k, v in key.items())]
+        if len(kept) < len(lines):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
     with path.open("a") as f:
         for r in records:
-            f.write(json.dumps({**where, "method": method, **r}) + "\n")
+            f.write(json.dumps({**key, **r}) + "\n")
 
 
 def read_outputs(path: Path, where: dict) -> dict[str, list[int]]:
     """Prompt id -> new token ids of the outputs.jsonl records matching ``where`` (the last one wins)."""
+    drop_torn_line(path)
     if not path.exists():
         return {}
     found = {}

@@ -106,14 +106,14 @@ def run_bench(cfg: BenchConfig, on_progress: Progress | None = None,
         if n + cfg.max_new_tokens > context:
             raise MambaspecError(f"length {n} + {cfg.max_new_tokens} new tokens exceeds the target's context of "
                                  f"{context} tokens; use shorter lengths or fewer new tokens")
-    config = _config_columns(cfg, models)
-    config_id = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    config, measured_on = _config_columns(cfg, models), environment(models.target.device)
+    config_id = _config_id(config, cfg, measured_on)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, outputs_path = out / CSV_NAME, out / OUTPUTS_NAME
     frame = read_results(csv_path)
     done = {_key((r["dataset"], r["length"], r["method"])) for r in rows_of(frame[frame["config_id"] == config_id])}
-    env = {**environment(models.target.device), "config_id": config_id, **config}
+    env = {**measured_on, "config_id": config_id, **config}
     built: dict[str, MethodRun] = {}
     keys, resumed = [], 0
     for length in cfg.lengths or [None]:
@@ -203,6 +203,16 @@ def _kind_of(drafter) -> str:
     if isinstance(drafter, EagleDrafter):
         return "eagle"
     return "mamba" if drafter.model.config.model_type in MAMBA_TYPES else "transformer"
+
+
+def _config_id(config: dict, cfg: BenchConfig, measured_on: dict) -> str:
+    """What makes rows comparable, and a rerun's rows skippable: the settings, the thread count and versions, and the
+    content of a --data file (the same path with other prompts is another workload). Not the git commit: an
+    interrupted run resumes after a commit; measure changed code into another --out."""
+    basis = {**config, **{k: measured_on[k] for k in ("threads", "torch", "transformers", "mambaspec")}}
+    if cfg.data and Path(cfg.data).is_file():
+        basis["data_sha1"] = hashlib.sha1(Path(cfg.data).read_bytes()).hexdigest()
+    return hashlib.sha1(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _config_columns(cfg: BenchConfig, models: BenchModels) -> dict:

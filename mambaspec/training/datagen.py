@@ -17,11 +17,12 @@ Sequence-level distillation (Kim & Rush 2016) with the target's own answers; Mag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -76,6 +77,12 @@ class DataRecipe:
 
     def answer(self, key: str, default):
         return self.answers.get(key, default)
+
+    def settings_key(self) -> str:
+        """A fingerprint of everything that decides the prompts, the plan and the answers: the whole recipe but
+        ``answers.batches`` (a budget: how much of the plan to answer)."""
+        settings = {**asdict(self), "answers": {k: v for k, v in self.answers.items() if k != "batches"}}
+        return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------- magpie
@@ -290,12 +297,14 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     """
     folder = recipe.folder
     plan_file = folder / "plan.json"
+    budget = int(recipe.answer("batches", 0) or 0)
     if plan_file.exists():
-        n = json.loads(plan_file.read_text())["batches"]
-        wanted = int(recipe.answer("batches", n) or n)
-        if wanted <= n and all(shard_path(folder, i).exists() for i in range(wanted)):
+        info = _plan_info(plan_file, recipe)
+        n = info["batches"]
+        wanted = budget or info.get("planned")  # no budget: the whole plan (its size unknown to old files: build it)
+        if wanted is not None and wanted <= n and all(shard_path(folder, i).exists() for i in range(wanted)):
             if wanted < n:
-                plan_file.write_text(json.dumps({**json.loads(plan_file.read_text()), "batches": wanted}))
+                _write_json(plan_file, {**info, "batches": wanted})
             return folder
     (folder / "answers").mkdir(parents=True, exist_ok=True)
     log(f"data set {recipe.name}: loading the target {recipe.target} to make it ...")
@@ -303,9 +312,11 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     model, tokenizer = target.model, target.tokenizer
     prompts = build_prompt_set(recipe, model, tokenizer, log)
     plan = plan_batches(prompts, recipe, tokenizer)
-    if recipe.answer("batches", None):  # the recipe answers only the first batches of the plan (a CPU budget)
-        plan = plan[: int(recipe.answer("batches", None))]
-    plan_file.write_text(json.dumps({"batches": len(plan), "prompts": len(prompts)}))
+    planned = len(plan)
+    if budget:  # the recipe answers only the first batches of the plan (a CPU budget)
+        plan = plan[:budget]
+    _write_json(plan_file, {"batches": len(plan), "prompts": len(prompts), "planned": planned,
+                            "settings": recipe.settings_key()})
     todo = [b for b in plan if not shard_path(folder, b.index).exists()]
     log(f"answers: {len(plan) - len(todo)} of {len(plan)} batches already done; {len(todo)} to go")
     eos = tokenizer.eos_token_id
@@ -325,6 +336,28 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
         log(f"answers: batch {batch.index + 1}/{len(plan)} ({n + 1} this run), {tokens:,} answer tokens, "
             f"{tokens / elapsed:.0f} tok/s, {elapsed / 60:.1f} min")
     return folder
+
+
+def _plan_info(plan_file: Path, recipe: DataRecipe) -> dict:
+    """``plan.json``, refused when the data set there was made with other settings than the recipe's now (its
+    shards would be numbered or answered differently: a resume would mix them)."""
+    info = json.loads(plan_file.read_text())
+    made_with = info.get("settings")
+    if made_with is None:  # written before settings were recorded: adopt the recipe's
+        info["settings"] = recipe.settings_key()
+        _write_json(plan_file, info)
+    elif made_with != recipe.settings_key():
+        raise MambaspecError(
+            f"data set '{recipe.name}' in {plan_file.parent} was made with other settings than "
+            f"recipes/data/{recipe.name}.yaml has now (only answers.batches may change between runs); restore the "
+            f"recipe, or delete that folder to make the data set anew")
+    return info
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)
 
 
 def make_recipe_data(recipe, target: str, device: str = "cpu", log: Log = print) -> list[Path]:

@@ -53,24 +53,30 @@ class FeatureData:
 
 @torch.inference_mode()
 def target_features(target, rows: list[dict], name: str, budget: int, log) -> dict[str, torch.Tensor]:
-    """The target's last hidden state at every token of ``rows`` (up to ``budget`` tokens), cached by row id."""
+    """The target's last hidden state at every token of ``rows`` (``key`` and ``ids`` each), in order until
+    ``budget`` tokens; cached under ``name`` by row key, a cached entry used only when its length is the row's."""
     path = cache_dir() / "features" / f"{name}.pt"
-    done: dict[str, torch.Tensor] = torch.load(path) if path.exists() else {}
-    total = sum(len(v) for v in done.values())
-    todo = [r for r in rows if r["id"] not in done]
-    for n, row in enumerate(todo):
+    cached: dict[str, torch.Tensor] = torch.load(path) if path.exists() else {}
+    out: dict[str, torch.Tensor] = {}
+    total = made = 0
+    for row in rows:
         if total >= budget:
             break
-        ids = torch.as_tensor(row["ids"], dtype=torch.long, device=target.device)[None]
-        with final_hidden(target) as states:
-            target(input_ids=ids, logits_to_keep=1)
-        done[row["id"]] = states[0][0].to(torch.float16).cpu()
-        total += ids.shape[1]
-        if (n + 1) % SAVE_EVERY == 0:
-            _save(done, path)
-            log(f"eagle features: {len(done)} rows, {total:,} tokens")
-    _save(done, path)
-    return done
+        feats = cached.get(row["key"])
+        if feats is None or len(feats) != len(row["ids"]):  # missing, or made from another row of that id
+            ids = torch.as_tensor(row["ids"], dtype=torch.long, device=target.device)[None]
+            with final_hidden(target) as states:
+                target(input_ids=ids, logits_to_keep=1)
+            feats = cached[row["key"]] = states[0][0].to(torch.float16).cpu()
+            made += 1
+            if made % SAVE_EVERY == 0:
+                _save(cached, path)
+                log(f"eagle features: {len(out) + 1} rows, {total + len(feats):,} tokens")
+        out[row["key"]] = feats
+        total += len(feats)
+    if made:
+        _save(cached, path)
+    return out
 
 
 def _save(obj, path: Path) -> None:
@@ -85,12 +91,11 @@ def feature_data(recipe: DrafterRecipe, target_name: str, get_target, log) -> Fe
     from .datagen import DataRecipe, make_data, read_shards
 
     rows, heldout = [], []
-    for src in recipe.data:
-        if src["source"] != "distill":
-            continue
-        data_recipe = DataRecipe.named(src["set"])
-        folder = make_data(data_recipe, get_target, log)
-        for r in read_shards(folder):
+    sets = [src["set"] for src in recipe.data if src["source"] == "distill"]
+    for name in sets:
+        folder = make_data(DataRecipe.named(name), get_target, log)
+        for r in read_shards(folder):  # ids are unique within a set, not across sets
+            r["key"] = r["id"] if len(sets) == 1 else f"{name}/{r['id']}"
             (heldout if r["split"] == "heldout" else rows).append(r)
     if not rows:
         from ..errors import MambaspecError
@@ -99,13 +104,13 @@ def feature_data(recipe: DrafterRecipe, target_name: str, get_target, log) -> Fe
     name = f"{Path(target_name).name}-" + "-".join(s["set"] for s in recipe.data if s["source"] == "distill")
     log(f"eagle: the target's hidden states of the training rows (up to {recipe.eagle_tokens:,} tokens) ...")
     features = target_features(get_target().model, rows, name, recipe.eagle_tokens, log)
-    kept = [r for r in rows if r["id"] in features]
+    kept = [r for r in rows if r["key"] in features]
     starts, pos = [], 0
     for r in kept:
         starts.append(pos)
         pos += len(r["ids"])
     return FeatureData(torch.cat([torch.as_tensor(r["ids"], dtype=torch.int32) for r in kept]),
-                       torch.cat([features[r["id"]] for r in kept]), torch.tensor(starts), heldout)
+                       torch.cat([features[r["key"]] for r in kept]), torch.tensor(starts), heldout)
 
 
 def build_head(recipe: DrafterRecipe, target, vocab: DraftVocab | None) -> EagleHead:

@@ -131,6 +131,8 @@ class _Setup:
     wall_before: float
     target_vocab: int
     loss: Callable[[Any, Any], torch.Tensor]  # (model, batch) -> loss
+    data_key: list  # [tokens, weight] per stream: checked when a run resumes
+    loss_ema: float  # where the smoothed loss stood at the checkpoint (nan: a fresh run)
 
 
 def train_drafter(recipe: DrafterRecipe, target_name: str, out: str | Path, extra_data: list[str] | None = None,
@@ -205,7 +207,9 @@ def _setup(recipe: DrafterRecipe, target: _TargetOnDemand, extra: list[str], ckp
         streams = [(s.ids, s.weight) for s in data.streams]
     target_vocab, eos = len(tokenizer), tokenizer.eos_token_id
     ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path else None
+    data_key = [[int(len(ids)), float(weight)] for ids, weight in streams]  # what the batches are cut from
     if ckpt is not None:
+        _check_resume(ckpt, recipe, data_key)
         vocab = DraftVocab(ckpt["draft_vocab"], target_vocab) if ckpt["draft_vocab"] else None
     elif recipe.vocab_top_k and recipe.vocab_top_k < target_vocab:
         counts = torch.zeros(target_vocab)
@@ -227,13 +231,26 @@ def _setup(recipe: DrafterRecipe, target: _TargetOnDemand, extra: list[str], ckp
         init_embeddings_from_target(model, target.get().model, vocab)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95))
-    start, wall = 0, 0.0
+    start, wall, loss_ema = 0, 0.0, float("nan")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        start, wall = ckpt["step"], ckpt["wall_s"]
+        start, wall, loss_ema = ckpt["step"], ckpt["wall_s"], ckpt.get("loss_ema", loss_ema)
         log(f"resuming at step {start}")
-    return _Setup(data, vocab, model, opt, start, wall, target_vocab, loss)
+    return _Setup(data, vocab, model, opt, start, wall, target_vocab, loss, data_key, loss_ema)
+
+
+def _check_resume(ckpt: dict, recipe: DrafterRecipe, data_key: list) -> None:
+    """Refuse to continue a checkpoint under other settings or other data: the schedule and the batch order would
+    silently change (a resumed run must end where an uninterrupted one ends)."""
+    then, now = ckpt.get("recipe", {}), asdict(recipe)
+    changed = sorted(k for k, v in now.items() if k != "notes" and then.get(k, v) != v)
+    if changed:
+        raise MambaspecError(f"--resume: the checkpoint was made with other settings ({', '.join(changed)}); resume "
+                             f"with the recipe and options it started with, or start afresh in another --out")
+    if ckpt.get("data", data_key) != data_key:
+        raise MambaspecError("--resume: the training data differ from the checkpoint's (a data set grew, or --data "
+                             "names other files); resume with the same data, or start afresh in another --out")
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -241,17 +258,19 @@ def _trim_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    with path.open("w", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
+    tmp = path.with_suffix(".tmp")  # a kill while rewriting leaves the old file whole
+    with tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRICS)
         w.writeheader()
         w.writerows(rows)
+    tmp.replace(path)
 
 
 def _train_steps(recipe: DrafterRecipe, s: _Setup, end: int, device: str, ckpt_path: Path, metrics: Path,
                  progress) -> tuple[float, float]:
     t_start = time.perf_counter()
-    loss_ema, tokens = float("nan"), 0
+    loss_ema, tokens = s.loss_ema, 0
     for step in range(s.start_step, end):
         batch = s.data.batch(step, recipe)
         for group in s.opt.param_groups:
@@ -271,7 +290,8 @@ def _train_steps(recipe: DrafterRecipe, s: _Setup, end: int, device: str, ckpt_p
                                    f"{tokens / elapsed:.0f}", f"{s.wall_before + elapsed:.1f}"])
         if done % recipe.checkpoint_every == 0 or done == end:
             _atomic_save({"model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "step": done,
-                          "wall_s": s.wall_before + elapsed, "recipe": asdict(recipe),
+                          "wall_s": s.wall_before + elapsed, "recipe": asdict(recipe), "data": s.data_key,
+                          "loss_ema": loss_ema,
                           "draft_vocab": s.vocab.target_ids if s.vocab else None}, ckpt_path)
     return loss_ema, s.wall_before + time.perf_counter() - t_start
 
