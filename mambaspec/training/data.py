@@ -16,6 +16,7 @@ e.g. a long document, comes first); other sources are cut anywhere.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -152,13 +153,17 @@ def _texts_of(f: Path) -> list[str]:
 def stdlib_stream(target_name: str, tokenizer, log: Log) -> torch.Tensor:
     from .corpus import stdlib_code
 
-    cache = cache_dir() / "tokens" / f"{Path(target_name).name}-stdlib-code.pt"
+    # keyed by the tokenizer's size and the Python version too: another tokenizer or standard library is other data
+    key = f"{Path(target_name).name}-{len(tokenizer)}-py{sys.version_info[0]}.{sys.version_info[1]}"
+    cache = cache_dir() / "tokens" / f"{key}-stdlib-code.pt"
     if cache.exists():
         return torch.load(cache)
     log("tokenizing the standard library's source ...")
     ids = tokenize_texts(tokenizer, stdlib_code())
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ids, cache)
+    tmp = cache.with_suffix(".tmp")  # a kill while saving leaves no half file under the final name
+    torch.save(ids, tmp)
+    tmp.replace(cache)
     return ids
 
 
