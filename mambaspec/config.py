@@ -6,7 +6,7 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -14,6 +14,13 @@ from .errors import MambaspecError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_TARGET = "smollm2-135m"
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` through a temporary file beside it: a kill leaves the old file or the new one, whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
 
 
 def recipes_dir() -> Path:

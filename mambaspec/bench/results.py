@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from .. import __version__
-from ..config import PACKAGE_DIR
+from ..config import PACKAGE_DIR, write_atomically
 from ..errors import MambaspecError
 from ..loading.costs import device_name
 
@@ -85,9 +85,7 @@ def append_outputs(path: Path, where: dict, method: str, records: list[dict]) ->
         lines = path.read_text().splitlines(keepends=True)
         kept = [ln for ln in lines if not all(json.loads(ln).get(k) == v for k, v in key.items())]
         if len(kept) < len(lines):
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(kept))
-            tmp.replace(path)
+            write_atomically(path, lambda tmp: tmp.write_text("".join(kept)))
     with path.open("a") as f:
         for r in records:
             f.write(json.dumps({**key, **r}) + "\n")

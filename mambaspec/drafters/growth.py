@@ -265,7 +265,6 @@ def grow_dynamic(drafter: StepDrafter | None, root_token: int, plan, sampling: S
     kept nodes whose first child would pay. Sampled children are kept in the order drawn (a drawn child is
     never kept without the ones drawn before it)."""
     tree = DraftTree.root_only(root_token, sampled=not sampling.greedy)
-    acc = plan.acceptance
     value, tokens, time = [1.0], 1.0, plan.base_time()
     scores: dict[int, torch.Tensor] = {}  # expanded node -> its scores
     if drafter is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from ..config import cache_dir
+from ..config import cache_dir, write_atomically
 from ..errors import MambaspecError
 from .recipe import DrafterRecipe
 
@@ -161,9 +161,7 @@ def stdlib_stream(target_name: str, tokenizer, log: Log) -> torch.Tensor:
     log("tokenizing the standard library's source ...")
     ids = tokenize_texts(tokenizer, stdlib_code())
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")  # a kill while saving leaves no half file under the final name
-    torch.save(ids, tmp)
-    tmp.replace(cache)
+    write_atomically(cache, lambda tmp: torch.save(ids, tmp))
     return ids
 
 

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..config import cache_dir, load_yaml, recipes_dir
+from ..config import cache_dir, load_yaml, recipes_dir, write_atomically
 from ..core.sampling import SamplingConfig, warp
 from ..errors import MambaspecError
 from .corpus import stdlib_function_prompts
@@ -173,9 +173,7 @@ def build_prompt_set(recipe: DataRecipe, model, tokenizer, log: Log) -> list[dic
     for rows in by_domain.values():
         for i, p in enumerate(rows):
             p["split"] = "heldout" if i >= len(rows) - recipe.heldout_per_domain else "train"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: tmp.write_text("".join(json.dumps(p) + "\n" for p in prompts)))
     log(f"prompts: {len(prompts)} ({', '.join(f'{d} {len(r)}' for d, r in sorted(by_domain.items()))}) -> {path}")
     return prompts
 
@@ -328,9 +326,7 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
             break
         rows = answer_batch(model, batch, pad, eos, max_new, top_k, recipe)
         path = shard_path(folder, batch.index)
-        tmp = path.with_suffix(".tmp")
-        torch.save(rows, tmp)
-        tmp.replace(path)
+        write_atomically(path, lambda tmp: torch.save(rows, tmp))
         tokens += sum(len(r["ids"]) - r["prompt_len"] for r in rows)
         elapsed = time.perf_counter() - t0
         log(f"answers: batch {batch.index + 1}/{len(plan)} ({n + 1} this run), {tokens:,} answer tokens, "
@@ -355,9 +351,7 @@ def _plan_info(plan_file: Path, recipe: DataRecipe) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(obj)))
 
 
 def make_recipe_data(recipe, target: str, device: str = "cpu", log: Log = print) -> list[Path]:

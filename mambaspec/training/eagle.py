@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import cache_dir
+from ..config import cache_dir, write_atomically
 from ..core.kv import final_hidden
 from ..drafters.eagle import EagleHead, rope_theta
 from ..drafters.vocab import DraftVocab
@@ -81,9 +81,7 @@ def target_features(target, rows: list[dict], name: str, budget: int, log) -> di
 
 def _save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def feature_data(recipe: DrafterRecipe, target_name: str, get_target, log) -> FeatureData:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from ..config import write_atomically
 from ..drafters.vocab import META_FILE, DraftVocab
 from ..errors import MambaspecError
 from .data import Batch, TrainingData, prepare_data
@@ -259,12 +260,14 @@ def _trim_metrics(path: Path, step: int) -> None:
         return
     with path.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
-    tmp = path.with_suffix(".tmp")  # a kill while rewriting leaves the old file whole
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRICS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRICS)
+            w.writeheader()
+            w.writerows(rows)
+
+    write_atomically(path, write)
 
 
 def _train_steps(recipe: DrafterRecipe, s: _Setup, end: int, device: str, ckpt_path: Path, metrics: Path,
@@ -289,10 +292,10 @@ def _train_steps(recipe: DrafterRecipe, s: _Setup, end: int, device: str, ckpt_p
             _log_metrics(metrics, [done, f"{loss.item():.4f}", f"{loss_ema:.4f}", f"{lr_at(step, recipe):.6f}",
                                    f"{tokens / elapsed:.0f}", f"{s.wall_before + elapsed:.1f}"])
         if done % recipe.checkpoint_every == 0 or done == end:
-            _atomic_save({"model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "step": done,
-                          "wall_s": s.wall_before + elapsed, "recipe": asdict(recipe), "data": s.data_key,
-                          "loss_ema": loss_ema,
-                          "draft_vocab": s.vocab.target_ids if s.vocab else None}, ckpt_path)
+            ckpt = {"model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "step": done,
+                    "wall_s": s.wall_before + elapsed, "recipe": asdict(recipe), "data": s.data_key,
+                    "loss_ema": loss_ema, "draft_vocab": s.vocab.target_ids if s.vocab else None}
+            write_atomically(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
     return loss_ema, s.wall_before + time.perf_counter() - t_start
 
 
@@ -303,12 +306,6 @@ def _log_metrics(path: Path, row: list) -> None:
         if new:
             w.writerow(METRICS)
         w.writerow(row)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def _save(recipe: DrafterRecipe, s: _Setup, target_name: str, out: Path, wall: float) -> dict:
