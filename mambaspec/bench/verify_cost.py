@@ -31,6 +31,7 @@ from transformers import DynamicCache
 from ..config import DEFAULT_TARGET
 from ..core.kv import forward_chain, forward_tree, keep_slots, new_kv_cache
 from ..errors import MambaspecError
+from ..hf_compat import with_cache
 from ..loading.costs import cost_store, device_name
 from ..loading.options import ModelOptions
 
@@ -103,7 +104,8 @@ def measure_verify_cost(engine_model, plain_model, vocab_size: int, prefix: int 
     device = next(engine_model.parameters()).device
     engine_cache, plain_cache = new_kv_cache(), DynamicCache()
     plain_prefill = _seconds(lambda: plain_model(input_ids=torch.tensor([ids[:prefix]], device=device),
-                                                 past_key_values=plain_cache, use_cache=True, logits_to_keep=1))
+                                                 **with_cache(plain_model, plain_cache), use_cache=True,
+                                                 logits_to_keep=1))
     engine_prefill = _seconds(lambda: forward_chain(engine_model, engine_cache, ids[:prefix]))
 
     def engine_step(q: int) -> None:
@@ -112,7 +114,7 @@ def measure_verify_cost(engine_model, plain_model, vocab_size: int, prefix: int 
         keep_slots(engine_cache, prefix, [])
 
     def plain_step(q: int) -> None:
-        plain_model(input_ids=torch.tensor([ids[prefix:prefix + q]], device=device), past_key_values=plain_cache,
+        plain_model(input_ids=torch.tensor([ids[prefix:prefix + q]], device=device), **with_cache(plain_model, plain_cache),
                     use_cache=True)
         plain_cache.crop(-q)
 

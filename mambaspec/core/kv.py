@@ -19,6 +19,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from ..hf_compat import with_cache
+
 MIN_CAPACITY = 256
 
 
@@ -103,7 +105,7 @@ def forward_chain(model, cache: DynamicCache, tokens: list[int] | None, all_logi
     past = kv_length(cache)
     n = len(tokens) if embeds is None else embeds.shape[1]
     pos = torch.arange(past, past + n, device=device)[None]
-    out = model(**_inputs(tokens, embeds, device), position_ids=pos, cache=cache, use_cache=True,
+    out = model(**_inputs(tokens, embeds, device), position_ids=pos, **with_cache(model, cache), use_cache=True,
                 logits_to_keep=0 if all_logits else 1)
     return out.logits[0].float()
 
@@ -137,8 +139,8 @@ def forward_tree(
         key_pos = torch.cat([torch.arange(start, device=device), pos])
         in_window = (pos[-n:, None] - key_pos[None, :]) < window
         mask = {"full_attention": mask, "sliding_attention": _attention_mask(model, allowed & in_window)}
-    out = model(**_inputs(tokens, embeds, device), position_ids=pos[None, -n:], attention_mask=mask, cache=cache,
-                use_cache=True)
+    out = model(**_inputs(tokens, embeds, device), position_ids=pos[None, -n:], attention_mask=mask,
+                **with_cache(model, cache), use_cache=True)
     return out.logits[0].float()
 
 

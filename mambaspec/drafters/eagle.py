@@ -23,6 +23,7 @@ from torch import nn
 
 from ..core.kv import forward_chain, forward_tree, keep_slots, kv_bytes, new_kv_cache
 from ..errors import MambaspecError
+from ..hf_compat import with_cache
 from .base import ReadsTargetHidden
 from .growth import StepDrafter
 from .vocab import META_FILE, DraftVocab
@@ -71,7 +72,7 @@ class EagleHead(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor, position_ids=None, attention_mask=None, cache=None,
                 use_cache: bool = False, logits_to_keep: int = 0, **_):
         out = self.decoder(inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=attention_mask,
-                           cache=cache, use_cache=use_cache)
+                           **with_cache(self.decoder, cache), use_cache=use_cache)
         self.last_hidden = out.last_hidden_state
         hidden = self.last_hidden[:, -logits_to_keep:] if logits_to_keep else self.last_hidden
         return _Logits(self.head(hidden))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from ..hf_compat import with_cache
 from .base import Rewindable
 from .growth import StepDrafter
 from .mamba_step import mamba2_step, supports_fast_step
@@ -85,7 +86,8 @@ class MambaDrafter(StepDrafter, Rewindable):
         else:
             state.install(self.cache)
         steps = [tokens] if (state is None or self.multi_token_steps) else tokens.split(1, dim=1)
-        kept = [self.model(input_ids=chunk, cache=self.cache, use_cache=True, logits_to_keep=n_logits).logits.float()
+        kept = [self.model(input_ids=chunk, **with_cache(self.model, self.cache), use_cache=True,
+                           logits_to_keep=n_logits).logits.float()
                 for chunk in steps]
         return torch.cat(kept, dim=1)[:, -n_logits:], MambaState.read(self.cache)
 

@@ -31,6 +31,7 @@ import torch
 from ..config import cache_dir, load_yaml, recipes_dir, write_atomically
 from ..core.sampling import SamplingConfig, warp
 from ..errors import MambaspecError
+from ..hf_compat import with_cache
 from .corpus import stdlib_function_prompts
 from .sources import document_prompts, template_prompts
 
@@ -251,8 +252,8 @@ def answer_batch(model, batch: AnswerBatch, pad: int, eos: int, max_new: int, to
     tops: list[list[torch.Tensor]] = [[] for _ in ids]
     for step in range(max_new):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -tokens.shape[1]:]
-        logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                       logits_to_keep=1).logits[:, -1].float()
+        logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, **with_cache(model, cache),
+                       use_cache=True, logits_to_keep=1).logits[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1)
         top = logp.topk(top_k, dim=-1)
         nxt = logits.argmax(-1) if sampling is None else torch.multinomial(warp(logits, sampling), 1,
