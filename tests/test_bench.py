@@ -105,6 +105,7 @@ def test_csv_has_every_column_and_every_method(first_run):
         assert r["torch"] == torch.__version__ and r["date"]
         assert r["target_kv_bytes"] == by["ar"]["target_kv_bytes"] != "0"  # same target, same prompts
         assert r["greedy_match"] == ("" if r["method"] == "ar" else "yes"), r["method"]
+        assert r["reference_match"] == ("yes" if r["method"] == "ar" else ""), r["method"]  # transformers' generate
     assert by["ar"]["speedup_decode"] == "1.0" and float(by["mamba"]["speedup_decode"]) > 0
     assert 0 < float(by["mamba"]["mean_tree_nodes"]) <= 6  # tree (2,1,1), cut near the end
     assert int(by["mamba"]["drafter_state_bytes"]) > 0 and int(by["ar"]["drafter_state_bytes"]) == 0
@@ -168,6 +169,30 @@ def test_planted_non_lossless_method_is_flagged(files, monkeypatch, tmp_path):
     console = Console(record=True, width=250)
     console.print(*results_tables(result.rows))
     assert "✗ 2/2 differ" in console.export_text()
+
+
+def test_an_engine_wide_error_is_caught_by_the_outside_reference(files, monkeypatch, tmp_path):
+    """ar is every method's reference, so an error shared by every method shows only against transformers' own
+    generate: here the engine's plain decoding changes its last token, and every method with it."""
+    real = methods_mod.METHODS["ar"].build
+
+    def build(models, cfg):
+        plain = real(models, cfg).run
+
+        def run(ids, max_new, seed):
+            result = plain(ids, max_new, seed)
+            result.new_token_ids[-1] = (result.new_token_ids[-1] + 1) % VOCAB
+            return result
+
+        return MethodRun(run, "ar with its last token changed")
+
+    monkeypatch.setitem(methods_mod.METHODS, "ar", Method("ar", None, build))
+    result = run_bench(config(files, tmp_path, methods=["ar"]))
+    ar = result.rows[0]
+    assert ar["reference_match"] == f"no (token {NEW - 1})" and float(ar["reference_margin"]) > 0
+    console = Console(record=True, width=250)
+    console.print(*results_tables(result.rows))
+    assert "transformers' generate differs" in console.export_text()
 
 
 def test_default_methods_skip_what_has_no_drafter(files, tmp_path):

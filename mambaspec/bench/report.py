@@ -63,7 +63,10 @@ def results_tables(rows: list[dict]) -> list[Table]:
 
 def _lossless_cell(row: dict) -> str:
     if row["method"] == "ar":
-        return "reference"
+        match = str(row.get("reference_match") or "")
+        if match.startswith("no"):
+            return f"[bold red]✗ transformers' generate differs ({match[3:].strip('()')})[/]"
+        return "reference" + (" [green](= transformers' generate)[/]" if match == "yes" else "")
     if float(row["temperature"]):
         return "n/a (sampling)"
     if row["greedy_match"] == "yes":

@@ -27,7 +27,8 @@ COLUMNS = [
     "prompts", "prompt_tokens", "new_tokens", "decode_tokens_per_s", "tokens_per_s", "speedup_decode",
     "speedup_e2e", "mean_accept_len", "rounds", "mean_tree_nodes", "no_draft_rounds", "drafted_accept_len",
     "predicted_accept_len", "prediction_error", "draft_ms_per_round", "verify_ms_per_round", "prefill_s", "seconds", "peak_mem_mb", "mem_measure",
-    "drafter_state_bytes", "target_kv_bytes", "greedy_match", "mismatched_prompts", "method_detail",
+    "drafter_state_bytes", "target_kv_bytes", "greedy_match", "mismatched_prompts", "reference_match", "reference_margin",
+    "method_detail",
     *CONFIG_COLUMNS, "device_name", "threads", "torch", "transformers", "mambaspec", "git_commit", "date",
 ]
 TEXT = sorted(set(COLUMNS) - {"length", "prompts", "prompt_tokens", "new_tokens", "decode_tokens_per_s",

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import torch
 
 from ..core.bandit import DEFAULT_C, DEFAULT_EDGES, check_options
 from ..core.engine import GenerationResult, SpeculativeGenerator
 from ..core.policy import TREE_POLICIES
+from ..core.sampling import SamplingConfig
 from ..core.shape import DEFAULT_SHAPE, TreeShape
 from ..drafters.base import innermost
 from ..drafters.eagle import EagleDrafter
@@ -35,6 +37,7 @@ from ..loading.options import ModelOptions
 from ..loading.pipeline import load_drafter
 from .datasets import BenchPrompt, build_prompts, dataset_spec, load_rows
 from .methods import METHODS, BenchModels, MethodRun
+from .peers import hf_generate
 from .report import check_matplotlib, count, plot_results
 from .results import (CSV_NAME, OUTPUTS_NAME, PeakMemory, append_outputs, append_row, environment, read_outputs,
                       read_results, rows_of)
@@ -282,6 +285,8 @@ def _write_row(cfg: BenchConfig, models: BenchModels, built: dict[str, MethodRun
     csv_path, outputs_path = out / CSV_NAME, out / OUTPUTS_NAME
     if cfg.temperature == 0:
         compare_with_ar(row, prompts, results, read_outputs(outputs_path, {**where, "method": "ar"}))
+        if method == "ar":
+            row.update(reference_check(models, prompts[0], results[0], cfg.max_new_tokens))
     ar = rows_of(read_results(csv_path))
     ar = next((r for r in ar if r["config_id"] == env["config_id"] and r["method"] == "ar"
                and _key((r["dataset"], r["length"], "ar")) == _key((cfg.dataset, length or None, "ar"))), None)
@@ -343,6 +348,27 @@ def compare_with_ar(row: dict, prompts: list[BenchPrompt], results: list[Generat
     mismatched = sum(reference.get(p.id) != r.new_token_ids for p, r in zip(prompts, results))
     row["greedy_match"] = "no" if mismatched else "yes"
     row["mismatched_prompts"] = mismatched
+
+
+def reference_check(models: BenchModels, prompt: BenchPrompt, ar: GenerationResult, max_new_tokens: int) -> dict:
+    """``ar`` itself against an outside reference: transformers' own greedy ``generate`` (its loop, its cache) on
+    the same model and prompt. Every method is compared with ``ar``, so an error of the whole engine would
+    otherwise pass unseen. ``reference_margin``: at the first token where they differ, the gap between the two
+    tokens' logits in the model's plain forward (a near-tie, under half precision, is rounding; a large gap is
+    an error)."""
+    model = models.target.model
+    ref = hf_generate(model, prompt.ids, max_new_tokens, SamplingConfig(), sorted(models.plain.eos_token_ids))
+    ours, theirs = ar.new_token_ids, ref.new_token_ids
+    if ours == theirs:
+        return {"reference_match": "yes", "reference_margin": ""}
+    at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    margin = ""
+    if at < min(len(ours), len(theirs)):
+        with torch.inference_mode():
+            ids = torch.tensor([prompt.ids + ours[:at]], device=model.device)
+            logits = model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+        margin = round(abs(float(logits[ours[at]] - logits[theirs[at]])), 4)
+    return {"reference_match": f"no (token {at})", "reference_margin": margin}
 
 
 def speedups(row: dict, ar_row: dict | None) -> None:

@@ -279,6 +279,7 @@ def load_model(name_or_path: str, options: ModelOptions | None = None, role: str
     from ..cpu.attention import use_packed_attention
     from ..cpu.linears import optimize_model
     from ..drafters.vocab import read_meta
+    from .selfcheck import check_target
 
     options = options or ModelOptions()
     if role == "drafter":
@@ -308,6 +309,8 @@ def load_model(name_or_path: str, options: ModelOptions | None = None, role: str
     done = [optimize_model(model, linear=options.linear, quantize=options.quantize, compile=options.compile)]
     if role == "target" and use_packed_attention(model):
         done.append("packed-GQA attention")
+    if role == "target":
+        check_target(model, name_or_path)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, source=where, meta=meta,
                        optimized=", ".join(done), options=options)
 

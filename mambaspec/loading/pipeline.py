@@ -30,6 +30,7 @@ from ..config import DEFAULT_TARGET
 from .costs import cost_store
 from .models import MERGED, LoadedModel, default_drafter, load_model, locate
 from .options import ModelOptions, check_cross_tokenizer
+from .selfcheck import check_drafter
 
 
 def load_drafter(name: str | None, target: LoadedModel, options: ModelOptions | None = None,
@@ -59,6 +60,7 @@ def load_drafter(name: str | None, target: LoadedModel, options: ModelOptions | 
         options = ModelOptions(**{**options.as_dict(), "device": str(target.device), "device_map": None})
     loaded = load_model(name, options, role="drafter")
     drafter = make_drafter(loaded.model, loaded.tokenizer, name=name, draft_vocab=vocab_from_meta(loaded.meta))
+    check_drafter(drafter, name, target.model.get_output_embeddings().weight.shape[0])
     return adapt_drafter(drafter, target.tokenizer, cross_tokenizer)
 
 
