@@ -541,5 +541,57 @@ def pretrain_drafter(
         out.print(json.dumps(result.eval, indent=1))
 
 
+@app.command()
+def serve(
+    target: str = TargetOpt,
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help=DrafterHelp + " A request may send `\"drafter\": \"none\"` (plain decoding), `lookup`, or this one."),
+    lookup_global: bool = typer.Option(False, "--lookup-global", help=LookupGlobalHelp),
+    cross_tokenizer: str = typer.Option("auto", "--cross-tokenizer", help="A drafter with another tokenizer: auto (translate through text when they differ, greedy only), on, or off (refuse it)."),
+    tree: str = typer.Option(DEFAULT_TREE, "--tree", help=TreeHelp + " The default of requests that send no `tree`."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="With --tree auto: the arms file (default recipes/trees.yaml)."),
+    ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="With --tree auto: the UCB exploration constant c."),
+    reward: str = typer.Option("replayed", "--reward", help=RewardHelp),
+    edges: str = typer.Option(EDGES, "--confidence-buckets", help=EdgesHelp),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="max_tokens of a request that sends none (capped at the context)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface, e.g. behind a load balancer)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free port, printed at start)."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model id clients send and /v1/models lists (default: --target)."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait for the engine; more get HTTP 429 (retry, or another replica)."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="`auto`: shard the target over several GPUs with accelerate."),
+    linear: str = LinearOpt,
+    quantize: str = QuantizeOpt,
+    compile_: bool = CompileOpt,
+    threads: Optional[int] = ThreadsOpt,
+) -> None:
+    """Serve the speculative engine behind an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
+    /v1/models, /health, /metrics); one generation at a time, requests in arrival order. Needs the `serve` extra."""
+    with _errors():
+        from .serve import check_installed
+
+        tree_plan = _tree_option(tree, arms, ucb_c, reward, edges)
+        _at_least("--max-new-tokens", max_new_tokens)
+        _at_least("--max-queue", max_queue)
+        _at_least("--port", port, low=0)
+        _option("--cross-tokenizer", lambda: check_cross_tokenizer(cross_tokenizer))
+        options = _model_options(device, dtype, linear, quantize, compile_, device_map)
+        _check_models(target, drafter=drafter)
+        check_installed()
+        from .serve.app import bind, make_app, make_server, url
+
+        sock = bind(host, port)
+        _, err = consoles()
+        say = lambda m: err.print(f"[dim]{m}[/]", soft_wrap=True)  # noqa: E731
+        pipe = _load_for_generate(target, drafter, options, cross_tokenizer, lookup_global, say, threads)
+        if compile_:  # compilation happens here, before the first request
+            pipe.generate("Hello", max_new_tokens=8, tree=tree_plan)
+        name = served_model_name or target
+        server = make_server(make_app(pipe, name, tree=tree_plan, max_tokens=max_new_tokens, max_queue=max_queue))
+        say(f"serving '{name}' at {url(sock)}/v1 (OpenAI-compatible; one generation at a time, requests in order; "
+            f"GET /metrics for Prometheus)")
+        server.run(sockets=[sock])
+
+
 def main() -> None:
     app()

@@ -10,12 +10,13 @@ ROOT = Path(__file__).resolve().parent.parent / "mambaspec"
 MODULES = {p: ast.parse(p.read_text()) for p in sorted(ROOT.rglob("*.py"))}
 # layer -> layers it must never import (the CLI and its display are imported by nothing but __main__)
 FORBIDDEN = {
-    "core": {"bench", "training", "cli", "display", "loading"},
-    "drafters": {"bench", "training", "loading", "cli", "display"},
-    "cpu": {"core", "drafters", "bench", "training", "loading", "cli", "display"},
-    "loading": {"bench", "training", "cli", "display"},
-    "bench": {"training", "cli", "display"},
-    "training": {"bench", "cli", "display"},
+    "core": {"bench", "training", "cli", "display", "loading", "serve"},
+    "drafters": {"bench", "training", "loading", "cli", "display", "serve"},
+    "cpu": {"core", "drafters", "bench", "training", "loading", "cli", "display", "serve"},
+    "loading": {"bench", "training", "cli", "display", "serve"},
+    "bench": {"training", "cli", "display", "serve"},
+    "training": {"bench", "cli", "display", "serve"},
+    "serve": {"drafters", "cpu", "bench", "training", "cli", "display"},  # a front end over loading/ and core/
 }
 
 
@@ -53,6 +54,8 @@ def test_layers_import_downwards(path):
     assert not imported & FORBIDDEN.get(layer, set()), f"{layer} imports {imported & FORBIDDEN[layer]}"
     if layer != "__main__":
         assert "cli" not in imported, "nothing but __main__ imports the CLI"
+    if layer != "cli":
+        assert "serve" not in imported, "nothing but the CLI imports the server"
 
 
 def test_functions_are_short():
