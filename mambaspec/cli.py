@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
+from typer.core import TyperGroup
 
+from . import __version__
 from .config import DEFAULT_TARGET
 from .core.bandit import DEFAULT_C, DEFAULT_EDGES, check_options
 from .core.sampling import SamplingConfig
@@ -25,14 +27,60 @@ from .display import Reporter, Streamer, arms_table, consoles, dynamic_table, st
 from .errors import MambaspecError
 from .loading.options import ModelOptions, check_cross_tokenizer
 
+
+
+class _Commands(TyperGroup):
+    """typer's group of commands, with a usage error (``-n abc``, an unknown option or command) as one line on stderr
+    like every other error (typer draws a box under a usage line), and no type label on flags in help (typer shows
+    ``<bool>`` for every flag, ``--help`` included)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # typer's usage errors derive from it
+            if type(e).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+                ctx = getattr(e, "ctx", None)
+                see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+                consoles()[1].print(f"[bold red]error:[/] {_one_line(e.format_message())}{see}", soft_wrap=True,
+                                    highlight=False)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            consoles()[1].print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def get_command(self, ctx, cmd_name: str):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _no_flag_types(command, ctx)
+        return command
+
+    def format_help(self, ctx, formatter) -> None:
+        _no_flag_types(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def _no_flag_types(command, ctx) -> None:
+    """Flags (``--quiet``, ``--compile/--no-compile``, ``--help``) take no value, so help shows no type for them."""
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="Speculative decoding with Mamba drafters: generate, benchmark, tune trees, train drafters.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 EDGES = ",".join(map(str, DEFAULT_EDGES))
-FIRM_PULLS = 30  # tune: rounds of the best arm below which its choice is called noise
 
 TargetOpt = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target model: a name (see `mambaspec models`), hub id, folder or .gguf file.")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when a GPU is visible).")
@@ -52,6 +100,18 @@ RewardHelp = ("The tree bandit's reward: `replayed` (tokens/s: every arm's accep
               "`measured` (tokens/s of the rounds each arm ran) or `modeled` (the paper's -(1+λγ)/N_accept).")
 EdgesHelp = ("Contexts of the replayed reward: the drafter's top-1 probability at the root cuts rounds into contexts at these "
              "edges, and each context learns its own best arm (`none`: one context).")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"mambaspec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                              help="Print mambaspec's version and exit.")) -> None:
+    pass
 
 
 def _quiet_libraries(threads: int | None = None) -> None:
@@ -97,17 +157,34 @@ def _at_least(flag: str, value: int | None, low: int = 1) -> None:
 
 
 def _model_options(device: str, dtype: str, linear: str, quantize: str, compile_: bool,
-                   device_map: str | None = None) -> ModelOptions:
-    try:
-        return ModelOptions(device=device, dtype=dtype, device_map=device_map, linear=linear, quantize=quantize,
-                            compile=compile_)
-    except MambaspecError as e:
-        raise MambaspecError(f"{e} (--device, --dtype, --linear, --quantize, --compile)") from None
+                   device_map: str | None = None, threads: int | None = None) -> ModelOptions:
+    """The options, each value checked on its own so that an error names its flag."""
+    for flag, key, value in (("--device", "device", device), ("--dtype", "dtype", dtype), ("--linear", "linear", linear),
+                             ("--quantize", "quantize", quantize), ("--threads", "threads", threads)):
+        _option(flag, lambda: ModelOptions(**{key: value}))
+    return _option("--compile, --quantize", lambda: ModelOptions(
+        device=device, dtype=dtype, device_map=device_map, linear=linear, quantize=quantize, compile=compile_,
+        threads=threads))
+
+
+def _sampling_options(temperature: float, top_p: float = 1.0, top_k: int = 0) -> SamplingConfig:
+    """The sampling settings, each checked on its own so that an error names its flag."""
+    _option("--temperature", lambda: SamplingConfig(temperature=temperature))
+    _option("--top-p", lambda: SamplingConfig(top_p=top_p))
+    _option("--top-k", lambda: SamplingConfig(top_k=top_k))
+    return SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k)
+
+
+def _bandit_options(c: float, reward: str = "replayed", edges: str = EDGES) -> None:
+    """``--ucb-c``, ``--reward`` and ``--confidence-buckets``, each checked on its own so that an error names its flag."""
+    _option("--ucb-c", lambda: check_options(c, "replayed", EDGES))
+    _option("--reward", lambda: check_options(DEFAULT_C, reward, EDGES))
+    _option("--confidence-buckets", lambda: check_options(DEFAULT_C, "replayed", edges))
 
 
 def _tree_option(tree: str, arms: str | None, c: float, reward: str, edges: str):
     """``--tree``: a fixed TreeShape, or for ``auto`` a UCB policy over the arms file (checked, not loaded yet)."""
-    _option("--ucb-c/--reward/--confidence-buckets", lambda: check_options(c, reward, edges))
+    _bandit_options(c, reward, edges)
     if arms is not None and tree.strip().lower() != "auto":
         raise MambaspecError("--arms is only used with --tree auto")
     if tree.strip().lower() == "dynamic":
@@ -195,16 +272,20 @@ def generate(
     """Generate text with speculative decoding: the text on stdout, the stats on stderr."""
     with _errors():
         tree_plan = _tree_option(tree, arms, ucb_c, reward, edges)
-        sampling = _option("--temperature/--top-p/--top-k",
-                           lambda: SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k))
+        sampling = _sampling_options(temperature, top_p, top_k)
         _at_least("--max-new-tokens", max_new_tokens)
         _option("--cross-tokenizer", lambda: check_cross_tokenizer(cross_tokenizer))
-        options = _model_options(device, dtype, linear, quantize, compile_, device_map)
+        options = _model_options(device, dtype, linear, quantize, compile_, device_map, threads)
         stop = _stop_strings(stop)
         _check_models(target, drafter=drafter)
         text = _read_prompt(prompt, prompt_file)
         _, err = consoles()
         say = (lambda m: None) if (quiet or as_json) else (lambda m: err.print(f"[dim]{m}[/]", soft_wrap=True))
+        if not sampling.greedy or cross_tokenizer != "auto":  # the drafter's tokenizer decides: read before loading
+            _quiet_libraries(threads)
+            from .loading.pipeline import check_drafter_for
+
+            _option("--drafter", lambda: check_drafter_for(target, drafter, cross_tokenizer, sampling))
         pipe = _load_for_generate(target, drafter, options, cross_tokenizer, lookup_global, say, threads)
         for note in _run_notes(tree_plan, pipe.drafter, sampling, seed):
             say(f"note: {note}")
@@ -250,7 +331,8 @@ def _run_generation(pipe, text: str, kw: dict, stream: bool):
 
 def _json_record(result, target: str, tree: str, sampling: SamplingConfig, seed, max_new_tokens: int,
                  system: str | None, stop) -> dict:
-    """Everything needed to reproduce the run, and what it gave."""
+    """Everything needed to reproduce the run, and what it gave (``tree``: ``none`` when no drafter ran)."""
+    tree = "none" if result.stats.drafter == "none" else tree
     return {"target": target, "drafter": result.stats.drafter, "tree": tree, "max_new_tokens": max_new_tokens,
             "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
                          "seed": seed}, "system": system, "stop": stop or [], "prompt_tokens": len(result.prompt_ids),
@@ -331,12 +413,12 @@ def bench(
 ) -> None:
     """Benchmark drafters, peers and plain decoding side by side: throughput, acceptance length, memory."""
     with _errors(f"interrupted: finished rows are in {out_dir}/results.csv; rerun the same command to resume"):
-        options = _model_options(device, dtype, linear, quantize, compile_)
+        options = _model_options(device, dtype, linear, quantize, compile_, threads=threads)
         _at_least("--max-new-tokens", max_new_tokens)
         _at_least("--limit", limit)
-        _option("--temperature", lambda: SamplingConfig(temperature=temperature))
+        _sampling_options(temperature)
         _option("--tree", lambda: tree if tree.strip().lower() in ("dynamic", "auto") else TreeShape.parse(tree))
-        _option("--ucb-c/--confidence-buckets", lambda: check_options(ucb_c, "replayed", edges))
+        _bandit_options(ucb_c, edges=edges)
         from .bench.datasets import parse_lengths
 
         parsed = _option("--lengths", lambda: parse_lengths(lengths)) if lengths else None
@@ -387,14 +469,14 @@ def tune(
     """Find the tree shape that pays on a workload and this hardware (UCB bandit or a fixed sweep)."""
     with _errors(f"interrupted: the statistics so far are in {out_dir}/tuned_arms.yaml; rerun with "
                  f"--arms {out_dir}/tuned_arms.yaml to continue from them"):
-        from .bench.tune import check_options as check_tune_options
+        from .bench.tune import check_policy
 
-        _option("--policy/--ucb-c/--reward/--confidence-buckets",
-                lambda: check_tune_options(policy, ucb_c, reward, edges))
+        _option("--policy", lambda: check_policy(policy))
+        _bandit_options(ucb_c, reward, edges)
         for flag, value in (("--limit", limit), ("--rounds", rounds), ("--max-new-tokens", max_new_tokens)):
             _at_least(flag, value)
-        _option("--temperature", lambda: SamplingConfig(temperature=temperature))
-        options = _model_options(device, dtype, linear, quantize, compile_)
+        _sampling_options(temperature)
+        options = _model_options(device, dtype, linear, quantize, compile_, threads=threads)
         _check_models(target, drafter=drafter)
         _quiet_libraries(threads)
         from .bench.tune import tune_dataset
@@ -413,7 +495,8 @@ def tune(
         out.print(f"CSV: {csv_path}; the measured verification costs are kept for generate on this machine "
                   f"({costs_dir()})", soft_wrap=True)
         return
-    out.print(arms_table(result.rows(), f"tree arms ({result.policy})", best=result.best.name, reward=reward))
+    out.print(arms_table(result.rows(), f"tree arms ({result.policy})", best=result.best.name, reward=reward,
+                         policy=result.policy))
     for line in _best_arm_lines(result):
         out.print(line, soft_wrap=True)
     out.print(f"per-arm CSV: {csv_path}; tuned arms: {yaml_path} (use with generate --tree auto --arms, "
@@ -421,11 +504,28 @@ def tune(
 
 
 def _best_arm_lines(result) -> list[str]:
-    best_value = result.values[result.arms.index(result.best)]
-    lines = [f"best arm: {result.best.name} {result.best.shape}, value {best_value:.1f}; overall "
-             f"{result.tokens_per_s:.1f} tok/s (all prompts; prefill and exploration included)"]
-    if result.best.pulls < FIRM_PULLS:
-        lines.append(f"note: the best arm ran {count(result.best.pulls, 'round')}; a firm choice wants more "
+    """The best arm and why it is called best: ``fixed`` by what every arm measured on every prompt, ``ucb`` by the
+    bandit's value, with a note where another arm's own rounds ran faster."""
+    from .bench.tune import FIRM_PULLS
+
+    best = result.best
+    overall = f"overall {result.tokens_per_s:.1f} tok/s (all prompts; prefill and exploration included)"
+    if result.policy == "fixed":
+        lines = [f"best arm: {best.name} {best.shape}, {best.tokens_per_s:.1f} tok/s over its rounds (every arm ran "
+                 f"all {count(result.prompts, 'prompt')}); {overall}"]
+    else:
+        value = result.values[result.arms.index(best)]
+        lines = [f"best arm by value: {best.name} {best.shape}, value {value:.1f}, its own rounds "
+                 f"{best.tokens_per_s:.1f} tok/s; {overall}"]
+        firm = [a for a in result.arms if a is not best and a.pulls >= min(FIRM_PULLS, best.pulls)]
+        faster = max(firm, key=lambda a: a.tokens_per_s, default=None)
+        if faster is not None and faster.tokens_per_s > 1.1 * best.tokens_per_s:
+            lines.append(f"note: {faster.name}'s own rounds ran faster ({faster.tokens_per_s:.1f} tok/s over "
+                         f"{count(faster.pulls, 'round')}); under the bandit each arm runs where and when it was "
+                         f"chosen (other contexts, other moments of a busy machine), so own-round speeds are not like "
+                         f"for like: `tune --policy fixed` runs every arm on every prompt")
+    if best.pulls < FIRM_PULLS:
+        lines.append(f"note: the best arm ran {count(best.pulls, 'round')}; a firm choice wants more "
                      f"(--limit, --max-new-tokens)")
     return lines
 
@@ -461,7 +561,7 @@ def verify_cost_cmd(
         sizes = _int_list("--nodes", nodes)
         prefixes = _int_list("--prefix", prefix)
         _at_least("--repeats", repeats)
-        options = _model_options(device, dtype, linear, quantize, compile_)
+        options = _model_options(device, dtype, linear, quantize, compile_, threads=threads)
         _check_models(target)
         _quiet_libraries(threads)
         from .bench.verify_cost import verify_cost
@@ -498,7 +598,7 @@ def verify_cost_table(rows, settings: dict, target: str):
 def pretrain_drafter(
     target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target whose tokenizer the drafter speaks; also the teacher for distillation."),
     arch: Optional[str] = typer.Option(None, "--arch", help="mamba2, mamba, llama (the Transformer baseline) or eagle (a head over the target's hidden states; see recipes/drafters/eagle-smollm2.yaml). Default: the recipe's."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2.yaml."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2.yaml, the shipped drafter's (hours on a CPU: data made by the target, then training); recipes/drafters/quickstart.yaml runs in minutes. The plan and its rough times are printed first."),
     data: Optional[list[str]] = typer.Option(None, "--data", help="Extra training text: .txt/.md/.py/.rst/.jsonl/.parquet files or folders (repeatable)."),
     out_dir_opt: Optional[str] = typer.Option(None, "--out", help="Output folder (checkpoints, metrics.csv, the model, eval.json, README.md). Default: runs/ARCH-TARGET."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -509,21 +609,32 @@ def pretrain_drafter(
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Train a drafter for a target's tokenizer (LM pretraining + distillation from the target)."""
-    with _errors("interrupted: the last checkpoint (and every finished data shard) is kept; rerun with --resume "
-                 "to continue"):
+    with _errors("interrupted: the last checkpoint and the data made so far (finished data shards, token caches) are "
+                 "kept; rerun the same command with --resume to continue" if not data_only else
+                 "interrupted: the finished data shards are kept; rerun the same command to continue"):
         from dataclasses import replace
 
         from .config import recipes_dir
-        from .training.recipe import DrafterRecipe
+        from .training.recipe import ARCHS, DrafterRecipe
 
-        r = DrafterRecipe.load(recipe or recipes_dir() / "drafters" / "mamba2-smollm2.yaml")
+        if arch is not None and arch not in ARCHS:
+            raise MambaspecError(f"--arch: unknown arch '{arch}'; use one of {', '.join(ARCHS)}")
+        _at_least("--steps", steps)
+        recipe_path = recipe or recipes_dir() / "drafters" / "mamba2-smollm2.yaml"
+        r = DrafterRecipe.load(recipe_path)
         r = replace(r, **{k: v for k, v in (("arch", arch), ("steps", steps)) if v is not None})
-        _option("--arch/--steps", lambda: r.validate("recipe"))
+        r.validate(str(recipe_path))
         out_dir = out_dir_opt or f"runs/{r.arch}-{target.replace('/', '_')}"
         _check_models(target)
         _quiet_libraries(threads)
+        from .training.plan import describe_run
+
         out, err = consoles()
         with Reporter(err, unit="steps") as report:
+            for line in describe_run(r, target, out_dir, resume=resume, data_only=data_only):
+                report.status(line)
+            if recipe is None and not data_only:
+                report.status("for a first run of a few minutes: --recipe recipes/drafters/quickstart.yaml")
             if data_only:
                 from .training.datagen import make_recipe_data
 
@@ -575,7 +686,7 @@ def serve(
         _at_least("--max-queue", max_queue)
         _at_least("--port", port, low=0)
         _option("--cross-tokenizer", lambda: check_cross_tokenizer(cross_tokenizer))
-        options = _model_options(device, dtype, linear, quantize, compile_, device_map)
+        options = _model_options(device, dtype, linear, quantize, compile_, device_map, threads)
         _check_models(target, drafter=drafter)
         check_installed()
         from .serve.app import bind, make_app, make_server, url

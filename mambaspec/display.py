@@ -89,7 +89,7 @@ class Streamer:
 STATS = [  # (stat, format, meaning)
     ("drafter", "{}", "the drafter (none = plain target decoding)"),
     ("target_options", "{}", "how the target's forward was made cheap (--linear, --quantize, --compile)"),
-    ("tree", "{}", "draft tree shape (N1,...,Nγ), or what chose it every round (auto, dynamic)"),
+    ("tree", "{}", "draft tree shape (N1,...,Nγ; () without a drafter), or what chose it every round (auto, dynamic)"),
     ("new_tokens", "{}", "tokens generated"),
     ("stopped", "{}", "why generation stopped: eos, stop (a --stop string), max_new_tokens, context"),
     ("seconds", "{:.2f}", "wall time, prefill included, model loading excluded"),
@@ -142,9 +142,14 @@ def dynamic_table(row: dict) -> Table:
     return t
 
 
-def arms_table(arms: list[dict], title: str, best: str | None = None, reward: str = "replayed") -> Table:
-    t = Table(title=title, header_style="bold", caption=f"the bandit ranks arms by value = {RANKED_BY[reward]}; "
-              "tokens/round and tokens/s are over the rounds the arm ran, replayed over all rounds")
+def arms_table(arms: list[dict], title: str, best: str | None = None, reward: str = "replayed",
+               policy: str = "ucb") -> Table:
+    """Per-arm statistics; ``policy``: ``ucb`` (a bandit chose the arms, ranked by value) or ``fixed`` (every arm
+    ran every prompt, the best is the fastest)."""
+    ranked = (f"every arm ran every prompt; the best (green) has the highest tokens/s; value = {RANKED_BY[reward]}"
+              if policy == "fixed" else f"the bandit ranks arms by value = {RANKED_BY[reward]}")
+    t = Table(title=title, header_style="bold", caption=f"{ranked}; tokens/round and tokens/s are over the rounds the "
+              "arm ran, replayed over all rounds")
     this_run = any("run_pulls" in a for a in arms)
     columns = ("arm", "tree", "pulls (this run)" if this_run else "pulls", "tokens/round", "tokens/s",
                "ms/round", "replayed tokens/round", "value")

@@ -154,7 +154,7 @@ def test_tune_cli_end_to_end(tmp_path, tiny_dir):
                            "--out", str(tmp_path / "out"), "--device", "cpu"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "best arm:" in proc.stdout and "chain2" in proc.stdout
+    assert "best arm by value:" in proc.stdout and "chain2" in proc.stdout
     rows = list(csv.DictReader(open(tmp_path / "out" / "arms.csv")))
     assert [r["name"] for r in rows] == ["chain2", "fork"] and sum(int(r["pulls"]) for r in rows) > 2
     gen = subprocess.run([*base, "generate", "def g(y):", "--raw", "--target", tiny_dir["target"], "--drafter",

@@ -98,6 +98,10 @@ def test_csv_has_every_column_and_every_method(first_run):
         assert col in COLUMNS
     assert [r["method"] for r in rows] == ALL
     by = {r["method"]: r for r in rows}
+    trees = {m: by[m]["tree"] for m in ALL}  # what each method ran, not --tree for all (issue 28)
+    assert trees == {"ar": "", "mamba": "(2,1,1)", "mamba-auto": "auto", "mamba-dynamic": "dynamic", "lookup": "(2,1,1)",
+                     "mamba+lookup": "(2,1,1)", "mamba+lookup-dynamic": "dynamic", "transformer": "(2,1,1)",
+                     "eagle": "(2,1,1)", "hf-assisted": "", "prompt-lookup": ""}
     for r in rows:
         assert int(r["new_tokens"]) == 2 * NEW and int(r["prompts"]) == 2
         assert float(r["decode_tokens_per_s"]) > 0 and float(r["peak_mem_mb"]) > 0
@@ -395,3 +399,29 @@ def test_changed_data_file_is_a_new_configuration_and_outputs_are_not_duplicated
     other = run_bench(config(files, tmp_path, data=str(data), methods=["ar", "lookup"]))
     assert other.resumed == 0 and all(r["greedy_match"] in ("yes", None, "") for r in other.rows)
     assert first.rows[0]["config_id"] != other.rows[0]["config_id"]
+
+
+def test_bad_data_and_greedy_only_drafters_are_refused_before_any_model_loads(files, tmp_path, monkeypatch):
+    """A row without the prompt field, an empty prompt, a broken line (its position named), and sampling with a
+    drafter of another tokenizer: refused from the file and the tokenizers, no model loaded (issue 28)."""
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("mambaspec.bench.runner.load_model", no_loading)
+    cases = [('{"prompt": "fine"}\n{"text": "no prompt"}\n', "line 2 of the data file has no field 'prompt'"),
+             ('{"prompt": "fine"}\n\n{"prompt": "  "}\n', "line 3 of the data file makes an empty prompt"),
+             ('{"prompt": "fine"}\n{"prompt": "cut off\n', r"line 2 is not valid JSON \(Unterminated string starting "
+                                                          r"at: column 12\)")]
+    for i, (text, needle) in enumerate(cases):
+        path = tmp_path / f"bad{i}.jsonl"
+        path.write_text(text)
+        with pytest.raises(MambaspecError, match=needle):
+            run_bench(config(files, tmp_path / "out", data=str(path)))
+    with pytest.raises(MambaspecError, match="greedy only"):
+        run_bench(config(files, tmp_path / "out", methods=["ar", "transformer"], temperature=0.7,
+                         transformer_drafter=files["llama_other"]))
+    said = []
+    with pytest.raises(AssertionError, match="a model was loaded"):  # by default such methods are skipped, not refused
+        run_bench(config(files, tmp_path / "out", temperature=0.7, transformer_drafter=files["llama_other"]),
+                  log=said.append)
+    assert any(m.startswith("skipping transformer:") and "greedy only" in m for m in said), said

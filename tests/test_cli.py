@@ -245,3 +245,101 @@ def test_dynamic_trees_and_lookup_drafters_from_the_cli(tiny_dir, drafter, tree)
     assert rec["new_token_ids"] == plain["new_token_ids"] and rec["stats"]["drafter"].endswith(drafter.split("2")[-1])
     if tree == "dynamic":
         assert rec["stats"]["tree"] == "dynamic" and "predicted_accept_len" in rec["stats"]["policy_report"]
+
+
+# ------------------------------------------------------------------- issue 28: messages, labels, early checks
+
+@pytest.mark.parametrize("args,flag", [
+    (["--temperature", "-1"], "--temperature"), (["--top-p", "0"], "--top-p"), (["--top-k", "-2"], "--top-k"),
+    (["--dtype", "f8"], "--dtype"), (["--device", "tpu"], "--device"), (["--quantize", "int4"], "--quantize"),
+    (["--tree", "auto", "--ucb-c", "-1"], "--ucb-c"), (["--tree", "auto", "--reward", "x"], "--reward"),
+    (["--threads", "0"], "--threads"),
+])
+def test_a_bad_value_names_its_own_flag(tiny_dir, args, flag):
+    res = run_cli("generate", "hello", "--target", tiny_dir["target"], "--drafter", "none", *args)
+    assert_clean_error(res)
+    others = {"--temperature", "--top-p", "--top-k", "--device", "--dtype", "--linear", "--quantize", "--compile",
+              "--ucb-c", "--reward", "--confidence-buckets", "--threads"} - {flag}
+    error = res.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: {flag}:") and not any(o in error for o in others), error
+    assert "loading" not in res.stderr  # refused before anything loads (--threads 0 printed `loading ...` first)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["generate", "hi", "-n", "abc"], "'--max-new-tokens'"), (["generate", "hi", "--bogus"], "--bogus"),
+    (["genrate"], "Did you mean 'generate'"), (["bench", "jsonl", "--limit", "x"], "'--limit'"),
+])
+def test_usage_errors_are_one_line(args, needle):
+    res = run_cli(*args)
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.startswith("error:") and len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr, \
+        res.stderr
+
+
+def test_version_and_help_without_type_labels_on_flags():
+    from mambaspec import __version__
+
+    res = run_cli("--version")
+    assert res.exit_code == 0 and res.stdout.strip() == f"mambaspec {__version__}"
+    for args in (["--help"], ["generate", "--help"], ["bench", "--help"], ["pretrain-drafter", "--help"]):
+        res = run_cli(*args)
+        assert res.exit_code == 0 and "<bool>" not in res.stdout and "--help" in res.stdout, args
+    assert "<int>" in run_cli("generate", "--help").stdout  # options that take a value keep their type
+
+
+def test_json_tree_says_none_without_a_drafter(tiny_dir):
+    rec = json.loads(run_cli("generate", "hi", "--raw", "--target", tiny_dir["target"], "--drafter", "none", "-n", "2",
+                             "--json").stdout)
+    assert rec["drafter"] == "none" and rec["tree"] == "none" and rec["stats"]["tree"] == "()"
+
+
+def test_sampling_with_another_tokenizer_is_refused_before_models_load(tiny_dir, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("mambaspec.loading.pipeline.load_model", no_loading)
+    res = run_cli("generate", "hi", "--raw", "--target", tiny_dir["target"], "--drafter", tiny_dir["other_tok"],
+                  "--temperature", "0.7")
+    assert_clean_error(res, "--drafter", "greedy only")
+    assert "loading" not in res.stderr
+    res = run_cli("generate", "hi", "--raw", "--target", tiny_dir["target"], "--drafter", tiny_dir["other_tok"],
+                  "--cross-tokenizer", "off")
+    assert_clean_error(res, "different tokenizer")
+
+
+def test_tune_names_the_best_arm_by_what_it_measured():
+    """fixed: the fastest arm over its own rounds; ucb: the bandit's value among firmly measured arms, with a note
+    when another arm's own rounds ran faster; the table's caption says which."""
+    from mambaspec.bench.tune import FIRM_PULLS, TuneResult, best_arm
+    from mambaspec.cli import _best_arm_lines
+    from mambaspec.core.bandit import Arm
+    from mambaspec.core.shape import TreeShape
+    from mambaspec.display import arms_table
+
+    slow_high_value = Arm("chain5", TreeShape.parse("1,1,1,1,1"), pulls=40, tokens=120, seconds=6.2)  # 19.4 tok/s
+    fast = Arm("chain2", TreeShape.parse("1,1"), pulls=200, tokens=400, seconds=8.1)  # 49.4 tok/s
+    few = Arm("wide", TreeShape.parse("3,2"), pulls=3, tokens=9, seconds=0.1)  # 90 tok/s on 3 rounds
+    value = {"chain5": 60.0, "chain2": 50.0, "wide": 99.0}
+    arms = [slow_high_value, fast, few]
+    assert best_arm(arms, "fixed", lambda a: value[a.name]) is few  # fixed: measured tok/s
+    assert best_arm(arms[:2], "fixed", lambda a: value[a.name]) is fast
+    assert best_arm(arms, "ucb", lambda a: value[a.name]) is slow_high_value  # 'wide' ran under FIRM_PULLS rounds
+    assert few.pulls < FIRM_PULLS <= slow_high_value.pulls
+
+    ucb = TuneResult(arms, slow_high_value, "ucb", 529, 14.4, [value[a.name] for a in arms], 3)
+    lines = _best_arm_lines(ucb)
+    assert lines[0].startswith("best arm by value: chain5") and "its own rounds 19.4 tok/s" in lines[0]
+    assert any(line.startswith("note: chain2's own rounds ran faster (49.4 tok/s") for line in lines)
+    fixed = TuneResult(arms[:2], fast, "fixed", 520, 14.3, [value[a.name] for a in arms[:2]], 3)
+    assert _best_arm_lines(fixed)[0].startswith("best arm: chain2 (1,1), 49.4 tok/s over its rounds")
+    caption = str(arms_table(fixed.rows(), "t", best="chain2", policy="fixed").caption)
+    assert "every arm ran every prompt" in caption and "bandit" not in caption
+    assert "the bandit ranks" in str(arms_table(ucb.rows(), "t", best="chain5").caption)
+
+
+@pytest.mark.parametrize("args,flag", [(["--arch", "gru"], "--arch"), (["--steps", "0"], "--steps"),
+                                       (["--threads", "0"], "--threads")])
+def test_pretrain_drafter_names_the_flag(args, flag):
+    res = run_cli("pretrain-drafter", *args)
+    assert_clean_error(res, flag)
+    assert res.stderr.strip().splitlines()[-1].startswith(f"error: {flag}")

@@ -98,6 +98,58 @@ def test_resume_under_other_settings_is_refused(tmp_path, tiny_dir, cache):
                       extra_data=[str(tmp_path / "corpus.txt")])
 
 
+def test_resume_after_an_interrupted_data_phase(tmp_path, tiny_dir, cache, monkeypatch):
+    """Ctrl-C while the run makes its data set (before any checkpoint): --resume continues it, keeping the finished
+    shards, as the interrupted message says (it answered "no checkpoint ... to resume from"; issue 28)."""
+    import mambaspec.training.datagen as datagen
+
+    target_name = _target_named(tmp_path, tiny_dir)
+    answer = datagen.answer_batch
+    answered = []
+
+    def interrupted_after_one(*args, **kwargs):
+        if answered:
+            raise KeyboardInterrupt
+        answered.append(1)
+        return answer(*args, **kwargs)
+
+    monkeypatch.setattr(datagen, "answer_batch", interrupted_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        train_drafter(tiny_recipe(tmp_path), target_name, tmp_path / "run", evaluate=False, log=lambda m: None)
+    shards = list(datagen.DataRecipe.named("tiny-test").folder.glob("answers/shard-*.pt"))
+    assert len(shards) == 1 and not (tmp_path / "run" / "checkpoint.pt").exists()
+    monkeypatch.setattr(datagen, "answer_batch", answer)
+    said = []
+    res = train_drafter(tiny_recipe(tmp_path), target_name, tmp_path / "run", resume=True, evaluate=False,
+                        log=said.append, stop_after=2)
+    assert res.steps == 2 and any("no checkpoint" in m and "step 0" in m for m in said), said
+    assert any(m.startswith("answers: 1 of") and "already done" in m for m in said), said  # the first shard kept
+    with pytest.raises(MambaspecError, match="no run in .* to resume"):
+        train_drafter(tiny_recipe(tmp_path), target_name, tmp_path / "elsewhere", resume=True, log=lambda m: None)
+
+
+def test_plan_says_what_runs_and_roughly_how_long(tmp_path, monkeypatch):
+    """Before a run starts: each data set (made, partly made, not made), training and evaluation, with rough times;
+    the shipped recipe takes hours, the quickstart minutes."""
+    from mambaspec.training.plan import describe_run
+
+    monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path))
+    full = describe_run(DrafterRecipe.load(recipes_dir() / "drafters" / "mamba2-smollm2.yaml"), "smollm2-135m")
+    text = "\n".join(full)
+    assert "data set broad-v1" in text and "not made yet" in text and "110 batches" in text and "1,200 steps" in text
+    assert full[-1].strip().startswith("about ") and full[-1].endswith(" h in all"), full[-1]
+    quick = DrafterRecipe.load(recipes_dir() / "drafters" / "quickstart.yaml")
+    lines = describe_run(quick, "smollm2-135m")
+    assert lines[-1].endswith(" min in all") and int(lines[-1].split()[1]) <= 5, lines
+    answers = tmp_path / "data" / "quickstart" / "answers"
+    answers.mkdir(parents=True)
+    (answers.parent / "plan.json").write_text(json.dumps({"batches": 7, "planned": 7}))
+    for i in range(3):
+        (answers / f"shard-{i:05d}.pt").write_bytes(b"")
+    assert "3 of 7 batches answered" in "\n".join(describe_run(quick, "smollm2-135m"))
+    assert describe_run(quick, "smollm2-135m", data_only=True)[1].endswith("(~30 s)")  # 4 batches of 16 x 96 slots
+
+
 def test_data_set_resumes_shard_by_shard(tmp_path, tiny_dir, cache):
     """An interrupted data set is finished by the next run, with the same rows as an uninterrupted one."""
     import mambaspec.training.datagen as datagen

@@ -124,10 +124,12 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def _loads(text: str, path: Path, line: int) -> Any:
+    """``text`` (starting on ``line`` of the file) as JSON; an error names the line and column where it broke."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise MambaspecError(f"cannot read --data {path}: line {line} is not valid JSON ({err.msg})") from None
+        raise MambaspecError(f"cannot read --data {path}: line {line + err.lineno - 1} is not valid JSON ({err.msg}: "
+                             f"column {err.colno})") from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -136,7 +138,21 @@ def _first_line(err: BaseException) -> str:
 
 
 def load_rows(spec: DatasetSpec, data: str | None = None) -> Iterable[dict]:
-    """The dataset's rows: from ``data`` when given, else the package file, else the hub."""
+    """The dataset's rows, every one checked to make a prompt (``check_rows``): from ``data`` when given, else the
+    package file, else the hub. Cheap next to loading a model, so a bad row is refused before one loads."""
+    rows = _source_rows(spec, data)
+    check_rows(spec, rows)
+    return rows
+
+
+def check_rows(spec: DatasetSpec, rows: Iterable[dict]) -> None:
+    """Every row has the dataset's fields and makes a non-empty prompt (``format_prompt``), or the first that does not
+    is named."""
+    for i, row in enumerate(rows):
+        format_prompt(spec, row, i)
+
+
+def _source_rows(spec: DatasetSpec, data: str | None) -> Iterable[dict]:
     if data:
         return read_rows(data)
     if spec.package_file:
@@ -175,10 +191,14 @@ def format_prompt(spec: DatasetSpec, row: dict, index: int = 0) -> str:
         raise MambaspecError(f"{_where(spec, row, index)} has no field '{missing[0]}' "
                              f"(dataset '{spec.name}' needs {', '.join(spec.fields)})")
     try:
-        return spec.format.format_map(row).strip()
+        text = spec.format.format_map(row).strip()
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise MambaspecError(f"{_where(spec, row, index)} does not fit the format of dataset '{spec.name}': "
                              f"{_first_line(err)}") from None
+    if not text:
+        raise MambaspecError(f"{_where(spec, row, index)} makes an empty prompt (dataset '{spec.name}': "
+                             f"{', '.join(spec.fields)}); give it some text or remove the row")
+    return text
 
 
 def fit_prompt(spec: DatasetSpec, row: dict, tokenizer, length: int, index: int = 0) -> list[int] | None:

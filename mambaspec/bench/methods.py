@@ -52,6 +52,7 @@ class MethodRun:
     run: Runner
     detail: str  # what the method ran with, for the CSV (tree, HF settings)
     warm_up: Runner | None = None  # the untimed warm-up, when it must differ from ``run``
+    tree: str = ""  # the CSV's tree: the shape our loop drafted, `dynamic` or `auto`; "" without our drafting
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def engine_method(needs: str | None, policy: Callable[[object], object] = lambda
                 gen.generate(ids, max_new_tokens=max_new, tree=arm_shape, sampling=sampling, seed=seed)
 
         detail = "our loop, no drafter" if drafter is None else f"our loop, {drafter.name}, tree {tree.describe()}"
-        return MethodRun(run, detail, warm_up=warm_arms if isinstance(tree, UCBPolicy) else None)
+        return MethodRun(run, detail, warm_up=warm_arms if isinstance(tree, UCBPolicy) else None,
+                         tree="" if drafter is None else tree.name)
 
     return build
 

@@ -113,7 +113,9 @@ def plot_results(rows: list[dict], out: Path) -> list[Path]:
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         subset = [r for r in rows if r["dataset"] == dataset]
         first = subset[0]
-        subtitle = (f"target {first['target']}, tree {first['tree']}, {first['max_new_tokens']} new tokens, "
+        shapes = sorted({str(r["tree"]) for r in subset if str(r["tree"] or "").startswith("(")})
+        trees = f"fixed-tree methods {', '.join(shapes)}, " if shapes else ""  # the others: dynamic, auto or none
+        subtitle = (f"target {first['target']}, {trees}{first['max_new_tokens']} new tokens, "
                     f"{first['device']} {first['dtype']}, {count(int(first['threads']), 'thread')}")
         for name, keys in PANELS.items():
             fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)

@@ -34,7 +34,7 @@ from ..errors import MambaspecError
 from ..config import DEFAULT_TARGET
 from ..loading.models import default_bench_drafter, load_model, resolve_device, resolve_dtype
 from ..loading.options import ModelOptions
-from ..loading.pipeline import load_drafter
+from ..loading.pipeline import check_drafter_for, load_drafter
 from .datasets import BenchPrompt, build_prompts, dataset_spec, load_rows
 from .methods import METHODS, BenchModels, MethodRun
 from .peers import hf_generate
@@ -102,6 +102,7 @@ def run_bench(cfg: BenchConfig, on_progress: Progress | None = None,
     """
     methods = _check(cfg)
     rows = load_rows(dataset_spec(cfg.dataset), cfg.data)
+    methods = _sampled_drafters(cfg, methods, log)
     log(f"loading target {cfg.target} ...")
     models, methods = _load_models(cfg, methods, log)
     context = models.plain.context_length
@@ -170,6 +171,26 @@ def _check(cfg: BenchConfig) -> list[str]:
     tree_name(cfg.tree)
     if cfg.plot:
         check_matplotlib()
+    return methods
+
+
+def _sampled_drafters(cfg: BenchConfig, methods: list[str], log: Callable[[str], None]) -> list[str]:
+    """When sampling, a drafter that drafts through text (another tokenizer than the target's) is greedy only: seen
+    from the tokenizers before anything loads, refused when the methods were named, else its methods are skipped."""
+    if cfg.temperature == 0:
+        return methods
+    names, sampling = cfg.drafter_names(), SamplingConfig(temperature=cfg.temperature)
+    for kind in ("mamba", "transformer", "eagle"):
+        users = [m for m in methods if METHODS[m].needs == kind and m != "hf-assisted"]  # transformers' own: its rules
+        if not users or names[kind] is None:
+            continue
+        try:
+            check_drafter_for(cfg.target, names[kind], "auto", sampling)
+        except MambaspecError as e:
+            if cfg.methods is not None:
+                raise
+            log(f"skipping {', '.join(users)}: {e}")
+            methods = [m for m in methods if m not in users]
     return methods
 
 
@@ -279,7 +300,8 @@ def _write_row(cfg: BenchConfig, models: BenchModels, built: dict[str, MethodRun
     """One method's row of one length, compared with ar's outputs and speed; its outputs before it."""
     device = models.target.device
     where = {"config_id": env["config_id"], "dataset": cfg.dataset, "length": str(length or "")}
-    row = {**env, **where, "length": length or "", "method": method, **summarize(results, peak),
+    row = {**env, **where, "length": length or "", "method": method, "tree": built[method].tree,
+           **summarize(results, peak),
            "mem_measure": PeakMemory(device).kind, "method_detail": built[method].detail,
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     csv_path, outputs_path = out / CSV_NAME, out / OUTPUTS_NAME

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # light to import: the command line checks tune's options bef
 POLICIES = ("ucb", "fixed", "dynamic")
 SHAPE_POLICIES = ("ucb", "fixed")
 WARMUP_TOKENS = 16
+FIRM_PULLS = 30  # rounds of an arm below which its numbers are called noise
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TuneResult:
     tokens: int
     seconds: float  # generation wall time over all prompts, prefill included
     values: list[float]  # per arm, what the bandit ranks it by (UCBPolicy.value), e.g. replayed tokens/s
+    prompts: int = 0  # prompts tuned on
 
     @property
     def tokens_per_s(self) -> float:
@@ -80,9 +82,8 @@ def tune(
     scorer = UCBPolicy(arms, c=c, reward=reward, edges=edges)  # UCBPolicy.value for any of these arms
 
     def result(done: list[Arm]) -> TuneResult:
-        pulled = [a for a in done if a.pulls] or done
-        return TuneResult(arms, max(pulled, key=scorer.value), policy, tokens, seconds,
-                          [scorer.value(a) for a in arms])
+        return TuneResult(arms, best_arm(done, policy, scorer.value), policy, tokens, seconds,
+                          [scorer.value(a) for a in arms], len(prompts))
 
     if policy == "ucb":
         for i, prompt in enumerate(prompts):
@@ -107,10 +108,25 @@ def tune(
     return result(arms)
 
 
-def check_options(policy: str, c: float, reward: str, edges: str | tuple[float, ...]) -> None:
-    """Fail on a bad policy, c, reward or confidence buckets before anything is loaded."""
+def best_arm(arms: list[Arm], policy: str, value: Callable[[Arm], float]) -> Arm:
+    """The arm to name best. ``fixed``: every arm ran every prompt, so the highest tokens/s over its own rounds (what
+    was measured, like for like). ``ucb``: the highest ``value`` (what the bandit ranks by), among the arms that ran
+    at least ``FIRM_PULLS`` rounds when any did (a few rounds' estimate is noise)."""
+    pulled = [a for a in arms if a.pulls] or arms
+    if policy == "fixed":
+        return max(pulled, key=lambda a: a.tokens_per_s)
+    firm = [a for a in pulled if a.pulls >= FIRM_PULLS] or pulled
+    return max(firm, key=value)
+
+
+def check_policy(policy: str) -> None:
     if policy not in POLICIES:
         raise MambaspecError(f"unknown policy '{policy}'; use one of {', '.join(POLICIES)}")
+
+
+def check_options(policy: str, c: float, reward: str, edges: str | tuple[float, ...]) -> None:
+    """Fail on a bad policy, c, reward or confidence buckets before anything is loaded."""
+    check_policy(policy)
     check_policy_options(c, reward, edges)
 
 
@@ -180,8 +196,11 @@ def tune_dataset(
         from ..loading.models import default_bench_drafter, default_drafter
 
         drafter = default_drafter(target) if policy == "dynamic" else default_bench_drafter(target, "mamba")
-    pipe, prompts = _load(dataset, data, limit, target, drafter, max_new_tokens, options, log)
     sampling = SamplingConfig(temperature=temperature)
+    from ..loading.pipeline import check_drafter_for
+
+    check_drafter_for(target, drafter, "auto", sampling)  # a greedy-only drafter is refused before anything loads
+    pipe, prompts = _load(dataset, data, limit, target, drafter, max_new_tokens, options, log)
     if policy == "dynamic":
         log("dynamic trees over the prompts (after an untimed warm-up)")
         row = tune_dynamic(pipe, prompts, max_new_tokens, sampling, progress)

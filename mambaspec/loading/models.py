@@ -282,6 +282,7 @@ def load_model(name_or_path: str, options: ModelOptions | None = None, role: str
     from .selfcheck import check_target
 
     options = options or ModelOptions()
+    options.apply_threads()
     if role == "drafter":
         options = options.for_drafter()
     where = locate(name_or_path)
@@ -290,18 +291,15 @@ def load_model(name_or_path: str, options: ModelOptions | None = None, role: str
     if options.device_map:
         kwargs["device_map"] = options.device_map
     meta = read_meta(where) if Path(where).is_dir() else {}
-    has_tokenizer = not Path(where).is_dir() or any(
-        (Path(where) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
-    # A drafter trained here names its target's tokenizer instead of carrying a copy of it.
-    tokenizer_from = where if has_tokenizer or "tokenizer" not in meta else locate(meta["tokenizer"])
     try:
         with warnings.catch_warnings(), _no_progress_bars():
             warnings.simplefilter("ignore")
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+            tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(where, meta))
             model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
         raise MambaspecError(f"could not load model '{name_or_path}' from {where}: {first}") from None
+    quiet_forward_notices(model)
     if not options.device_map:
         model.to(dev)
     model.eval()
@@ -313,6 +311,46 @@ def load_model(name_or_path: str, options: ModelOptions | None = None, role: str
         check_target(model, name_or_path)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, source=where, meta=meta,
                        optimized=", ".join(done), options=options)
+
+
+def _tokenizer_source(where: str, meta: dict) -> str:
+    """Where a model's tokenizer loads from: its own folder or hub id, or for a drafter trained here (which names its
+    target's tokenizer in ``mambaspec.json`` instead of carrying a copy) that target's."""
+    has_tokenizer = not Path(where).is_dir() or any(
+        (Path(where) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    return where if has_tokenizer or "tokenizer" not in meta else locate(meta["tokenizer"])
+
+
+def load_tokenizer(name_or_path: str):
+    """A model's tokenizer alone, no weights: a check before models load (``pipeline.check_drafter_for``)."""
+    from transformers import AutoTokenizer
+
+    from ..drafters.vocab import read_meta
+
+    where = locate(name_or_path)
+    meta = read_meta(where) if Path(where).is_dir() else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoTokenizer.from_pretrained(_tokenizer_source(where, meta))
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        raise MambaspecError(f"could not load the tokenizer of '{name_or_path}' from {where}: {first}") from None
+
+
+FORWARD_LOGGERS = ("transformers.integrations.hub_kernels",)  # kernels a forward calls (Mamba's conv and scan)
+
+
+def quiet_forward_notices(model) -> None:
+    """Only errors from what runs inside ``model``'s forward (the transformers module that defines it, and the
+    kernels it calls): their notices, e.g. "`causal_conv1d_fn` is falling back to its reference PyTorch
+    implementation", speak of kernels and internals no mambaspec setting changes. The command line silences
+    transformers' logging as a whole; a Python user keeps every other transformers message."""
+    from transformers.utils import logging as hf_logging
+
+    modules = [c.__module__ for c in type(model).__mro__ if c.__module__.startswith("transformers.models.")]
+    for name in (*modules, *FORWARD_LOGGERS):
+        hf_logging.get_logger(name).setLevel(hf_logging.ERROR)
 
 
 def availability(entry: ModelEntry) -> str:

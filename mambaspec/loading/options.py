@@ -18,7 +18,9 @@ QUANTIZE = ("none", "int8")
 @dataclass(frozen=True)
 class ModelOptions:
     """``device``/``dtype``/``device_map`` place the weights; ``linear``, ``quantize`` and ``compile`` make
-    the target's forward cheaper (``cpu.linears.optimize_model``; drafters get ``linear`` only)."""
+    the target's forward cheaper (``cpu.linears.optimize_model``; drafters get ``linear`` only). ``threads``: torch's
+    CPU threads for the process, set when a model loads (None: torch's default, one per core; on a machine other
+    work keeps busy, 1 is often much faster than contending for every core)."""
 
     device: str = "auto"
     dtype: str = "auto"
@@ -26,6 +28,7 @@ class ModelOptions:
     linear: str = "auto"
     quantize: str = "none"
     compile: bool = False
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -38,6 +41,16 @@ class ModelOptions:
             raise MambaspecError(f"unknown quantization '{self.quantize}'; use one of {', '.join(QUANTIZE)}")
         if self.compile and self.quantize != "none":
             raise MambaspecError("compiling and int8 quantization do not combine; pick one")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise MambaspecError(f"threads must be a whole number of at least 1 (None: one per core), got {self.threads}")
+
+    def apply_threads(self) -> None:
+        """Give torch ``threads`` CPU threads (nothing when None). Threads are the process's, not one model's."""
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
 
     def for_drafter(self) -> ModelOptions:
         """A drafter shares the device and dtype and the linear backend, never quantization or compilation."""

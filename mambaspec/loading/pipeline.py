@@ -28,7 +28,7 @@ from ..errors import MambaspecError
 from ..drafters.vocab import read_meta, vocab_from_meta
 from ..config import DEFAULT_TARGET
 from .costs import cost_store
-from .models import MERGED, LoadedModel, default_drafter, load_model, locate
+from .models import MERGED, NO_MODEL_DRAFTERS, LoadedModel, default_drafter, load_model, load_tokenizer, locate
 from .options import ModelOptions, check_cross_tokenizer
 from .selfcheck import check_drafter
 
@@ -62,6 +62,31 @@ def load_drafter(name: str | None, target: LoadedModel, options: ModelOptions | 
     drafter = make_drafter(loaded.model, loaded.tokenizer, name=name, draft_vocab=vocab_from_meta(loaded.meta))
     check_drafter(drafter, name, target.model.get_output_embeddings().weight.shape[0])
     return adapt_drafter(drafter, target.tokenizer, cross_tokenizer)
+
+
+def check_drafter_for(target: str, drafter: str | None, cross_tokenizer: str = "auto",
+                      sampling: SamplingConfig | None = None) -> None:
+    """Refuse, before any weights load, a drafter ``target`` cannot use as asked: one with another tokenizer when
+    ``cross_tokenizer`` is ``off``, or any drafter that drafts through text (another tokenizer, or ``on``) while
+    sampling (greedy only). Reads the two tokenizers, nothing more; ``drafter`` None: the target's default."""
+    check_cross_tokenizer(cross_tokenizer)
+    greedy = sampling is None or sampling.greedy
+    name = (default_drafter(target) if drafter is None else drafter).removesuffix(MERGED)
+    if name in (*NO_MODEL_DRAFTERS, "") or (greedy and cross_tokenizer == "auto"):
+        return
+    where = locate(name)
+    if is_eagle(read_meta(where) if Path(where).is_dir() else {}):
+        return  # a head over the target's own hidden states: its tokenizer is the target's
+    through_text = cross_tokenizer == "on" or not same_tokenizer(load_tokenizer(target), load_tokenizer(name))
+    if through_text and cross_tokenizer == "off":
+        raise MambaspecError(f"drafter '{name}' uses a different tokenizer than the target '{target}' and "
+                             f"cross-tokenizer drafting is off; turn it on (auto), or use a drafter trained on the "
+                             f"target's tokenizer")
+    if through_text and not greedy:
+        raise MambaspecError(f"drafter '{name}' drafts for '{target}' through text (another tokenizer), which is greedy "
+                             f"only: its probabilities are over its own tokens, so sampled drafts cannot be verified "
+                             f"losslessly; decode greedily (temperature 0), or use a drafter with the target's "
+                             f"tokenizer")
 
 
 def adapt_drafter(drafter: Drafter, target_tokenizer, mode: str = "auto") -> Drafter:

@@ -150,7 +150,14 @@ def train_drafter(recipe: DrafterRecipe, target_name: str, out: str | Path, extr
     if ckpt_path.exists() and not resume:
         raise MambaspecError(f"{out} already holds a training run; continue it with --resume, or pick another --out folder")
     if resume and not ckpt_path.exists():
-        raise MambaspecError(f"no checkpoint in {out} to resume from; start a new run instead")
+        if not out.is_dir():
+            raise MambaspecError(f"no run in {out} to resume (the folder does not exist); check --out, or start a new "
+                                 f"run without --resume")
+        # A run stopped before its first checkpoint (while making its data, say): the data made so far is kept
+        # (data sets and token caches resume on their own), so continuing it is starting its training at step 0.
+        log(f"no checkpoint in {out} yet (the run stopped before its first one): training starts at step 0; "
+            f"the data made so far is kept")
+        resume = False
     out.mkdir(parents=True, exist_ok=True)
     target = _TargetOnDemand(target_name, device)
     setup = _setup(recipe, target, extra_data or [], ckpt_path if resume else None, device, log)

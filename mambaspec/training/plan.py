@@ -1,0 +1,126 @@
+"""What a ``pretrain-drafter`` run will do and roughly how long it takes, said before it starts.
+
+The times are rough: rates measured on this project's CPU (2 cores, SmolLM2-135M as the target) and
+scaled by the recipe's sizes; another machine, another target or a busy machine differ. What is
+already made (data sets, the standard library's tokens, a checkpoint) is counted as done.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import cache_dir
+from .recipe import DrafterRecipe
+
+# Batched generation by the target: seconds per (row x new token) slot. broad-v1's answers took about 1.3 h for
+# 110 batches x 32 rows x up to 256 new tokens (README, "Drafters").
+GENERATE_SLOT_S = 0.0052
+# Training the shipped Mamba2 drafter (hidden 256, 4 layers): 1,200 steps x 4,096 tokens in 29 min. Other sizes
+# scale by (hidden_size^2 x layers) ** -0.3: the quickstart's (hidden 128, 2 layers, 8x less) ran at 5,000 tokens/s.
+TRAIN_TOKENS_PER_S = 2800
+TRAIN_REFERENCE_WORK = 256 * 256 * 4
+EAGLE_FEATURE_TOKENS_PER_S = 830  # the target's hidden states for EAGLE: 300k tokens in about 6 min
+EAGLE_TRAIN_TOKENS_PER_S = 2300  # training the EAGLE head (the target's width): 400 steps x 2,048 tokens in 6 min
+STDLIB_TOKENIZE_S = 10  # the Python standard library's source (3.1 M tokens), tokenized once and cached: 7 s here
+QUICKSTART = "recipes/drafters/quickstart.yaml"
+
+
+def describe_run(recipe: DrafterRecipe, target: str, out: str | Path | None = None, resume: bool = False,
+                 data_only: bool = False) -> list[str]:
+    """Lines saying what the run will do, step by step, with a rough time each, and the total."""
+    from .datagen import DataRecipe
+
+    lines, total = [], 0.0
+    for src in recipe.data:
+        if src["source"] == "distill":
+            line, seconds = _data_set(DataRecipe.named(src["set"]))
+            lines.append(line)
+            total += seconds
+    if data_only:
+        return _with_total(lines, total)
+    if any(src["source"] == "stdlib-code" for src in recipe.data) and not _stdlib_cached(target):
+        lines.append(f"the standard library's source: tokenized once and cached (~{_duration(STDLIB_TOKENIZE_S)})")
+        total += STDLIB_TOKENIZE_S
+    if recipe.arch == "eagle":
+        seconds = recipe.eagle_tokens / EAGLE_FEATURE_TOKENS_PER_S
+        lines.append(f"the target's hidden states of {recipe.eagle_tokens:,} tokens for the EAGLE head, cached "
+                     f"(~{_duration(seconds)} when not cached yet)")
+        total += seconds
+    done = _steps_done(out) if resume and out is not None else 0
+    tokens = recipe.seq_len * recipe.batch_size
+    rate = (EAGLE_TRAIN_TOKENS_PER_S if recipe.arch == "eagle" else
+            TRAIN_TOKENS_PER_S * (TRAIN_REFERENCE_WORK / (recipe.hidden_size ** 2 * recipe.num_layers)) ** 0.3)
+    seconds = max(0, recipe.steps - done) * tokens / rate
+    if done >= recipe.steps:
+        lines.append(f"training: done ({recipe.steps:,} steps)")
+    else:
+        lines.append(f"training: {recipe.steps:,} steps x {tokens:,} tokens" + (f", from step {done:,}" if done else "")
+                     + f" (~{_duration(seconds)}), a checkpoint every {recipe.checkpoint_every} steps")
+    total += seconds
+    lines.append(f"then a held-out evaluation ({recipe.eval_prompts} prompts per domain x {recipe.eval_new_tokens} "
+                 f"new tokens) and the model card")
+    return _with_total(lines, total)
+
+
+def _with_total(lines: list[str], seconds: float) -> list[str]:
+    return ["plan (rough times, from this project's 2-core CPU with SmolLM2-135M; a busy machine or --threads 1 can "
+            "take up to 3x):",
+            *(f"  {line}" for line in lines), f"  about {_duration(seconds)} in all"]
+
+
+def _data_set(data) -> tuple[str, float]:
+    """One distillation data set: what is left to make of it and how long that takes."""
+    folder = data.folder
+    name = f"data set {data.name} (recipes/data/{data.name}.yaml, kept in {folder})"
+    size = int(data.answer("batch_size", 16))
+    slot = size * int(data.answer("max_new_tokens", 256)) * GENERATE_SLOT_S
+    plan_file = folder / "plan.json"
+    budget = int(data.answer("batches", 0) or 0)
+    if plan_file.exists():
+        info = json.loads(plan_file.read_text())
+        wanted = budget or info.get("planned") or info["batches"]
+        made = sum((folder / "answers" / f"shard-{i:05d}.pt").exists() for i in range(wanted))
+        if made >= wanted:
+            return f"{name}: made", 0.0
+        seconds = (wanted - made) * slot
+        return (f"{name}: {made} of {wanted} batches answered; the target answers the other {wanted - made} "
+                f"(~{_duration(seconds)})"), seconds
+    parts, seconds = [], 0.0
+    magpie = data.magpie or {}
+    attempts = int(magpie.get("attempts", 0))
+    if attempts and not (folder / "prompts.jsonl").exists():
+        t = attempts * int(magpie.get("max_new_tokens", 96)) * GENERATE_SLOT_S
+        parts.append(f"the target writes {attempts:,} user turns (~{_duration(t)})")
+        seconds += t
+    if data.documents:
+        parts.append("documents are gathered from man pages and Python's documentation")
+    prompts = (sum(int(n) for n in data.templates.values()) + int(data.stdlib_functions) + attempts
+               + sum(int(data.documents.get(k, 0)) for k in ("short", "long")))
+    batches = budget or -(-prompts // size)
+    t = batches * slot
+    parts.append(f"it answers {'the first ' if budget else 'about '}{batches:,} batches of {size} prompts "
+                 f"(~{_duration(t)})")
+    seconds += t
+    return f"{name}: not made yet; " + ", ".join(parts) + "; an interrupted run continues where it stopped", seconds
+
+
+def _stdlib_cached(target: str) -> bool:
+    return any((cache_dir() / "tokens").glob(f"{Path(target).name}-*-stdlib-code.pt"))
+
+
+def _steps_done(out: str | Path) -> int:
+    """The last step in ``out``'s metrics (a cheap stand-in for the checkpoint's step)."""
+    path = Path(out) / "metrics.csv"
+    if not path.exists():
+        return 0
+    steps = [line.split(",")[0] for line in path.read_text().splitlines()[1:]]
+    return max((int(s) for s in steps if s.isdigit()), default=0)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds / 10) * 10) if seconds >= 10 else max(1, round(seconds))} s"
+    if seconds < 60 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
