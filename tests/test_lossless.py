@@ -106,3 +106,26 @@ def test_fast_mamba2_step_equals_the_model_forward():
     torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
     for a, b in zip(conv + ssm, after.conv + after.ssm):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("drafter_name", ["none", "mamba2", "llama", "oracle"])
+@pytest.mark.parametrize("shape", ["1,1,1,1", "3,2,2,1,1", "dynamic"])
+def test_static_kv_cache_matches_target_generate(tiny_target, references, drafter_name, shape):
+    """The GPU's path (core.static: fixed buffers, node counts padded to buckets, explicit masks, scratch slots)
+    run eagerly on the CPU: greedy output still equals transformers' own generate, generation after generation in
+    one cache; a 3,2,2,1,1 tree (45 nodes) is padded to 64, a dynamic tree to whatever it grows."""
+    drafter = None if drafter_name == "none" else DRAFTERS[drafter_name]()
+    gen = SpeculativeGenerator(tiny_target, drafter, static_kv=True, cuda_graphs=False, static_capacity=640)
+    assert gen.static_cache is not None and not gen.static_cache.graphs
+    for prompt, ref in zip(PROMPTS, references):
+        result = gen.generate(prompt, max_new_tokens=MAX_NEW, tree=shape)
+        assert result.new_token_ids == ref, f"prompt {prompt[:8]}..."
+        assert result.stats.target_kv_bytes == (len(prompt) - 1) * 2 * 2 * 2 * 16 * 4  # layers, k+v, kv heads, dim
+    assert gen.static_cache.length > 0
+
+
+def test_static_kv_cache_falls_back_when_the_sequence_does_not_fit(tiny_target, references):
+    gen = SpeculativeGenerator(tiny_target, DRAFTERS["mamba2"](), static_kv=True, cuda_graphs=False,
+                               static_capacity=150)
+    result = gen.generate(PROMPTS[5], max_new_tokens=MAX_NEW, tree="2,2,1")  # 33 + 24 + 128 > 150: dynamic cache
+    assert result.new_token_ids == references[5] and gen.static_cache.length == 0

@@ -29,6 +29,15 @@ BREAKS = [_dropped] + ([_old_keyword] if "cache" not in inspect.signature(type(t
 
 def test_target_passes(tiny_target):
     check_target(tiny_target, "tiny")
+    check_target(tiny_target, "tiny", static=True)  # and through the static cache a GPU runs (core.static)
+
+
+def test_static_cache_with_compaction_broken_is_refused(tiny_target, monkeypatch):
+    from mambaspec.core.static import StaticKVCache
+
+    monkeypatch.setattr(StaticKVCache, "keep", lambda self, prefix_len, slots: setattr(self, "length", prefix_len + 1))
+    with pytest.raises(SelfCheckError, match="static cache: one-token step after cache compaction"):
+        check_target(tiny_target, "tiny", static=True)
 
 
 @pytest.mark.parametrize("break_cache", BREAKS)
@@ -50,8 +59,9 @@ def test_target_with_a_mask_ignored_is_refused(tiny_target, monkeypatch):
 
 
 @pytest.mark.parametrize("make", [lambda: MambaDrafter(tiny_mamba2(2)), lambda: MambaDrafter(tiny_mamba(1)),
-                                  lambda: TransformerDrafter(tiny_llama(3, layers=1, hidden=32))],
-                         ids=["mamba2", "mamba", "llama"])
+                                  lambda: TransformerDrafter(tiny_llama(3, layers=1, hidden=32)),
+                                  lambda: MambaDrafter(tiny_mamba2(2, dtype=torch.bfloat16))],
+                         ids=["mamba2", "mamba", "llama", "mamba2-bfloat16"])
 def test_drafters_pass(make):
     check_drafter(make(), "tiny", VOCAB)
 

@@ -30,6 +30,8 @@ from transformers import DynamicCache
 
 from ..config import DEFAULT_TARGET
 from ..core.kv import forward_chain, forward_tree, keep_slots, new_kv_cache
+from ..core.static import StaticKVCache
+from ..core.static import supports as static_supports
 from ..errors import MambaspecError
 from ..hf_compat import with_cache
 from ..loading.costs import cost_store, device_name
@@ -102,7 +104,10 @@ def measure_verify_cost(engine_model, plain_model, vocab_size: int, prefix: int 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab_size, (prefix + max(nodes),), generator=g).tolist()
     device = next(engine_model.parameters()).device
-    engine_cache, plain_cache = new_kv_cache(), DynamicCache()
+    # the engine's cache as generation uses it: static buffers and CUDA graphs on a GPU (core.static), dynamic on CPU
+    static = device.type == "cuda" and static_supports(engine_model)
+    engine_cache = StaticKVCache(prefix + max(nodes), graphs=True) if static else new_kv_cache()
+    plain_cache = DynamicCache()
     plain_prefill = _seconds(lambda: plain_model(input_ids=torch.tensor([ids[:prefix]], device=device),
                                                  **with_cache(plain_model, plain_cache), use_cache=True,
                                                  logits_to_keep=1))

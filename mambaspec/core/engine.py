@@ -22,7 +22,13 @@ from .policy import FixedTree, TreePolicy, as_policy
 from .sampling import SamplingConfig
 from .stats import GenerationStats, RoundOutcome, StatsRecorder, sync
 from .shape import TreeShape
+from .static import StaticKVCache
+from .static import supports as static_supports
 from .verify import verify_tree
+
+
+STATIC_CAPACITY = 8192  # slots of the static KV cache (GPU): prompt + new tokens + the largest tree must fit
+STATIC_TREE_ROOM = 128  # room kept for a round's tree (dynamic trees, bandit arms, lookup chains; a fixed shape: its own)
 
 
 @dataclass
@@ -59,7 +65,8 @@ class SpeculativeGenerator:
     """
 
     def __init__(self, target, drafter: Drafter | None = None, tokenizer=None, eos_token_ids=None,
-                 target_options: str = "stock") -> None:
+                 target_options: str = "stock", static_kv: bool | None = None, cuda_graphs: bool = True,
+                 static_capacity: int = STATIC_CAPACITY) -> None:
         self.target = target
         self.drafter = drafter if drafter is not None else NoDrafter()
         self.tokenizer = tokenizer
@@ -75,6 +82,13 @@ class SpeculativeGenerator:
         cfg = target.config.get_text_config(decoder=True)
         self.context_length = int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30)
         self.reads_hidden = isinstance(self.drafter, ReadsTargetHidden)
+        # A static KV cache (core.static), by default on CUDA: fixed buffers, forwards replayed from CUDA graphs
+        # (not for a drafter that reads the target's hidden states through a hook, which a replay does not run)
+        on_gpu = target.device.type == "cuda"
+        self.static_cache: StaticKVCache | None = None
+        if (on_gpu if static_kv is None else static_kv) and static_supports(target):
+            self.static_cache = StaticKVCache(min(self.context_length, static_capacity),
+                                              graphs=cuda_graphs and on_gpu and not self.reads_hidden)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int = 128,
                  tree: TreeShape | str | TreePolicy = "1,1,1,1", sampling: SamplingConfig | None = None,
@@ -134,7 +148,8 @@ class SpeculativeGenerator:
         stats = GenerationStats(tree=policy.name, drafter=self.drafter.name, target_options=self.target_options,
                                 tree_policy="" if isinstance(policy, FixedTree) else policy.describe())
         recorder = StatsRecorder(stats, device)
-        cache = new_kv_cache()
+        room = max(STATIC_TREE_ROOM, policy.shape.num_nodes + STATIC_TREE_ROOM // 4 if isinstance(policy, FixedTree) else 0)
+        cache = self._new_cache(len(prompt_ids) + max_new_tokens + room)
         with final_hidden(self.target) if self.reads_hidden else nullcontext([]) as states:
             if len(prompt_ids) > 1:
                 forward_chain(self.target, cache, prompt_ids[:-1])
@@ -182,6 +197,15 @@ class SpeculativeGenerator:
         run.recorder.round(outcome, verify_s=t2 - t1, commit_s=t3 - t2)
         run.context += len(verdict.tokens)
         return new
+
+    def _new_cache(self, tokens: int):
+        """The static cache when ``tokens`` (the sequence and room for its largest tree) fit in it, else a dynamic
+        one."""
+        static = self.static_cache
+        if static is not None and tokens <= static.capacity:
+            static.reset()
+            return static
+        return new_kv_cache()
 
     def _empty_hidden(self) -> torch.Tensor:
         width = self.target.config.get_text_config(decoder=True).hidden_size

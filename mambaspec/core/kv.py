@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..hf_compat import with_cache
+from .static import StaticKVCache
 
 MIN_CAPACITY = 256
 
@@ -66,12 +67,16 @@ def new_kv_cache() -> DynamicCache:
 
 
 def kv_length(cache: DynamicCache) -> int:
+    if isinstance(cache, StaticKVCache):
+        return cache.length
     return cache.get_seq_length() if len(cache.layers) else 0
 
 
 def kv_bytes(cache: DynamicCache) -> int:
     """Bytes of the keys and values the cache holds (comparable across caches; a preallocated
     layer's spare room, up to as much again, shows in the peak memory instead)."""
+    if isinstance(cache, StaticKVCache):
+        return cache.nbytes()
     total = 0
     for layer in cache.layers:
         for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
@@ -104,6 +109,9 @@ def forward_chain(model, cache: DynamicCache, tokens: list[int] | None, all_logi
     device = model.device
     past = kv_length(cache)
     n = len(tokens) if embeds is None else embeds.shape[1]
+    if isinstance(cache, StaticKVCache):
+        return cache.forward(model, tokens, list(range(past, past + n)), torch.ones(n, n, dtype=torch.bool).tril(),
+                             embeds, last_only=not all_logits)
     pos = torch.arange(past, past + n, device=device)[None]
     out = model(**_inputs(tokens, embeds, device), position_ids=pos, **with_cache(model, cache), use_cache=True,
                 logits_to_keep=0 if all_logits else 1)
@@ -126,6 +134,8 @@ def forward_tree(
     tree slot j (its ancestors and itself). Every node sees all slots before the tree.
     Returns float32 logits, one row per new node.
     """
+    if isinstance(cache, StaticKVCache):
+        return cache.forward(model, tokens, positions, visible, embeds)
     device = model.device
     n, m = len(tokens) if embeds is None else embeds.shape[1], visible.shape[1]
     past = kv_length(cache)
@@ -146,6 +156,8 @@ def forward_tree(
 
 def keep_slots(cache: DynamicCache, prefix_len: int, slots: list[int]) -> None:
     """Keep cache slots ``[0, prefix_len)`` followed by ``slots`` (ascending, all >= prefix_len)."""
+    if isinstance(cache, StaticKVCache):
+        return cache.keep(prefix_len, slots)
     k = len(slots)
     contiguous = slots == list(range(prefix_len, prefix_len + k))
     idx = None if contiguous else torch.tensor(slots, device=cache.layers[0].keys.device)

@@ -35,7 +35,7 @@ def mamba2_step(model, conv: list[torch.Tensor], ssm: list[torch.Tensor], tokens
     for layer, conv_state, ssm_state in zip(backbone.layers, conv, ssm):
         mixer = layer.mixer
         residual = h.float() if layer.residual_in_fp32 else h
-        x = layer.norm(h)
+        x = layer.norm(h.to(layer.norm.weight.dtype))  # as Mamba2Block: the residual may run in float32
         gate, xbc, dt = mixer.in_proj(x).split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
         # causal_conv1d_update: the window slides by one, then a depthwise dot product over it
         window = torch.cat([conv_state[:, :, 1:], xbc[:, :, None].to(conv_state.dtype)], dim=-1)

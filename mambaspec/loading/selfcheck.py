@@ -22,6 +22,8 @@ import torch
 from ..core.kv import forward_chain, forward_tree, keep_slots, kv_length, new_kv_cache
 from ..core.sampling import SamplingConfig
 from ..core.shape import TreeShape
+from ..core.static import StaticKVCache
+from ..core.static import supports as static_supports
 from ..drafters.growth import StepDrafter
 from ..errors import MambaspecError
 
@@ -59,31 +61,42 @@ def _plain_logits(model, ids: list[int]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def check_target(model, name: str) -> None:
-    """Probe the engine's target path (``core.kv``) against ``model``'s plain forward; raise on a mismatch."""
+def check_target(model, name: str, static: bool | None = None) -> None:
+    """Probe the engine's target path (``core.kv``) against ``model``'s plain forward; raise on a mismatch.
+    ``static``: also through the static cache (``core.static``; None: on CUDA, where generation uses it)."""
     vocab = model.get_output_embeddings().weight.shape[0]
     ids = _ids(vocab, 9)  # prefill 0..5, tree root 6 -> (sibling, 7), compaction, step 8
     sibling = (ids[7] + 1) % vocab
     ref = _plain_logits(model, ids)
     dtype, failures = model.dtype, []
+    caches = [("", new_kv_cache)]
+    if (model.device.type == "cuda" if static is None else static) and static_supports(model):
+        caches.append(("static cache: ", lambda: StaticKVCache(16, pad=4)))
+    for label, make in caches:
+        _probe_target(model, make(), ids, sibling, ref, dtype, failures, label)
+    _raise(name, "target", failures)
+
+
+def _probe_target(model, cache, ids: list[int], sibling: int, ref: torch.Tensor, dtype: torch.dtype,
+                  failures: list[str], label: str) -> None:
+    def compare(what: str, got: torch.Tensor, want: torch.Tensor) -> None:
+        _compare(label + what, got, want, dtype, failures)
+
     try:
-        cache = new_kv_cache()
-        _compare("prefill", forward_chain(model, cache, ids[:6]), ref[5], dtype, failures)
+        compare("prefill", forward_chain(model, cache, ids[:6]), ref[5])
         if kv_length(cache) != 6:
-            failures.append(f"cache holds {kv_length(cache)} tokens after a 6-token prefill")
+            failures.append(f"{label}cache holds {kv_length(cache)} tokens after a 6-token prefill")
         # tree: root ids[6] (slot 6), sibling (slot 7, child of root), ids[7] (slot 8, child of root)
         visible = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
         logits = forward_tree(model, cache, [ids[6], sibling, ids[7]], [6, 7, 7], visible)
-        _compare("tree verify, root", logits[0], ref[6], dtype, failures)
-        _compare("tree verify, node after a sibling it must not see", logits[2], ref[7], dtype, failures)
+        compare("tree verify, root", logits[0], ref[6])
+        compare("tree verify, node after a sibling it must not see", logits[2], ref[7])
         keep_slots(cache, 7, [8])
         if kv_length(cache) != 8:
-            failures.append(f"cache holds {kv_length(cache)} tokens after compaction to 8")
-        _compare("one-token step after cache compaction", forward_chain(model, cache, ids[8:9]), ref[8], dtype,
-                 failures)
+            failures.append(f"{label}cache holds {kv_length(cache)} tokens after compaction to 8")
+        compare("one-token step after cache compaction", forward_chain(model, cache, ids[8:9]), ref[8])
     except Exception as err:  # noqa: BLE001 - any crash of the engine's path is a failed check, said in one line
-        failures.append(f"the engine's path crashed: {err.__class__.__name__}: {err}")
-    _raise(name, "target", failures)
+        failures.append(f"{label}the engine's path crashed: {err.__class__.__name__}: {err}")
 
 
 @torch.inference_mode()
