@@ -164,9 +164,9 @@ class _Graph:
             self.logits = model(**kwargs).logits[0]
 
     def run(self, ids: list[int], pos: list[int], mask: torch.Tensor, write: torch.Tensor) -> torch.Tensor:
-        self.ids.copy_(torch.tensor([ids]), non_blocking=True)
-        self.pos.copy_(torch.tensor([pos]), non_blocking=True)
-        self.mask.copy_(mask[None, None], non_blocking=True)
-        self.write.copy_(write, non_blocking=True)
+        self.ids.copy_(torch.tensor([ids]))
+        self.pos.copy_(torch.tensor([pos]))
+        self.mask.copy_(mask[None, None])
+        self.write.copy_(write)
         self.graph.replay()
         return self.logits
