@@ -206,7 +206,7 @@ def _slow_pipeline(reference, seconds: float):
 
 
 def test_a_client_that_leaves_frees_the_engine_within_a_round(reference):
-    round_s = 0.05
+    round_s = 0.1
     with running(_slow_pipeline(reference, round_s)) as base:
         body = {"model": MODEL, "prompt": "Hello", "max_tokens": 400, "temperature": 0, "stream": True}
         with httpx.Client(timeout=30) as http:
@@ -220,7 +220,7 @@ def test_a_client_that_leaves_frees_the_engine_within_a_round(reference):
             while metrics(base)["mambaspec_engine_busy"] and time.time() < deadline:
                 time.sleep(round_s / 5)
             done = metrics(base)
-            assert done["mambaspec_rounds_total"] - left <= 2  # the round under way, and one that may have begun
+            assert done["mambaspec_rounds_total"] - left <= 1  # at most the round under way when the client left
             assert done["mambaspec_requests_cancelled_total"] == 1
             assert done["mambaspec_completion_tokens_total"] < 100
             with pytest.raises(httpx.ReadTimeout):  # a client that gives up on a whole answer frees it too
