@@ -233,6 +233,23 @@ def test_a_client_that_leaves_frees_the_engine_within_a_round(reference):
             assert ok["usage"]["completion_tokens"] == 3
 
 
+def test_a_full_queue_answers_429(reference):
+    with running(_slow_pipeline(reference, 0.05), max_queue=1) as base:
+        body = {"model": MODEL, "prompt": "Hello", "max_tokens": 200, "temperature": 0}
+        with httpx.Client(timeout=30) as http, ThreadPoolExecutor(2) as pool:
+            running_one = pool.submit(http.post, base + "/v1/completions", json=body, timeout=1.5)
+            while not metrics(base)["mambaspec_engine_busy"]:
+                time.sleep(0.01)
+            waiting = pool.submit(http.post, base + "/v1/completions", json=body, timeout=1.5)
+            while not metrics(base)["mambaspec_queue_length"]:
+                time.sleep(0.01)
+            full = http.post(base + "/v1/completions", json=body)
+            assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
+            for gave_up in (running_one, waiting):  # the two clients give up: both generations are dropped
+                with pytest.raises(httpx.ReadTimeout):
+                    gave_up.result()
+
+
 BAD = [
     ("chat", b"{not json", 400, None),
     ("chat", b"[1, 2]", 400, None),
@@ -256,6 +273,8 @@ BAD = [
     ("text", {"prompt": [5, 100000]}, 400, "prompt"),
     ("text", {"prompt": ["a", "b"]}, 400, "prompt"),
     ("text", {"prompt": "hi", "echo": True}, 400, None),
+    ("text", {"prompt": "hi", "max_tokens": "5"}, 400, "max_tokens"),
+    ("chat", {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools"),
 ]
 
 

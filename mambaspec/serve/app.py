@@ -58,10 +58,11 @@ class Service:
                    else protocol.text_prompt(self.tokenizer, req.prompt, self.vocab_size))
         except MambaspecError as e:
             raise ApiError(400, str(e)) from None
-        max_tokens = req.max_tokens if kind == "text" or req.max_tokens is not None else req.max_completion_tokens
+        max_tokens = req.max_tokens if req.max_tokens is not None else getattr(req, "max_completion_tokens", None)
+        budget = protocol.budget(len(ids), max_tokens, self.max_tokens, self.context,
+                                 "messages" if kind == "chat" else "prompt")
         return GenerationRequest(
-            kind=kind, prompt_ids=ids, max_new_tokens=protocol.budget(len(ids), max_tokens, self.max_tokens,
-                                                                      self.context),
+            kind=kind, prompt_ids=ids, max_new_tokens=budget,
             sampling=sampling, seed=req.seed, stop=protocol.stop_strings(req.stop), tree=protocol.check_tree(req.tree),
             drafter=req.drafter, stream=req.stream, model=self.model,
             include_usage=bool(req.stream_options and req.stream_options.include_usage))
@@ -94,7 +95,7 @@ def generation_endpoint(kind: str):
         except ApiError as err:
             service.metrics.request(kind, err.status)
             return error_response(err)
-        service.metrics.request(kind, 200)
+        service.metrics.request(kind, response.status_code)
         return response
     return endpoint
 

@@ -126,7 +126,7 @@ def parse(schema: type[_Common], body: object) -> _Common:
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     try:
-        return schema.model_validate(body)
+        return schema.model_validate(body, strict=True)  # "5" is not a number, "true" not a boolean
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -188,12 +188,12 @@ def text_prompt(tokenizer, prompt: str | list[int] | list[str], vocab_size: int)
     return prompt
 
 
-def budget(prompt_tokens: int, max_tokens: int | None, default: int, context: int) -> int:
+def budget(prompt_tokens: int, max_tokens: int | None, default: int, context: int, prompt_field: str) -> int:
     """Tokens to generate: ``max_tokens``, refused when the prompt and it exceed the context; else ``default``,
     capped at the context."""
     if prompt_tokens >= context:
         raise ApiError(400, f"the prompt has {prompt_tokens} tokens but the model's context is {context}; "
-                            f"shorten it", param="messages", code="context_length_exceeded")
+                            f"shorten it", param=prompt_field, code="context_length_exceeded")
     if max_tokens is None:
         return min(default, context - prompt_tokens)
     if prompt_tokens + max_tokens > context:

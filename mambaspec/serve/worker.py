@@ -88,8 +88,12 @@ class GenerationQueue:
                     pipe.target.model, drafter, tokenizer=pipe.target.tokenizer, target_options=pipe.target.optimized))
         self.drafter = pipe.drafter.name
         self.jobs: queue.Queue = queue.Queue()
-        self.busy = False
+        self.current: Job | None = None  # the job whose generation runs
         self.thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None
 
     def check_drafter(self, name: str | None) -> None:
         if name is not None and name not in self.pipelines:
@@ -111,6 +115,8 @@ class GenerationQueue:
         """Cancel what waits and what runs, and let the worker finish its round."""
         while not self.jobs.empty():
             self.jobs.get_nowait().cancel()
+        if (running := self.current) is not None:
+            running.cancel()
         self.jobs.put(None)
         if self.thread is not None:
             self.thread.join(timeout)
@@ -120,11 +126,18 @@ class GenerationQueue:
             if job.cancelled.is_set():
                 job.emit("cancelled")
                 continue
-            self.busy = True
+            self.current = job
             try:
                 self.run(job)
             finally:
-                self.busy = False
+                self.current = None
+
+    def tree(self, name: str | None):
+        """A request's tree: the server's default when it names none, or names ``auto`` and the server runs a bandit
+        over its own arms (``--tree auto --arms``); else the name (the pipeline keeps its ``dynamic`` and ``auto``)."""
+        if name is None or (name.strip().lower() == "auto" and hasattr(self.default_tree, "arms")):
+            return self.default_tree
+        return name
 
     def run(self, job: Job) -> None:
         req, base = job.request, self.pipelines[job.request.drafter or self.drafter]
@@ -132,11 +145,9 @@ class GenerationQueue:
         self.metrics.started(len(req.prompt_ids), job.queue_s)
         pipe = Pipeline(base.target, base.drafter, WatchedRounds(base.generator, self.metrics.round,
                                                                  job.cancelled.is_set), policies=base.policies)
-        tree = self.default_tree if req.tree is None or (
-            req.tree.strip().lower() == "auto" and hasattr(self.default_tree, "arms")) else req.tree
         try:
-            stream = pipe.stream(req.prompt_ids, max_new_tokens=req.max_new_tokens, tree=tree, sampling=req.sampling,
-                                 seed=req.seed, stop=req.stop)
+            stream = pipe.stream(req.prompt_ids, max_new_tokens=req.max_new_tokens, tree=self.tree(req.tree),
+                                 sampling=req.sampling, seed=req.seed, stop=req.stop)
             for piece in stream:
                 job.emit("text", piece)
             self.metrics.finished(stream.result.stats)
