@@ -108,9 +108,7 @@ async def respond(request: Request, service: Service, req: GenerationRequest) ->
     streaming = False
     try:
         kind, payload = await job.events.get()  # waits for its turn: the status is known before headers go out
-        if kind == "error":
-            raise payload
-        if req.stream:
+        if req.stream and kind not in ("error", "cancelled"):
             streaming = True  # the stream's events() cancels the job and the watcher when it ends
             return StreamingResponse(events(req, job, (kind, payload), watcher), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
