@@ -132,13 +132,14 @@ TREES = {  # generous: nearly every candidate pays; tight: the budget cuts child
 }
 
 
-@pytest.mark.parametrize("drafter_name,tree", [("mamba2", "generous"), ("llama+lookup", "generous"),
-                                               ("lookup", "generous"), ("mamba2", "tight"),
-                                               ("llama+lookup", "tight"), ("llama+lookup", "2,1"), ("lookup", "2,1")])
-def test_sampling_with_dynamic_and_lookup_trees_follows_target(drafter_name, tree):
+@pytest.mark.parametrize("drafter_name,tree,acceptance", [
+    ("mamba2", "generous", "rejection"), ("llama+lookup", "generous", "rejection"), ("lookup", "generous", "rejection"),
+    ("mamba2", "tight", "rejection"), ("llama+lookup", "tight", "rejection"), ("llama+lookup", "2,1", "rejection"),
+    ("lookup", "2,1", "rejection"), ("llama+lookup", "tight", "gumbel")])
+def test_sampling_with_dynamic_and_lookup_trees_follows_target(drafter_name, tree, acceptance):
     target = small_vocab_target()
     gen = SpeculativeGenerator(target, SAMPLING_DRAFTERS[drafter_name](), eos_token_ids=[])
-    sampling = SamplingConfig(temperature=1.0)
+    sampling = SamplingConfig(temperature=1.0, acceptance=acceptance)
     prompt = [3, 7, 1, 3, 7, 1, 3, 7]  # repeats: the lookup proposes copied tokens too
     exact = _exact_two_token_joint(target, prompt, sampling)
     counts = _joint_counts(gen, prompt, sampling, 2500, TREES[tree](), 12)
@@ -341,7 +342,8 @@ def test_dynamic_keep_rule_does_not_bias_sampling(q, p, per_node, children):
     from mambaspec.drafters.growth import grow_dynamic
 
     q, p = torch.tensor(q), torch.tensor(p)
-    drafter, sampling, g = _FixedRoot(q), SamplingConfig(temperature=1.0), torch.Generator().manual_seed(0)
+    drafter, g = _FixedRoot(q), torch.Generator().manual_seed(0)
+    sampling = SamplingConfig(temperature=1.0, acceptance="rejection")  # under the gumbel rule any keep rule is exact
     counts, sizes = torch.zeros(len(p)), set()
     for _ in range(20000):
         plan = DynamicPlan(AcceptanceModel(), _LinearCosts(per_node), 100, max_depth=1, max_nodes=children,

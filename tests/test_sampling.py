@@ -1,4 +1,5 @@
-"""Sampled speculative output follows the target's distribution (chi-square tests)."""
+"""Sampled speculative output follows the target's distribution (chi-square tests), under both acceptance rules;
+under the gumbel rule a seed fixes the text whatever the tree and drafter."""
 
 import pytest
 import torch
@@ -6,7 +7,10 @@ from scipy.stats import chisquare
 
 import mambaspec.core.verify as verify_mod
 from mambaspec import MambaDrafter, SamplingConfig, SpeculativeGenerator, TransformerDrafter, warp
+from mambaspec.core.sampling import GumbelNoise
 from mambaspec.core.verify import accept_child_sampled
+from conftest import run_cli
+from tiny import prompts, tiny_llama, tiny_mamba2
 
 ALPHA = 1e-3  # fixed seeds make each test deterministic; a correct rule passes, a wrong one is far below
 
@@ -117,9 +121,10 @@ def small_vocab_target():
     return m
 
 
-@pytest.mark.parametrize("tree", ["1,1", "3,2"])
-@pytest.mark.parametrize("drafter_kind", ["mamba2", "llama"])
-def test_sampled_tokens_follow_target(tree, drafter_kind):
+@pytest.mark.parametrize("drafter_kind,tree,acceptance", [
+    ("mamba2", "1,1", "rejection"), ("mamba2", "3,2", "rejection"), ("llama", "1,1", "rejection"),
+    ("llama", "3,2", "rejection"), ("mamba2", "3,2", "gumbel")])
+def test_sampled_tokens_follow_target(tree, drafter_kind, acceptance):
     target = small_vocab_target()
     target.generation_config.eos_token_id = None
     from transformers import LlamaConfig, LlamaForCausalLM, Mamba2Config, Mamba2ForCausalLM
@@ -136,18 +141,19 @@ def test_sampled_tokens_follow_target(tree, drafter_kind):
     with torch.no_grad():
         dm.get_output_embeddings().weight.mul_(3.0)
     gen = SpeculativeGenerator(target, drafter, eos_token_ids=[])
-    sampling = SamplingConfig(temperature=1.0)
+    sampling = SamplingConfig(temperature=1.0, acceptance=acceptance)
     prompt = [3, 7, 1]
     exact = _exact_two_token_joint(target, prompt, sampling)
     counts = _joint_counts(gen, prompt, sampling, 2500, tree, 12)
     assert _pvalue(counts, exact) > ALPHA
 
 
-def test_sampling_with_top_k_top_p_follows_warped_target():
+@pytest.mark.parametrize("acceptance", ["rejection", "gumbel"])
+def test_sampling_with_top_k_top_p_follows_warped_target(acceptance):
     target = small_vocab_target()
     drafter = TransformerDrafter(tiny_llama_like(12))
     gen = SpeculativeGenerator(target, drafter, eos_token_ids=[])
-    sampling = SamplingConfig(temperature=0.8, top_k=6, top_p=0.9)
+    sampling = SamplingConfig(temperature=0.8, top_k=6, top_p=0.9, acceptance=acceptance)
     exact = _exact_two_token_joint(target, [2, 5], sampling)
     counts = _joint_counts(gen, [2, 5], sampling, 2000, "2,2", 12, seed=3)
     assert _pvalue(counts, exact) > ALPHA
@@ -172,7 +178,89 @@ def test_end_to_end_has_the_power_to_catch_a_broken_rule(monkeypatch, rule, corr
     with torch.no_grad():
         dm.lm_head.weight.mul_(6.0)  # a confident drafter that disagrees with the target
     gen = SpeculativeGenerator(target, TransformerDrafter(dm), eos_token_ids=[])
-    sampling = SamplingConfig(temperature=1.0)
+    sampling = SamplingConfig(temperature=1.0, acceptance="rejection")
     exact = _exact_two_token_joint(target, [3, 7, 1], sampling)
     counts = _joint_counts(gen, [3, 7, 1], sampling, 2500, "3,2", 12)
     assert (_pvalue(counts, exact) > ALPHA) == correct
+
+
+# The gumbel rule: the i-th new token is argmax(log p + G(seed, i)) whatever is drafted.
+
+def test_gumbel_noise_is_standard_and_fixed_by_seed_and_position():
+    a, b = GumbelNoise(5, 50000), GumbelNoise(5, 50000)
+    assert torch.equal(a.at(3), b.at(3)) and not torch.equal(a.at(3), a.at(4))
+    assert not torch.equal(a.at(0), GumbelNoise(6, 50000).at(0))
+    a.offset = 2
+    assert torch.equal(a.children(1), b.at(3))
+    g = torch.cat([a.at(i) for i in range(8)]).double()
+    assert abs(g.mean() - 0.5772) < 0.01 and abs(g.var() - torch.pi ** 2 / 6) < 0.03  # Gumbel(0, 1)
+    assert abs(torch.corrcoef(torch.stack([a.at(0), a.at(1)]))[0, 1]) < 0.02
+
+
+@pytest.mark.parametrize("shared,correct", [(False, True), (True, False)], ids=["correct", "noise-shared"])
+def test_gumbel_sampling_follows_target_and_the_test_has_power(monkeypatch, shared, correct):
+    """Plain sampling under the gumbel rule (what every tree reproduces, below) follows the target; noise shared
+    between positions (a seed-only key) is caught."""
+    if shared:
+        at = GumbelNoise.at
+        monkeypatch.setattr(GumbelNoise, "at", lambda self, position: at(self, 0))
+    target = small_vocab_target()
+    gen = SpeculativeGenerator(target, None, eos_token_ids=[])
+    sampling = SamplingConfig(temperature=1.0)
+    exact = _exact_two_token_joint(target, [3, 7, 1], sampling)
+    counts = _joint_counts(gen, [3, 7, 1], sampling, 4000, "1", 12)
+    assert (_pvalue(counts, exact) > ALPHA) == correct
+
+
+def _drafters():
+    from mambaspec.core.dynamic import DynamicTreePolicy
+    from mambaspec.drafters.hybrid import HybridDrafter
+    from mambaspec.drafters.lookup import LookupDrafter
+    from test_dynamic import FixedCosts
+
+    drafters = {"mamba2": lambda: MambaDrafter(tiny_mamba2(2)), "llama": lambda: TransformerDrafter(tiny_llama(3, 1, 32)),
+                "oracle": lambda: TransformerDrafter(tiny_llama(0)), "lookup": lambda: LookupDrafter(max_tokens=5),
+                "mamba2+lookup": lambda: HybridDrafter(MambaDrafter(tiny_mamba2(2)), LookupDrafter(max_tokens=5))}
+    trees = {"1": lambda: "1", "2,1,1": lambda: "2,1,1", "3,2,2": lambda: "3,2,2", "dynamic": lambda: "dynamic",
+             "generous": lambda: DynamicTreePolicy(costs=FixedCosts(), max_nodes=24)}
+    return drafters, trees
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(temperature=0.8), SamplingConfig(temperature=1.0, top_k=20),
+                                      SamplingConfig(temperature=0.7, top_p=0.9)], ids=["T0.8", "top-k", "top-p"])
+def test_seed_fixes_the_text_whatever_the_tree_and_drafter(tiny_target, sampling):
+    """Under the gumbel rule the text is plain sampling's with the same seed, token for token, for every drafter
+    and tree (fixed, dynamic as measured, dynamic and generous); and it changes with the seed."""
+    drafters, trees = _drafters()
+    plain = SpeculativeGenerator(tiny_target, None)
+    cases = [(p, seed, plain.generate(p, max_new_tokens=20, sampling=sampling, seed=seed).new_token_ids)
+             for p, seed in zip(prompts(4, seed=7), (0, 1, 2, 3))]
+    assert len({tuple(ref) for *_, ref in cases}) == len(cases)
+    assert plain.generate(cases[0][0], max_new_tokens=20, sampling=sampling, seed=99).new_token_ids != cases[0][2]
+    accepted = 0
+    for name, make in drafters.items():
+        gen = SpeculativeGenerator(tiny_target, make())
+        for tree in trees.values():
+            for prompt, seed, ref in cases:
+                result = gen.generate(prompt, max_new_tokens=20, tree=tree(), sampling=sampling, seed=seed)
+                assert result.new_token_ids == ref, (name, tree(), seed)
+                accepted += result.stats.rounds < len(ref)
+    assert accepted  # drafts were accepted: the trees mattered
+
+
+def test_cli_seed_fixes_the_text(tiny_dir):
+    """`generate --temperature 0.8 --seed N`: the same text on every run, with the default (dynamic) tree, a fixed
+    one, and no drafter."""
+    import json
+
+    base = ["generate", "--raw", "--target", tiny_dir["target"], "-n", "16", "--temperature", "0.8", "--json",
+            "Once upon a time"]
+    runs = [[*base, "--drafter", tiny_dir["mamba2"], "--seed", "1"],
+            [*base, "--drafter", tiny_dir["mamba2"], "--seed", "1"],
+            [*base, "--drafter", tiny_dir["mamba2"], "--seed", "1", "--tree", "2,1,1"],
+            [*base, "--drafter", tiny_dir["llama"] + "+lookup", "--seed", "1", "--tree", "3,2,1"],
+            [*base, "--drafter", "none", "--seed", "1"]]
+    texts = [json.loads(run_cli(*args).stdout)["new_token_ids"] for args in runs]
+    assert all(t == texts[0] for t in texts), texts
+    other = json.loads(run_cli(*base, "--drafter", "none", "--seed", "2").stdout)["new_token_ids"]
+    assert other != texts[0]

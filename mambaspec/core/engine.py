@@ -19,7 +19,7 @@ from ..drafters.base import Drafter, NoDrafter, ReadsTargetHidden, ReportsRanks
 from ..errors import MambaspecError
 from .kv import final_hidden, forward_chain, kv_bytes, new_kv_cache
 from .policy import FixedTree, TreePolicy, as_policy
-from .sampling import SamplingConfig
+from .sampling import GumbelNoise, SamplingConfig
 from .stats import GenerationStats, RoundOutcome, StatsRecorder, sync
 from .shape import TreeShape
 from .static import StaticKVCache
@@ -50,7 +50,7 @@ class _Run:
     max_new_tokens: int
     policy: TreePolicy
     sampling: SamplingConfig
-    generator: torch.Generator | None
+    generator: torch.Generator | GumbelNoise | None  # the randomness of sampling (GumbelNoise: the gumbel rule)
     recorder: StatsRecorder
     stop: Callable[[list[int]], bool] | None
     out: list[int] = field(default_factory=list)
@@ -96,6 +96,8 @@ class SpeculativeGenerator:
                  stop: Callable[[list[int]], bool] | None = None) -> GenerationResult:
         """Generate up to ``max_new_tokens`` after ``prompt_ids``; ``on_tokens`` receives each round's tokens.
 
+        ``seed`` fixes the random draws of sampling: under the (default) gumbel rule the text, whatever the tree and
+        drafter (the same as with no drafter); under the rejection rule, the text for a given tree and drafter.
         ``tree`` is a fixed shape (``"2,1,1"``), ``"dynamic"``, ``"auto"``, or a policy object that picks the tree
         of every round and learns from each round's outcome (its state carries over from call to call; a
         policy named by a string starts afresh each call). ``stop(new_ids)`` ends the
@@ -140,9 +142,13 @@ class SpeculativeGenerator:
             policy = FixedTree(TreeShape(()))
         device = self.target.device
         generator = None
-        if seed is not None or not sampling.greedy:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(seed if seed is not None else torch.seed())
+        if not sampling.greedy:
+            seed = seed if seed is not None else torch.seed()
+            if sampling.gumbel:  # the i-th new token is the Gumbel-max draw with noise fixed by (seed, i)
+                generator = GumbelNoise(seed, self.vocab_size, device)
+            else:
+                generator = torch.Generator(device=device)
+                generator.manual_seed(seed)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         stats = GenerationStats(tree=policy.name, drafter=self.drafter.name, target_options=self.target_options,
@@ -169,6 +175,8 @@ class SpeculativeGenerator:
         device = self.target.device
         t0 = time.perf_counter()
         plan = run.policy.choose(self.drafter, run.context, run.budget - len(run.out))
+        if isinstance(run.generator, GumbelNoise):
+            run.generator.offset = len(run.out)  # the root's children are the next new token
         draft = self.drafter.draft(run.pending, plan, run.sampling, run.generator)
         sync(device)
         t1 = time.perf_counter()

@@ -17,10 +17,11 @@ import torch
 class DraftTree:
     """A draft tree, flat in BFS order; index 0 is the root (the pending committed token).
 
-    ``sampled`` says how the children were chosen. Sampled: ``q[node]`` is the drafter
-    distribution from which ``node``'s children with ``drawn[child]`` True were drawn (without
+    ``sampled`` says how the children were chosen. Sampled under the rejection rule: ``q[node]`` is the
+    drafter distribution from which ``node``'s children with ``drawn[child]`` True were drawn (without
     replacement, in order); a child with ``drawn`` False is a deterministic proposal (q = one-hot,
-    e.g. copied from the context) and its token was excluded from ``q[node]`` before the draws.
+    e.g. copied from the context) and its token was excluded from ``q[node]`` before the draws. Under
+    the gumbel rule no q is kept (verification accepts exactly the target's own draw).
     Greedy: ``logits[node]``, when kept, holds the drafter's logits at ``node`` (its children were
     the highest), from which the bandit replays ranks. ``prob[i]`` is the drafter's probability of
     node i given its parent (1.0 for the root). ``feature[i]`` describes a node that was not proposed by a

@@ -19,7 +19,14 @@ which reduces to Leviathan et al. 2023 (arXiv 2211.17192, Alg. 1) for one child:
 Each step is a plain rejection step whose target is the residual of the previous one and whose
 proposal is what the candidate was really drawn from, given the candidates before it (drawn
 children come from q with the deterministic ones removed), so the accepted token (or the bonus)
-is distributed exactly as the target's p.
+is distributed exactly as the target's p. ``accept_probability`` and ``reject`` are the two lines
+of that loop; an exact computation of a round's law (the slow tests) uses them too.
+
+Sampling, ``gumbel`` rule (``core.sampling.GumbelNoise``): at a node of depth d the target's token is
+its Gumbel-max draw y = argmax(log p + G_{offset+d}), whose noise depends only on the seed and the
+position; a child is accepted when its token is y, otherwise y is the bonus token. This is the greedy
+rule with the noise added, and commits exactly the tokens plain sampling with that noise draws
+(Daliri et al. 2024, arXiv 2408.07978), whatever the tree.
 """
 
 from __future__ import annotations
@@ -31,8 +38,37 @@ from dataclasses import dataclass
 import torch
 
 from .kv import final_hidden, forward_tree, keep_slots, kv_length
-from .sampling import SamplingConfig, warp
+from .sampling import GumbelNoise, SamplingConfig, gumbel_draw, warp
 from .tree import DraftTree
+
+
+def accept_probability(p: torch.Tensor, q: torch.Tensor | None, c: int, from_q: bool) -> float:
+    """The probability that child ``c`` is accepted: min(1, p(c)/q(c)) when drawn from q, else p(c)."""
+    if from_q:
+        return min(1.0, float(p[c] / q[c]))
+    return float(p[c])
+
+
+def reject(p: torch.Tensor, q: torch.Tensor | None, c: int, from_q: bool
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The target and proposal for the next child once ``c`` is rejected (new tensors)."""
+    if from_q:
+        residual = torch.clamp(p - q, min=0)
+        total = residual.sum()
+        if total > 0:  # total == 0 only when p == q up to rounding; p is then already right
+            p = residual / total
+        q = q.clone()
+        q[c] = 0  # the next child was drawn without c
+        q_total = q.sum()
+        if q_total > 0:
+            q = q / q_total
+    else:
+        p = p.clone()
+        p[c] = 0  # = norm(max(p - one-hot(c), 0))
+        total = p.sum()
+        if total > 0:
+            p = p / total
+    return p, q
 
 
 def accept_child_sampled(p: torch.Tensor, q: torch.Tensor | None, children: list[int], drawn: list[bool],
@@ -43,28 +79,11 @@ def accept_child_sampled(p: torch.Tensor, q: torch.Tensor | None, children: list
     Returns (index of the accepted child or None, the distribution the bonus is drawn from when
     none is accepted).
     """
-    p = p.clone()
-    q = q.clone() if q is not None else None
     for i, (c, from_q) in enumerate(zip(children, drawn)):
-        u = torch.rand((), generator=generator, device=p.device)
-        if from_q:
-            if u * q[c] < p[c]:  # u < min(1, p/q) without dividing
-                return i, p
-            residual = torch.clamp(p - q, min=0)
-            total = residual.sum()
-            if total > 0:  # total == 0 only when p == q up to rounding; p is then already right
-                p = residual / total
-            q[c] = 0
-            q_total = q.sum()
-            if q_total > 0:
-                q = q / q_total
-        else:
-            if u < p[c]:
-                return i, p
-            p[c] = 0
-            total = p.sum()
-            if total > 0:
-                p = p / total
+        u = float(torch.rand((), generator=generator, device=p.device))
+        if u < accept_probability(p, q, c, from_q):
+            return i, p
+        p, q = reject(p, q, c, from_q)
     return None, p
 
 
@@ -77,16 +96,20 @@ class Verdict:
 
 
 def walk_tree(logits: torch.Tensor, tree: DraftTree, sampling: SamplingConfig,
-              generator: torch.Generator | None = None) -> tuple[list[int], int]:
-    """The accepted path (flat node indices) and the bonus token, from the target's logits at every node."""
+              generator: torch.Generator | GumbelNoise | None = None) -> tuple[list[int], int]:
+    """The accepted path (flat node indices) and the bonus token, from the target's logits at every node.
+    ``generator``: the round's randomness, a ``GumbelNoise`` for the gumbel rule."""
     node, path = 0, []
     while True:
         children = tree.children(node)
-        if not tree.sampled:
-            best = int(torch.argmax(logits[node]))
-            match = next((c for c in children if tree.tokens[c] == best), None)
+        if not tree.sampled or sampling.gumbel:  # the target's token here: its argmax, or its Gumbel-max draw
+            if not tree.sampled:
+                want = int(torch.argmax(logits[node]))
+            else:
+                want = int(gumbel_draw(warp(logits[node], sampling), generator.children(tree.depths[node])))
+            match = next((c for c in children if tree.tokens[c] == want), None)
             if match is None:
-                return path, best
+                return path, want
             node = match
         else:
             p = warp(logits[node], sampling)
@@ -101,7 +124,7 @@ def walk_tree(logits: torch.Tensor, tree: DraftTree, sampling: SamplingConfig,
 
 @torch.inference_mode()
 def verify_tree(target, cache, tree: DraftTree, sampling: SamplingConfig,
-                generator: torch.Generator | None = None, hidden: bool = False) -> Verdict:
+                generator: torch.Generator | GumbelNoise | None = None, hidden: bool = False) -> Verdict:
     """Verify ``tree`` in one forward of ``target``, leaving only the accepted path in ``cache``.
 
     Before the call the cache holds every committed token but the root (the pending token);
@@ -110,6 +133,8 @@ def verify_tree(target, cache, tree: DraftTree, sampling: SamplingConfig,
     """
     if tree.sampled == sampling.greedy and len(tree) > 1:
         raise ValueError("the draft tree was grown for another decoding mode (greedy vs sampled)")
+    if sampling.gumbel != isinstance(generator, GumbelNoise) and not sampling.greedy:
+        raise ValueError(f"the {sampling.acceptance} rule needs {'a GumbelNoise' if sampling.gumbel else 'a torch generator'}")
     past = kv_length(cache)
     positions = [past + d for d in tree.depths]
     t0 = time.perf_counter()

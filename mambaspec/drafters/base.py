@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from ..core.sampling import SamplingConfig
+from ..core.sampling import GumbelNoise, SamplingConfig
 from ..core.tree import DraftTree
 
 
@@ -45,9 +45,10 @@ class Drafter(ABC):
 
     @abstractmethod
     def draft(self, root_token: int, plan, sampling: SamplingConfig,
-              generator: torch.Generator | None = None) -> DraftTree:
+              generator: torch.Generator | GumbelNoise | None = None) -> DraftTree:
         """A tree below ``root_token`` (the last committed token) as ``plan`` says; sampled trees when
-        ``sampling`` is not greedy (``DraftTree.sampled``)."""
+        ``sampling`` is not greedy (``DraftTree.sampled``), with ``generator`` (the rejection rule) or the
+        round's ``GumbelNoise`` (the gumbel rule)."""
 
     @abstractmethod
     def commit(self, tree: DraftTree, path: list[int], bonus: int) -> None:

@@ -14,7 +14,10 @@ drafter, ``drafters.lookup``): they come first, the drafter's own children exclu
 the drafter steps, without any drafter step.
 
 The drafter's logits stay in its own columns (a draft vocabulary of K tokens, ``vocab.Candidates``);
-only sampled trees carry a target-width distribution q, which verification needs.
+only trees sampled under the rejection rule carry a target-width distribution q, which verification needs.
+Under the gumbel rule (``core.sampling.GumbelNoise``) a node's children are the n largest of log q + the
+noise of their position: the first is the drafter's Gumbel-max draw with the very noise the target draws
+with (so it is the target's token whenever the two agree), the next ones its following draws.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from ..core.sampling import SamplingConfig, warp
+from ..core.sampling import GumbelNoise, SamplingConfig, warp
 from ..core.shape import TreeShape
 from ..core.tree import DraftTree
 from .base import Drafter, ReportsRanks
@@ -101,7 +104,7 @@ class StepDrafter(Drafter, ReportsRanks):
         return tokens if self.draft_vocab is None else self.draft_vocab.encode(tokens)
 
     def draft(self, root_token: int, plan, sampling: SamplingConfig,
-              generator: torch.Generator | None = None) -> DraftTree:
+              generator: torch.Generator | GumbelNoise | None = None) -> DraftTree:
         return grow_tree(self, root_token, plan, sampling, generator)
 
     @abstractmethod
@@ -145,19 +148,24 @@ Forced = Callable[[DraftTree, int], list[tuple[int, tuple]]]  # node -> determin
 
 
 def grow_tree(drafter: StepDrafter | None, root_token: int, plan, sampling: SamplingConfig,
-              generator: torch.Generator | None = None, forced: Forced | None = None,
+              generator: torch.Generator | GumbelNoise | None = None, forced: Forced | None = None,
               forced_depth: int = 0) -> DraftTree:
     """A draft tree below ``root_token`` as ``plan`` says: a ``TreeShape`` (forced chains may continue
-    ``forced_depth`` levels in all), or a dynamic plan."""
+    ``forced_depth`` levels in all), or a dynamic plan. ``generator``: the round's randomness (a ``GumbelNoise``
+    under the gumbel rule)."""
+    if sampling.gumbel and not isinstance(generator, GumbelNoise):
+        raise ValueError("the gumbel acceptance rule drafts with the round's GumbelNoise, not a torch generator")
     if isinstance(plan, TreeShape):
         return grow_fixed(drafter, root_token, plan, sampling, generator, forced, forced_depth)
     return grow_dynamic(drafter, root_token, plan, sampling, generator, forced)
 
 
 def pick_children(scores: torch.Tensor, n: int, sampling: SamplingConfig, generator: torch.Generator | None,
-                  exclude: list[list[int]] | None = None) -> tuple[list[list[int]], list[list[float]], torch.Tensor]:
-    """``n`` children per row of ``scores`` (B, C), never the columns ``exclude[row]``: top-n when greedy, else
-    drawn from q (with the excluded columns removed) without replacement.
+                  exclude: list[list[int]] | None = None, noise: torch.Tensor | None = None
+                  ) -> tuple[list[list[int]], list[list[float]], torch.Tensor]:
+    """``n`` children per row of ``scores`` (B, C), never the columns ``exclude[row]``: top-n when greedy; when
+    sampling, drawn from q (with the excluded columns removed) without replacement, with ``generator`` (rejection
+    rule) or as the n largest of log q + ``noise`` (gumbel rule; ``noise``: (C,), the columns' Gumbel noise).
 
     Returns the children's columns per row, their drafter probabilities (softmax of the scores when
     greedy; q when sampling) and the distribution each row's children came from. A row with fewer than
@@ -168,21 +176,29 @@ def pick_children(scores: torch.Tensor, n: int, sampling: SamplingConfig, genera
         masked = scores.clone()
         for row, cols in enumerate(exclude):
             masked[row, cols] = float("-inf")
-    if sampling.greedy:
-        probs = torch.softmax(scores.float(), dim=-1)
-        n = min(n, masked.shape[-1])
-        top = torch.topk(masked, n, dim=-1)
+    if sampling.gumbel and noise is None:
+        raise ValueError("the gumbel acceptance rule draws children with the noise of their position")
+    if sampling.greedy or sampling.gumbel:
+        dist = torch.softmax(scores.float(), dim=-1) if sampling.greedy else warp(masked, sampling)
+        keys = masked if sampling.greedy else dist.log() + noise
+        n = min(n, keys.shape[-1])
+        top = torch.topk(keys, n, dim=-1)
         kids = [[c for c, v in zip(cols, vals) if v != float("-inf")]
                 for cols, vals in zip(top.indices.tolist(), top.values.tolist())]
-        return kids, [[float(probs[r, c]) for c in row] for r, row in enumerate(kids)], probs
+        return kids, [[float(dist[r, c]) for c in row] for r, row in enumerate(kids)], dist
     q = warp(masked, sampling)
+    kids = draw_without_replacement(q, n, generator)
+    return kids, [[float(q[r, c]) for c in row] for r, row in enumerate(kids)], q
+
+
+def draw_without_replacement(q: torch.Tensor, n: int, generator: torch.Generator | None) -> list[list[int]]:
+    """``n`` columns per row of ``q`` (B, C) drawn without replacement, in the order drawn (fewer where a row has
+    fewer possible tokens): the rejection rule's draws, which verification assumes come from q."""
     support = (q > 0).sum(dim=-1)
     if bool((support >= n).all()):
-        kids = torch.multinomial(q, n, replacement=False, generator=generator).tolist()
-    else:
-        kids = [torch.multinomial(row, min(n, int(s)), replacement=False, generator=generator).tolist() if s else []
-                for row, s in zip(q, support)]
-    return kids, [[float(q[r, c]) for c in row] for r, row in enumerate(kids)], q
+        return torch.multinomial(q, n, replacement=False, generator=generator).tolist()
+    return [torch.multinomial(row, min(n, int(s)), replacement=False, generator=generator).tolist() if s else []
+            for row, s in zip(q, support)]
 
 
 def _read(drafter: StepDrafter, tree: DraftTree) -> torch.Tensor:
@@ -193,12 +209,20 @@ def _read(drafter: StepDrafter, tree: DraftTree) -> torch.Tensor:
     return logits
 
 
-def _record(tree: DraftTree, drafter: StepDrafter, node: int, scores: torch.Tensor, dist: torch.Tensor) -> None:
-    """What verification (sampled: q) and rank replay (greedy: the logits) need of an expanded node."""
-    if tree.sampled:
-        tree.q[node] = drafter.candidates.to_target_width(dist[None])[0]
-    else:
+def _record(tree: DraftTree, drafter: StepDrafter, node: int, scores: torch.Tensor, dist: torch.Tensor,
+            sampling: SamplingConfig) -> None:
+    """What verification (rejection rule: q) and rank replay (greedy: the logits) need of an expanded node."""
+    if sampling.greedy:
         tree.logits[node] = scores
+    elif not sampling.gumbel:
+        tree.q[node] = drafter.candidates.to_target_width(dist[None])[0]
+
+
+def _noise(drafter: StepDrafter | None, generator, depth: int) -> torch.Tensor | None:
+    """Under the gumbel rule, the noise of the children of a node at ``depth``, in the drafter's columns."""
+    if drafter is None or not isinstance(generator, GumbelNoise):
+        return None
+    return drafter.candidates.columns(generator.children(depth))
 
 
 def _forced_children(tree: DraftTree, node: int, forced: Forced | None, drafter: StepDrafter | None,
@@ -215,7 +239,7 @@ def _forced_children(tree: DraftTree, node: int, forced: Forced | None, drafter:
 
 
 def grow_fixed(drafter: StepDrafter | None, root_token: int, shape: TreeShape, sampling: SamplingConfig,
-               generator: torch.Generator | None = None, forced: Forced | None = None,
+               generator: torch.Generator | GumbelNoise | None = None, forced: Forced | None = None,
                forced_depth: int = 0) -> DraftTree:
     """Every frontier node at depth i gets its forced children and ``shape.branching[i-1]`` of the drafter's;
     one batched drafter step per depth. Forced chains then continue to ``forced_depth``."""
@@ -233,12 +257,13 @@ def grow_fixed(drafter: StepDrafter | None, root_token: int, shape: TreeShape, s
                for r, x in enumerate(frontier)]
         if scores is not None:
             exclude = [[col for *_, col in children if col is not None] for children in pre]
-            kids, kid_probs, dist = pick_children(scores, n, sampling, generator, exclude)
+            kids, kid_probs, dist = pick_children(scores, n, sampling, generator, exclude,
+                                                  _noise(drafter, generator, depth - 1))
         nodes, parent_rows = [], []
         for r, parent in enumerate(frontier):
             added = [tree.add(tok, parent, prob=p, drawn=False, feature=feat) for tok, feat, p, _ in pre[r]]
             if scores is not None:
-                _record(tree, drafter, parent, scores[r], dist[r])
+                _record(tree, drafter, parent, scores[r], dist[r], sampling)
                 added += [tree.add(tok, parent, prob=p) for tok, p in
                           zip(drafter.candidates.target_ids(kids[r]), kid_probs[r])]
             nodes += added
@@ -258,7 +283,7 @@ def grow_fixed(drafter: StepDrafter | None, root_token: int, shape: TreeShape, s
 
 
 def grow_dynamic(drafter: StepDrafter | None, root_token: int, plan, sampling: SamplingConfig,
-                 generator: torch.Generator | None = None, forced: Forced | None = None) -> DraftTree:
+                 generator: torch.Generator | GumbelNoise | None = None, forced: Forced | None = None) -> DraftTree:
     """Grow level by level, keeping the candidates (the drafter's ``plan.max_children`` best or drawn children of
     each node it stepped, and every forced child) in order of value (the probability that the whole path is
     accepted) while each raises the expected tokens per second (``DynamicPlan.pays``); step the drafter on the
@@ -306,8 +331,9 @@ def _candidates(tree, node, v, scores, drafter, forced, plan, sampling, generato
     out = [(v * plan.acceptance.copy(feat), tok, p, False, feat) for tok, feat, p, _ in pre]
     if scores is not None:
         exclude = [[col for *_, col in pre if col is not None]]
-        kids, kid_probs, dist = pick_children(scores[None], plan.max_children, sampling, generator, exclude)
-        _record(tree, drafter, node, scores, dist[0])
+        kids, kid_probs, dist = pick_children(scores[None], plan.max_children, sampling, generator, exclude,
+                                              _noise(drafter, generator, tree.depths[node]))
+        _record(tree, drafter, node, scores, dist[0], sampling)
         out += [(v * plan.acceptance.model(r), tok, p, True, None)
                 for tok, p, r in zip(drafter.candidates.target_ids(kids[0]), kid_probs[0],
                                      _planning_probs(kid_probs[0], dist[0], sampling))]
@@ -315,12 +341,13 @@ def _candidates(tree, node, v, scores, drafter, forced, plan, sampling, generato
 
 
 def _planning_probs(kid_probs: list[float], dist: torch.Tensor, sampling: SamplingConfig) -> list[float]:
-    """The drafter probabilities a node's own children are valued by: their own when greedy (the top ones); when
-    sampled, the i-th largest probability of q for the i-th draw, whatever token it drew. Whether a drawn child is
+    """The drafter probabilities a node's own children are valued by: their own when greedy (the top ones) or under
+    the gumbel rule (whatever is drafted, the committed tokens are the target's draws); under the rejection rule,
+    the i-th largest probability of q for the i-th draw, whatever token it drew. There, whether a drawn child is
     kept must not depend on which token it is, or a kept child would no longer be distributed as q and the
     verification (which assumes it is) would not sample from the target (e.g. q = (0.9, 0.1), p = (0.5, 0.5), keep
     a draw only when its own q is high: 0.55 / 0.45 come out instead of 0.5 / 0.5)."""
-    if sampling.greedy or not kid_probs:
+    if sampling.greedy or sampling.gumbel or not kid_probs:
         return kid_probs
     return dist.topk(len(kid_probs)).values.tolist()
 

@@ -83,6 +83,12 @@ class Candidates:
         col = int(self.vocab.to_draft[target_id]) if target_id < self.vocab.target_vocab_size else self.width
         return col if col < self.width else None
 
+    def columns(self, row: torch.Tensor) -> torch.Tensor:
+        """A target-width row (..., target width) -> its values at the proposable columns (..., width)."""
+        if self.vocab is None:
+            return row[..., : self.width]
+        return row[..., self.vocab.to_target.to(row.device)]
+
     def to_target_width(self, rows: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """(B, width) rows (probabilities or logits) -> (B, target width), ``fill`` elsewhere."""
         out = rows.new_full((rows.shape[0], self.target_width), fill)

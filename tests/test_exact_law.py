@@ -1,0 +1,121 @@
+"""The exact law of a sampled round (rejection rule) against the target's, by enumeration (``exact_round``): with
+tiny models (fast, and with the power to catch a wrong rule or keep rule), and with the real SmolLM2 target and
+every shipped drafter (slow; issue 29). Rounding alone (the tree forward against the plain one) gives a total
+variation of about 1e-6; the bugs this catches give 1e-2 and more."""
+
+import pytest
+import torch
+
+import mambaspec.core.verify as verify
+import mambaspec.drafters.growth as growth
+from exact_round import exact_round_law, ordered_draws
+from mambaspec import MambaDrafter, SamplingConfig, TransformerDrafter
+from mambaspec.core.dynamic import AcceptanceModel, DynamicPlan
+from mambaspec.core.shape import TreeShape
+from mambaspec.drafters.hybrid import HybridDrafter
+from mambaspec.drafters.lookup import LookupDrafter
+from test_dynamic import FixedCosts, _confident
+from test_sampling import small_vocab_target, tiny_llama_like
+
+EXACT = 1e-4  # total variation allowed: rounding is ~1e-6
+
+
+def plan(kind: str, context: int):
+    """A fresh dynamic plan: ``generous`` (nearly every candidate pays: deep, wide trees) or ``tight`` (the node budget
+    cuts the drawn children, the case the keep rule is about)."""
+    costs = FixedCosts(per_node=1e-4) if kind == "generous" else FixedCosts(per_node=1e-3)
+    nodes = 16 if kind == "generous" else 3
+    return lambda: DynamicPlan(AcceptanceModel(), costs, context, max_depth=8, max_nodes=nodes, max_children=3,
+                               top_accept=0.5)
+
+
+TREES = {"2,2,1": lambda n: TreeShape((2, 2, 1)), "3,2": lambda n: TreeShape((3, 2)),
+         "dynamic": lambda n: plan("generous", n), "dynamic-tight": lambda n: plan("tight", n)}
+
+
+def test_ordered_draws_are_the_drafters_draws():
+    """The enumeration's probabilities are those of ``draw_without_replacement`` (what the engine draws with)."""
+    q = torch.tensor([[0.05, 0.4, 0.0, 0.25, 0.3]])
+    law = dict(ordered_draws(q[0], 2))
+    assert abs(sum(law.values()) - 1) < 1e-12 and len(law) == 12
+    g, counts, n = torch.Generator().manual_seed(0), {}, 20000
+    for _ in range(n):
+        key = tuple(growth.draw_without_replacement(q, 2, g)[0])
+        counts[key] = counts.get(key, 0) + 1
+    from scipy.stats import chisquare
+
+    keys = sorted(law)
+    assert chisquare([counts.get(k, 0) for k in keys], [law[k] * n for k in keys]).pvalue > 1e-3
+
+
+TINY_DRAFTERS = {
+    "mamba2": lambda: MambaDrafter(_confident(tiny_llama_like(12), mamba=True)),
+    "llama": lambda: TransformerDrafter(_confident(tiny_llama_like(12))),
+    "llama+lookup": lambda: HybridDrafter(TransformerDrafter(_confident(tiny_llama_like(12))),
+                                          LookupDrafter(max_tokens=3)),
+}
+TINY_PROMPT = [3, 7, 1, 3, 7, 1, 3, 7]  # repeats: the lookup proposes copied tokens too
+
+
+@pytest.mark.parametrize("tree", list(TREES))
+@pytest.mark.parametrize("drafter", list(TINY_DRAFTERS))
+def test_round_law_is_exact_with_tiny_models(drafter, tree):
+    law = exact_round_law(small_vocab_target(), TINY_DRAFTERS[drafter](), TINY_PROMPT,
+                          TREES[tree](len(TINY_PROMPT)), SamplingConfig(temperature=1.0, acceptance="rejection"))
+    assert law.tree_nodes > 1.5 and law.tv < EXACT, (law.tv, law.forward_tv)
+
+
+REJECT = verify.reject
+
+
+def _reject_keeping_q(p, q, c, from_q):
+    """A wrong rule: forget that the next child was drawn without the rejected one."""
+    return REJECT(p, q, c, from_q)[0], q
+
+
+def _old_keep_rule(kid_probs, dist, sampling):
+    """The keep rule before e5a4c50: a drawn child valued by its own probability."""
+    return kid_probs
+
+
+@pytest.mark.parametrize("broken,tree", [("reject", "3,2"), ("keep-rule", "dynamic-tight")])
+def test_exact_law_catches_a_wrong_rule(monkeypatch, broken, tree):
+    if broken == "reject":
+        monkeypatch.setattr(verify, "reject", _reject_keeping_q)
+    else:
+        monkeypatch.setattr(growth, "_planning_probs", _old_keep_rule)
+    law = exact_round_law(small_vocab_target(), TINY_DRAFTERS["mamba2"](), TINY_PROMPT, TREES[tree](len(TINY_PROMPT)),
+                          SamplingConfig(temperature=1.0, acceptance="rejection"))
+    assert law.tv > 100 * EXACT, law.tv
+
+
+# The real target and the shipped drafters (issue 29): T 0.9 / top-k 12 and T 0.7 / top-p 0.9, trees 2,2,1 and dynamic.
+
+STORY = "Once upon a time, in a small village by the sea, there"
+REPEATS = "The cat sat on the mat. The dog sat on the rug. The cat sat on the"
+CODE = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n"
+SAMPLINGS = {"T0.9-k12": SamplingConfig(0.9, top_k=12, acceptance="rejection"),
+             "T0.7-p0.9": SamplingConfig(0.7, top_p=0.9, acceptance="rejection")}
+SHIPPED = ["mamba2-smollm2", "llama-smollm2", "eagle-smollm2", "mamba2-smollm2+lookup"]
+
+
+@pytest.fixture(scope="module")
+def shipped(smollm2):
+    from mambaspec.loading.pipeline import load_drafter
+
+    loaded = {}
+    return lambda name: loaded.setdefault(name, load_drafter(name, smollm2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt", ["story", "code"])
+@pytest.mark.parametrize("sampling", list(SAMPLINGS))
+@pytest.mark.parametrize("tree", ["2,2,1", "dynamic", "dynamic-tight"])
+@pytest.mark.parametrize("drafter", SHIPPED)
+def test_round_law_with_shipped_drafters(smollm2, shipped, drafter, tree, sampling, prompt):
+    text = {"story": REPEATS if drafter.endswith("+lookup") else STORY, "code": CODE}[prompt]
+    ids = smollm2.tokenizer(text)["input_ids"]
+    law = exact_round_law(smollm2.model, shipped(drafter), ids, TREES[tree](len(ids)), SAMPLINGS[sampling])
+    print(f"\n{drafter} {tree} {sampling} {prompt}: TV {law.tv:.2e} (first token {law.first_token_tv:.2e}, "
+          f"tree forward vs plain {law.forward_tv:.2e}), {law.root_tuples} root draws, {law.tree_nodes:.1f} nodes")
+    assert law.tv < EXACT
