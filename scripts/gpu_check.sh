@@ -20,7 +20,7 @@ exec > >(tee -a "$LOG") 2>&1
 PY=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 
-if ! $PY -c "import mambaspec" 2>/dev/null; then  # the lent machine: install into /tmp/site
+if ! (cd /tmp && $PY -c "import mambaspec" 2>/dev/null); then  # the lent machine: install into /tmp/site
     SITE=/tmp/site
     $PY -m pip install -q --no-index --no-deps --no-compile --target $SITE .whl/*.whl
     $PY -m pip install -q --no-index --no-deps --no-build-isolation --target $SITE . || exit 1

@@ -92,16 +92,17 @@ def test_fast_mamba2_step_equals_the_model_forward():
 
     from mambaspec.drafters.mamba import MambaState
     from mambaspec.drafters.mamba_step import mamba2_step
+    from mambaspec.hf_compat import with_cache
 
     model = tiny_mamba2(2)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=torch.tensor([PROMPTS[0]]), cache=cache, use_cache=True)
+        model(input_ids=torch.tensor([PROMPTS[0]]), **with_cache(model, cache), use_cache=True)
         state = MambaState.read(cache).select([0, 0, 0])
         tokens = torch.tensor([5, 17, 40])
         logits, conv, ssm = mamba2_step(model, state.conv, state.ssm, tokens)
         state.select([0, 1, 2]).install(cache)
-        ref = model(input_ids=tokens[:, None], cache=cache, use_cache=True).logits[:, -1]
+        ref = model(input_ids=tokens[:, None], **with_cache(model, cache), use_cache=True).logits[:, -1]
     after = MambaState.read(cache)
     torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
     for a, b in zip(conv + ssm, after.conv + after.ssm):

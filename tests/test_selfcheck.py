@@ -84,3 +84,20 @@ def test_refusal_is_one_line_at_the_command_line(tiny_dir, monkeypatch, capsys):
     monkeypatch.setattr(kv, "with_cache", _dropped)
     with pytest.raises(MambaspecError, match="self-check"):
         load_model(tiny_dir["target"], ModelOptions(device="cpu"))
+
+
+@pytest.mark.parametrize("version,ok", [("5.17.0", True), ("5.25.0", True), ("5.99.1", True), ("5.16.2", False),
+                                        ("4.57.1", False), ("6.0.0", False), ("6.1.0.dev0", False)])
+def test_transformers_versions_outside_the_range_are_refused_at_load(tiny_dir, monkeypatch, version, ok):
+    import transformers
+
+    from mambaspec.errors import MambaspecError
+    from mambaspec.hf_compat import check_version
+    from mambaspec.loading.models import load_model
+    from mambaspec.loading.options import ModelOptions
+
+    assert (check_version(version) is None) == ok
+    if not ok:
+        monkeypatch.setattr(transformers, "__version__", version)
+        with pytest.raises(MambaspecError, match=f"transformers {version} is outside the supported range"):
+            load_model(tiny_dir["target"], ModelOptions(device="cpu"))

@@ -268,6 +268,12 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
 def load_model(name_or_path: str, options: ModelOptions | None = None, role: str = "target") -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode, placed and made cheap as ``options`` say.
 
@@ -279,8 +285,12 @@ def load_model(name_or_path: str, options: ModelOptions | None = None, role: str
     from ..cpu.attention import use_packed_attention
     from ..cpu.linears import optimize_model
     from ..drafters.vocab import read_meta
+    from ..hf_compat import check_version
     from .selfcheck import check_target
 
+    refused = check_version(transformers_version())
+    if refused:
+        raise MambaspecError(refused)
     options = options or ModelOptions()
     options.apply_threads()
     if role == "drafter":
