@@ -136,7 +136,7 @@ def test_plan_says_what_runs_and_roughly_how_long(tmp_path, monkeypatch):
     monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path))
     full = describe_run(DrafterRecipe.load(recipes_dir() / "drafters" / "mamba2-smollm2.yaml"), "smollm2-135m")
     text = "\n".join(full)
-    assert "data set broad-v1" in text and "not made yet" in text and "110 batches" in text and "1,200 steps" in text
+    assert "data set broad-v1" in text and "not made yet" in text and "batches of 32 prompts" in text and "1,200 steps" in text
     assert full[-1].strip().startswith("about ") and full[-1].endswith(" h in all"), full[-1]
     quick = DrafterRecipe.load(recipes_dir() / "drafters" / "quickstart.yaml")
     lines = describe_run(quick, "smollm2-135m")
