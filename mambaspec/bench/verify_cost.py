@@ -79,12 +79,14 @@ def _median_ms(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(_seconds(fn) for _ in range(repeats)) * 1e3
 
 
-def matmul_gflops(repeats: int = 5) -> float:
-    """The machine's float32 matrix-multiply rate (a 1024-cube product, best of ``repeats``)."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+def matmul_gflops(repeats: int = 5, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """The device's matrix-multiply rate in ``dtype`` (a 1024-cube product on the CPU, 4096 on a GPU, best of
+    ``repeats``)."""
+    n = 4096 if torch.device(device).type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     best = min(_median_ms(lambda: a @ b, 1) for _ in range(repeats))
-    return 2 * 1024 ** 3 / (best / 1e3) / 1e9
+    return 2 * n ** 3 / (best / 1e3) / 1e9
 
 
 def attention_flops(model, rows: int, keys: int) -> float:
@@ -136,7 +138,7 @@ def measure_verify_cost(engine_model, plain_model, vocab_size: int, prefix: int 
             progress()
     rows = [CostRow(prefix, q, statistics.median(engine[q]) * 1e3, statistics.median(plain[q]) * 1e3) for q in sizes]
     one = rows[0]
-    rate = gflops or matmul_gflops()
+    rate = gflops or matmul_gflops(device=device, dtype=next(engine_model.parameters()).dtype)
     for r in rows:
         r.engine_1_ms, r.plain_1_ms = one.engine_ms, one.plain_ms
         r.engine_prefill_s, r.plain_prefill_s = engine_prefill, plain_prefill
@@ -181,7 +183,7 @@ def verify_cost(target: str = DEFAULT_TARGET, prefixes: tuple[int, ...] = (512,)
     if max(prefixes) + max(nodes) > context:
         raise MambaspecError(f"prefix {max(prefixes)} + {max(nodes)} nodes exceeds the target's context of {context}")
     vocab = plain.config.get_text_config(decoder=True).vocab_size
-    rate, done, total = matmul_gflops(), [0], len(prefixes) * repeats
+    rate, done, total = matmul_gflops(device=engine.device, dtype=engine.model.dtype), [0], len(prefixes) * repeats
 
     def step() -> None:
         done[0] += 1
