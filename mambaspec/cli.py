@@ -257,7 +257,7 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples, losslessly."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold (1 = off)."),
     top_k: int = typer.Option(0, "--top-k", help="Top-k sampling (0 = off)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling (default: none, a fresh draw every run)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling: the same seed gives the same text on every run, whatever the tree and drafter (the same as --drafter none), because the i-th token is the target's own Gumbel-max draw with noise fixed by (seed, i). Default: none, a fresh draw every run. (The Python API's SamplingConfig(acceptance='rejection') accepts slightly more drafts on some workloads, but there a seed fixes the text only for a fixed --tree and drafter.)"),
     chat: bool = typer.Option(True, "--chat/--raw", help="Apply the tokenizer's chat template (default when it has one) or feed the raw text."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -281,11 +281,7 @@ def generate(
         text = _read_prompt(prompt, prompt_file)
         _, err = consoles()
         say = (lambda m: None) if (quiet or as_json) else (lambda m: err.print(f"[dim]{m}[/]", soft_wrap=True))
-        if not sampling.greedy or cross_tokenizer != "auto":  # the drafter's tokenizer decides: read before loading
-            _quiet_libraries(threads)
-            from .loading.pipeline import check_drafter_for
-
-            _option("--drafter", lambda: check_drafter_for(target, drafter, cross_tokenizer, sampling))
+        _check_drafter_tokenizer(target, drafter, cross_tokenizer, sampling, threads)
         pipe = _load_for_generate(target, drafter, options, cross_tokenizer, lookup_global, say, threads)
         for note in _run_notes(tree_plan, pipe.drafter, sampling, seed):
             say(f"note: {note}")
@@ -303,6 +299,17 @@ def generate(
         if "arms" in result.stats.policy_report:
             err.print(arms_table(result.stats.policy_report["arms"], f"tree arms: {result.stats.tree_policy}",
                                  reward=reward))
+
+
+def _check_drafter_tokenizer(target: str, drafter: str | None, cross_tokenizer: str, sampling: SamplingConfig,
+                             threads: int | None) -> None:
+    """Where the drafter's tokenizer decides whether it can run (sampling, --cross-tokenizer on/off), read the two
+    tokenizers before any model loads."""
+    if not sampling.greedy or cross_tokenizer != "auto":
+        _quiet_libraries(threads)
+        from .loading.pipeline import check_drafter_for
+
+        _option("--drafter", lambda: check_drafter_for(target, drafter, cross_tokenizer, sampling))
 
 
 def _load_for_generate(target: str, drafter: str | None, options: ModelOptions, cross_tokenizer: str,
