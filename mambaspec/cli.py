@@ -257,7 +257,7 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples, losslessly."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold (1 = off)."),
     top_k: int = typer.Option(0, "--top-k", help="Top-k sampling (0 = off)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling: the same seed gives the same text on every run, whatever the tree and drafter (the same as --drafter none), because the i-th token is the target's own Gumbel-max draw with noise fixed by (seed, i). Default: none, a fresh draw every run. (The Python API's SamplingConfig(acceptance='rejection') accepts slightly more drafts on some workloads, but there a seed fixes the text only for a fixed --tree and drafter.)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling: the same seed gives the same text on every run, whatever the tree and drafter (the same as --drafter none), because the i-th token is the target's own Gumbel-max draw with noise fixed by (seed, i). Default: none, a fresh draw every run. (Under the Python API's SamplingConfig(acceptance='rejection'), classic speculative sampling, a seed fixes the text only for a fixed --tree and drafter.)"),
     chat: bool = typer.Option(True, "--chat/--raw", help="Apply the tokenizer's chat template (default when it has one) or feed the raw text."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,

@@ -98,7 +98,18 @@ def node_law(p: torch.Tensor, q: torch.Tensor | None, forced: list[int], drawn: 
             p2, q2 = verify.reject(p, q, c, False)
             rec(p2, q2, mass * (1 - a), forced[1:], left)
         elif left and q is not None and float(q.sum()) > 0:
-            for c in torch.nonzero(q > 0).flatten().tolist():
+            support = torch.nonzero(q > 0).flatten().tolist()
+            if left == 1:  # the last draw: whichever token was rejected, the target left is the same residual
+                rejected = 0.0
+                for c in support:
+                    a = verify.accept_probability(p, q, c, True)
+                    out[c] += mass * float(q[c]) * a
+                    rejected += mass * float(q[c]) * (1 - a)
+                bonus, _ = verify.reject(p, q, support[0], True)
+                assert torch.equal(bonus, verify.reject(p, q, support[-1], True)[0])
+                out.add_(bonus, alpha=rejected)
+                return
+            for c in support:
                 w = float(q[c])
                 a = verify.accept_probability(p, q, c, True)
                 out[c] += mass * w * a
@@ -153,9 +164,12 @@ def _target_probs(model, prompt: list[int], sampling: SamplingConfig, after: lis
     """The target's own warped distributions (plain forwards, no cache) after ``prompt`` and after prompt + [t]."""
     with torch.inference_mode():
         root = warp(model(torch.tensor([prompt], device=model.device)).logits[0, -1].float(), sampling)
-        rows = torch.tensor([prompt + [t] for t in after], device=model.device)
-        nxt = warp(model(rows).logits[:, -1].float(), sampling)
-    return {-1: root.cpu().double(), **{t: nxt[i].cpu().double() for i, t in enumerate(after)}}
+        out = {-1: root.cpu().double()}
+        if after:
+            rows = torch.tensor([prompt + [t] for t in after], device=model.device)
+            nxt = warp(model(rows).logits[:, -1].float(), sampling)
+            out.update({t: nxt[i].cpu().double() for i, t in enumerate(after)})
+    return out
 
 
 def exact_round_law(target, drafter, prompt: list[int], plan, sampling: SamplingConfig, max_tuples: int = 5000

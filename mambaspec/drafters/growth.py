@@ -341,13 +341,14 @@ def _candidates(tree, node, v, scores, drafter, forced, plan, sampling, generato
 
 
 def _planning_probs(kid_probs: list[float], dist: torch.Tensor, sampling: SamplingConfig) -> list[float]:
-    """The drafter probabilities a node's own children are valued by: their own when greedy (the top ones) or under
-    the gumbel rule (whatever is drafted, the committed tokens are the target's draws); under the rejection rule,
-    the i-th largest probability of q for the i-th draw, whatever token it drew. There, whether a drawn child is
-    kept must not depend on which token it is, or a kept child would no longer be distributed as q and the
-    verification (which assumes it is) would not sample from the target (e.g. q = (0.9, 0.1), p = (0.5, 0.5), keep
-    a draw only when its own q is high: 0.55 / 0.45 come out instead of 0.5 / 0.5)."""
-    if sampling.greedy or sampling.gumbel or not kid_probs:
+    """The drafter probabilities a node's own children are valued by: their own when greedy (the top ones); when
+    sampled, the i-th largest probability of q for the i-th draw, whatever token it drew. Under the rejection rule,
+    whether a drawn child is kept must not depend on which token it is, or a kept child would no longer be
+    distributed as q and the verification (which assumes it is) would not sample from the target (e.g. q = (0.9,
+    0.1), p = (0.5, 0.5), keep a draw only when its own q is high: 0.55 / 0.45 come out instead of 0.5 / 0.5).
+    Under the gumbel rule any valuation is exact; the same one serves (the i-th Gumbel draw is accepted about as
+    often as the i-th draw of the rejection rule)."""
+    if sampling.greedy or not kid_probs:
         return kid_probs
     return dist.topk(len(kid_probs)).values.tolist()
 
