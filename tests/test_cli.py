@@ -113,7 +113,7 @@ def test_json_record_reproduces_itself(gen_args):
                              "--json").stdout)
     assert rec["target"] == gen_args[3] and rec["tree"] == "dynamic" and rec["max_new_tokens"] == 12
     assert rec["sampling"] == {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 3}
-    # a seed reproduces the text with a fixed tree; dynamic trees follow measured timings, so only the distribution
+    # a seed fixes the text (with any tree and drafter too: test_sampling.test_cli_seed_fixes_the_text)
     fixed = [*gen_args, "Hello", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3", "--tree", "2,1,1", "--json"]
     rec, again = (json.loads(run_cli(*fixed).stdout) for _ in range(2))
     assert again["new_token_ids"] == rec["new_token_ids"]
