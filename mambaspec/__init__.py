@@ -24,7 +24,7 @@ _EXPORTS = {
     "GenerationStats": "core.stats", "SamplingConfig": "core.sampling", "warp": "core.sampling",
     "DraftTree": "core.tree", "TreeShape": "core.shape", "verify_tree": "core.verify",
     "accept_child_sampled": "core.verify", "UCBPolicy": "core.bandit", "FixedTree": "core.policy",
-    "Drafter": "drafters.base", "NoDrafter": "drafters.base", "MambaDrafter": "drafters.mamba",
+    "Drafter": "core.drafter", "NoDrafter": "core.drafter", "MambaDrafter": "drafters.mamba",
     "MambaState": "drafters.mamba", "TransformerDrafter": "drafters.transformer",
     "CrossTokenizerDrafter": "drafters.crosstok", "make_drafter": "drafters",
     "BenchConfig": "bench.runner", "run_bench": "bench.runner",

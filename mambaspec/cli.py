@@ -349,7 +349,7 @@ def _json_record(result, target: str, tree: str, sampling: SamplingConfig, seed,
 def _run_notes(plan, drafter, sampling: SamplingConfig, seed: int | None) -> list[str]:
     """What a user should know about this run before it starts: sampling options that do nothing, what --tree auto
     will do."""
-    from .drafters.base import ReportsRanks
+    from .core.drafter import ReportsRanks
 
     notes = []
     if sampling.greedy and (sampling.top_p != 1.0 or sampling.top_k != 0 or seed is not None):
@@ -398,7 +398,7 @@ def bench(
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Mamba drafter for `mamba` (default: the target's, e.g. mamba2-smollm2; `none` = skip)."),
     transformer_drafter: Optional[str] = typer.Option(None, "--transformer-drafter", help="Transformer drafter for `transformer` and `hf-assisted` (default: the target's, e.g. llama-smollm2; `none` = skip)."),
     eagle_drafter: Optional[str] = typer.Option(None, "--eagle-drafter", help="EAGLE head for `eagle` (default: the target's, e.g. eagle-smollm2; `none` = skip)."),
-    tree: str = typer.Option(DEFAULT_SHAPE, "--tree", help="The tree of our loop's fixed-tree methods (mamba, lookup, mamba+lookup, transformer, eagle): a shape N1,...,Nγ, `dynamic` or `auto`."),
+    tree: str = typer.Option(DEFAULT_SHAPE, "--tree", help=f"The tree of our loop's fixed-tree methods (mamba, lookup, mamba+lookup, transformer, eagle): a shape N1,...,Nγ, `dynamic` or `auto`. Its default ({DEFAULT_SHAPE}) differs from generate's ({DEFAULT_TREE}) on purpose: the tree methods run one small fixed shape (on a CPU every verified node costs); dynamic trees are their own method, mamba-dynamic."),
     lookup_global: bool = typer.Option(False, "--lookup-global", help="Our lookup drafters also index the outputs of the earlier prompts of a row."),
     arms: Optional[str] = typer.Option(None, "--arms", help="mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="mamba-auto's UCB exploration constant."),

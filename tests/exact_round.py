@@ -33,7 +33,7 @@ from mambaspec.core.sampling import SamplingConfig, warp
 from mambaspec.core.shape import TreeShape
 from mambaspec.core.tree import DraftTree
 import mambaspec.core.verify as verify
-from mambaspec.drafters.base import Rewindable
+from mambaspec.core.drafter import Rewindable
 from mambaspec.drafters.eagle import EagleDrafter
 from mambaspec.drafters.hybrid import HybridDrafter
 

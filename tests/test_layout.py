@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent / "mambaspec"
 MODULES = {p: ast.parse(p.read_text()) for p in sorted(ROOT.rglob("*.py"))}
 # layer -> layers it must never import (the CLI and its display are imported by nothing but __main__)
 FORBIDDEN = {
-    "core": {"bench", "training", "cli", "display", "loading", "serve"},
+    "core": {"drafters", "bench", "training", "cli", "display", "loading", "serve"},
     "drafters": {"bench", "training", "loading", "cli", "display", "serve"},
     "cpu": {"core", "drafters", "bench", "training", "loading", "cli", "display", "serve"},
     "loading": {"bench", "training", "cli", "display", "serve"},

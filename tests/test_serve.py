@@ -192,7 +192,7 @@ def test_concurrent_streams_each_get_their_own_output(base_url, client, referenc
 
 def _slow_pipeline(reference, seconds: float):
     """Plain decoding of the tiny target whose every round takes at least ``seconds``."""
-    from mambaspec.drafters.base import NoDrafter
+    from mambaspec.core.drafter import NoDrafter
     from mambaspec.loading.pipeline import Pipeline
 
     class SlowDrafter(NoDrafter):

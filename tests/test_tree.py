@@ -37,4 +37,3 @@ def test_ancestor_mask_and_paths():
     assert torch.equal(m.diagonal(), torch.ones(6, dtype=torch.bool))
     assert tree.path_to(5) == [1, 3, 5] and tree.path_to(0) == []
     assert tree.children(0) == [1, 2] and tree.children(4) == []
-    assert tree.path_prob(5) == pytest.approx(0.5 * 0.8 * 0.5) and tree.path_prob(0) == 1.0

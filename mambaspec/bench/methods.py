@@ -24,11 +24,11 @@ from typing import Callable
 
 from ..config import recipes_dir
 from ..core.bandit import UCBPolicy, load_arms
-from ..core.engine import GenerationResult, SpeculativeGenerator
+from ..core.drafter import Composite, Drafter
 from ..core.dynamic import DynamicTreePolicy
+from ..core.engine import GenerationResult, SpeculativeGenerator
 from ..core.policy import as_policy
 from ..core.sampling import SamplingConfig
-from ..drafters.base import Composite, Drafter
 from ..drafters.hybrid import HybridDrafter
 from ..drafters.lookup import LookupDrafter
 from ..loading.models import LoadedModel

@@ -22,16 +22,16 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from ..config import DEFAULT_TARGET
 from ..core.bandit import DEFAULT_C, DEFAULT_EDGES, check_options
+from ..core.drafter import innermost
 from ..core.engine import GenerationResult, SpeculativeGenerator
 from ..core.policy import TREE_POLICIES
 from ..core.sampling import SamplingConfig
 from ..core.shape import DEFAULT_SHAPE, TreeShape
-from ..drafters.base import innermost
 from ..drafters.eagle import EagleDrafter
 from ..drafters.mamba import MAMBA_TYPES
 from ..errors import MambaspecError
-from ..config import DEFAULT_TARGET
 from ..loading.models import default_bench_drafter, load_model, resolve_device, resolve_dtype
 from ..loading.options import ModelOptions
 from ..loading.pipeline import check_drafter_for, load_drafter

@@ -219,7 +219,7 @@ class UCBPolicy:
     def choose(self, drafter=None, context: int = 0, remaining: int = 1 << 30) -> TreeShape:
         """The shape for the next round (and remember which arm it is). The drafter's top-1 probability
         at the root (``ReportsRanks.root_confidence``) is the context of the replayed reward."""
-        from ..drafters.base import ReportsRanks
+        from .drafter import ReportsRanks  # here: this module stays free of torch
 
         confidence = drafter.root_confidence() if self.wants_ranks and isinstance(drafter, ReportsRanks) else None
         return self.pick(confidence).truncated(remaining - 1)

@@ -182,7 +182,6 @@ class DynamicPlan:
     max_nodes: int
     max_children: int
     top_accept: float  # expected acceptance of a node's first child (before the drafter is asked)
-    declined: bool = False  # growth set it: not even the first node paid
 
     def base_time(self) -> float:
         """A round that drafts: a plain step's time, and the drafter's feeding of what it commits (about a step)."""
@@ -203,7 +202,6 @@ class DynamicPlan:
                 k * self.costs.step
             if time > 0 and tokens / time > best_rate:
                 best, best_rate = k, tokens / time
-        self.declined = best == 0
         return TreeShape((1,) * best)
 
     @staticmethod

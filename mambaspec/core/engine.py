@@ -15,17 +15,16 @@ from typing import Callable, Generator
 
 import torch
 
-from ..drafters.base import Drafter, NoDrafter, ReadsTargetHidden, ReportsRanks
 from ..errors import MambaspecError
+from .drafter import Drafter, NoDrafter, ReadsTargetHidden, ReportsRanks
 from .kv import final_hidden, forward_chain, kv_bytes, new_kv_cache
 from .policy import FixedTree, TreePolicy, as_policy
 from .sampling import GumbelNoise, SamplingConfig
-from .stats import GenerationStats, RoundOutcome, StatsRecorder, sync
 from .shape import TreeShape
 from .static import StaticKVCache
 from .static import supports as static_supports
+from .stats import GenerationStats, RoundOutcome, StatsRecorder, sync
 from .verify import verify_tree
-
 
 STATIC_CAPACITY = 8192  # slots of the static KV cache (GPU): prompt + new tokens + the largest tree must fit
 STATIC_TREE_ROOM = 128  # room kept for a round's tree (dynamic trees, bandit arms, lookup chains; a fixed shape: its own)

@@ -8,10 +8,13 @@ shapes; ``dynamic.DynamicTreePolicy`` drafts only what its cost model says pays.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .stats import RoundOutcome
 from .shape import TreeShape
+from .stats import RoundOutcome
+
+if TYPE_CHECKING:
+    from .drafter import DraftPlan
 
 
 class TreePolicy(Protocol):
@@ -20,8 +23,8 @@ class TreePolicy(Protocol):
     def begin_sequence(self, drafter) -> None:
         """A new sequence starts (after the prefill)."""
 
-    def choose(self, drafter, context: int, remaining: int):
-        """The plan of the next round: a ``TreeShape`` or an object with ``grow`` (dynamic trees).
+    def choose(self, drafter, context: int, remaining: int) -> DraftPlan:
+        """The plan of the next round: a ``TreeShape``, or a ``DynamicPlan`` (dynamic trees).
         ``context``: tokens the target has read; ``remaining``: tokens still to generate."""
 
     def observe(self, outcome: RoundOutcome) -> None:

@@ -99,7 +99,7 @@ class GumbelNoise:
     device, and independent from one position to the next.
     """
 
-    def __init__(self, seed: int, width: int, device=None, keep: int = 32) -> None:
+    def __init__(self, seed: int, width: int, device: torch.device | str | None = None, keep: int = 32) -> None:
         self.seed, self.width, self.device, self.keep = seed, width, device, keep
         self.offset = 0
         self._cache: dict[int, torch.Tensor] = {}

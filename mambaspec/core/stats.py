@@ -5,8 +5,12 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .tree import DraftTree
 
 
 @dataclass
@@ -32,9 +36,9 @@ class GenerationStats:
     target_options: str = ""  # how the target's forward was made cheap (loading.models.load_model)
     stopped: str = ""  # "eos", "stop", "max_new_tokens" or "context"
     tree_policy: str = ""  # with a tree policy: what it is (reward, c, contexts, budget)
-    policy_report: dict = field(default_factory=dict)  # the policy's own numbers (bandit arms, dynamic predictions)
+    policy_report: dict[str, object] = field(default_factory=dict)  # the policy's own numbers (bandit arms, dynamic predictions)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -52,7 +56,7 @@ class RoundOutcome:
     ranks: list[int] | None = None  # the drafter's rank of each committed token (ReportsRanks, greedy)
     confidences: list[float] | None = None  # its top-1 probability at each
     accepted: int = 0  # draft tokens accepted
-    tree: object = None  # the DraftTree that was verified
+    tree: DraftTree | None = None  # the tree that was verified
     path: list[int] = field(default_factory=list)  # its accepted nodes
 
 

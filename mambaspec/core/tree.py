@@ -35,7 +35,7 @@ class DraftTree:
     sampled: bool = False
     prob: list[float] = field(default_factory=lambda: [1.0])
     drawn: list[bool] = field(default_factory=lambda: [False])
-    feature: list[tuple | None] = field(default_factory=lambda: [None])
+    feature: list[tuple[object, ...] | None] = field(default_factory=lambda: [None])
     steps: int = 0
     read_s: float = 0.0  # seconds the drafter spent reading committed tokens before drafting (lazy commits)
     q: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -46,7 +46,8 @@ class DraftTree:
     def root_only(cls, token: int, sampled: bool = False) -> DraftTree:
         return cls(tokens=[token], parents=[-1], depths=[0], sampled=sampled)
 
-    def add(self, token: int, parent: int, prob: float = 1.0, drawn: bool = True, feature: tuple | None = None) -> int:
+    def add(self, token: int, parent: int, prob: float = 1.0, drawn: bool = True,
+            feature: tuple[object, ...] | None = None) -> int:
         """Append a node below ``parent`` (BFS order is the caller's job); returns its index."""
         self.tokens.append(token)
         self.parents.append(parent)
@@ -84,14 +85,6 @@ class DraftTree:
             path.append(node)
             node = self.parents[node]
         return path[::-1]
-
-    def path_prob(self, node: int) -> float:
-        """The drafter's probability of the whole path to ``node`` (product along it)."""
-        p = 1.0
-        while node > 0:
-            p *= self.prob[node]
-            node = self.parents[node]
-        return p
 
 
 @lru_cache(maxsize=256)

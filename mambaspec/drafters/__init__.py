@@ -1,11 +1,11 @@
-"""Drafters: one interface (``base.Drafter``), interchangeable implementations, a file each."""
+"""Drafters: one interface (``core.drafter.Drafter``), interchangeable implementations, a file each."""
 
 from __future__ import annotations
 
 
 def make_drafter(model, tokenizer=None, name: str | None = None, draft_vocab=None):
     """The drafter class that fits ``model`` (Mamba/Mamba2 or any other causal LM); ``None``: no drafter."""
-    from .base import NoDrafter
+    from ..core.drafter import NoDrafter
     from .mamba import MAMBA_TYPES, MambaDrafter
     from .transformer import TransformerDrafter
 

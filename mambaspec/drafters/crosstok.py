@@ -24,11 +24,11 @@ import math
 
 import torch
 
+from ..core.drafter import Composite, Drafter, DraftPlan, Rewindable
 from ..core.sampling import SamplingConfig
 from ..core.shape import MAX_TREE_NODES, TreeShape
 from ..core.tree import DraftTree
 from ..errors import MambaspecError
-from .base import Composite, Drafter, Rewindable
 
 REPLACEMENT = "\ufffd"  # what a decoder prints for bytes that are not (yet) a whole character
 MAX_CHAR_TOKENS = 4  # a UTF-8 character spans at most 4 byte tokens
@@ -74,15 +74,15 @@ class CrossTokenizerDrafter(Drafter, Composite):
         self._dids, self._snaps = dids, []
         self._rewind_and_feed(0)
 
-    def draft(self, root_token: int, shape: TreeShape, sampling: SamplingConfig,
+    def draft(self, root_token: int, plan: DraftPlan, sampling: SamplingConfig,
               generator: torch.Generator | None = None) -> DraftTree:
         if not sampling.greedy:
             raise MambaspecError(
                 f"cross-tokenizer drafting (drafter '{self.inner.name}' through text) is greedy only: the drafter's "
                 f"probabilities are over its own tokens, so sampled drafts cannot be verified losslessly; "
                 f"decode greedily (temperature 0), or use a drafter with the target's tokenizer")
-        if not isinstance(shape, TreeShape):  # a dynamic plan: the chain length that pays at this acceptance
-            shape = shape.chain()
+        # a dynamic plan: the chain length that pays at this acceptance
+        shape = plan if isinstance(plan, TreeShape) else plan.chain()
         if shape.depth == 0 or self._settled < len(self._tids):  # a character is half-written: no text to extend
             return DraftTree.root_only(root_token)
         inner_tree = self.inner.draft(self._dids[-1], self._inner_shape(shape), sampling, generator)

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.drafter import ReadsTargetHidden
 from ..core.kv import forward_chain, forward_tree, keep_slots, kv_bytes, new_kv_cache
 from ..errors import MambaspecError
 from ..hf_compat import with_cache
-from .base import ReadsTargetHidden
 from .growth import StepDrafter
 from .vocab import META_FILE, DraftVocab
 

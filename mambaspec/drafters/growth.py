@@ -29,10 +29,11 @@ from typing import Callable
 
 import torch
 
+from ..core.drafter import Drafter, DraftPlan, ReportsRanks
+from ..core.dynamic import DynamicPlan
 from ..core.sampling import GumbelNoise, SamplingConfig, warp
 from ..core.shape import TreeShape
 from ..core.tree import DraftTree
-from .base import Drafter, ReportsRanks
 from .vocab import Candidates, DraftVocab
 
 
@@ -103,7 +104,7 @@ class StepDrafter(Drafter, ReportsRanks):
         """Target ids -> the model's input ids."""
         return tokens if self.draft_vocab is None else self.draft_vocab.encode(tokens)
 
-    def draft(self, root_token: int, plan, sampling: SamplingConfig,
+    def draft(self, root_token: int, plan: DraftPlan, sampling: SamplingConfig,
               generator: torch.Generator | GumbelNoise | None = None) -> DraftTree:
         return grow_tree(self, root_token, plan, sampling, generator)
 
@@ -147,7 +148,7 @@ class StepDrafter(Drafter, ReportsRanks):
 Forced = Callable[[DraftTree, int], list[tuple[int, tuple]]]  # node -> deterministic children (token, feature)
 
 
-def grow_tree(drafter: StepDrafter | None, root_token: int, plan, sampling: SamplingConfig,
+def grow_tree(drafter: StepDrafter | None, root_token: int, plan: DraftPlan, sampling: SamplingConfig,
               generator: torch.Generator | GumbelNoise | None = None, forced: Forced | None = None,
               forced_depth: int = 0) -> DraftTree:
     """A draft tree below ``root_token`` as ``plan`` says: a ``TreeShape`` (forced chains may continue
@@ -282,7 +283,7 @@ def grow_fixed(drafter: StepDrafter | None, root_token: int, shape: TreeShape, s
     return tree
 
 
-def grow_dynamic(drafter: StepDrafter | None, root_token: int, plan, sampling: SamplingConfig,
+def grow_dynamic(drafter: StepDrafter | None, root_token: int, plan: DynamicPlan, sampling: SamplingConfig,
                  generator: torch.Generator | GumbelNoise | None = None, forced: Forced | None = None) -> DraftTree:
     """Grow level by level, keeping the candidates (the drafter's ``plan.max_children`` best or drawn children of
     each node it stepped, and every forced child) in order of value (the probability that the whole path is
@@ -302,7 +303,6 @@ def grow_dynamic(drafter: StepDrafter | None, root_token: int, plan, sampling: S
                   for x in level]
         chosen = _choose(queues, plan, tokens, time, len(tree) - 1)
         if not any(chosen):
-            plan.declined = len(tree) == 1
             break
         new = []
         for x, picks in zip(level, chosen):

@@ -10,11 +10,10 @@ the node budget goes to whichever is more likely to be accepted.
 
 from __future__ import annotations
 
+from ..core.drafter import Composite, Drafter, DraftPlan, ReportsRanks
 from ..core.sampling import SamplingConfig
-from ..core.shape import TreeShape
 from ..core.tree import DraftTree
 from ..errors import MambaspecError
-from .base import Composite, Drafter, ReportsRanks
 from .growth import StepDrafter, grow_tree
 from .lookup import LookupDrafter
 
@@ -43,11 +42,10 @@ class HybridDrafter(Drafter, Composite, ReportsRanks):
         self.model.prefill(ids)
         self.lookup.prefill(ids)
 
-    def draft(self, root_token: int, plan, sampling: SamplingConfig, generator=None) -> DraftTree:
-        if isinstance(plan, TreeShape) and plan.depth == 0:
+    def draft(self, root_token: int, plan: DraftPlan, sampling: SamplingConfig, generator=None) -> DraftTree:
+        depth = self.lookup.start(plan)
+        if depth == 0:
             return DraftTree.root_only(root_token, sampled=not sampling.greedy)
-        depth = self.lookup.max_tokens if not isinstance(plan, TreeShape) else max(plan.depth, self.lookup.max_tokens)
-        self.lookup.start(depth)
         return grow_tree(self.model, root_token, plan, sampling, generator, forced=self.lookup.forced,
                          forced_depth=depth)
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+from ..core.drafter import Drafter, DraftPlan
 from ..core.sampling import SamplingConfig
 from ..core.shape import TreeShape
 from ..core.tree import DraftTree
-from .base import Drafter
 
 MAX_SCAN = 32  # occurrences of an n-gram looked at (the most recent)
 
@@ -97,9 +97,15 @@ class LookupDrafter(Drafter):
             found = self.past.continuations(suffix, length, self.branches, min_n=2)
         return [(tokens, (min(n, self.max_n), agreement_bucket(share))) for tokens, n, share in found if tokens]
 
-    def start(self, length: int) -> None:
-        """Compute this round's chains (``forced`` then reads them)."""
-        self._chains = self.propose(length)
+    def start(self, plan: DraftPlan) -> int:
+        """Compute this round's chains (``forced`` then reads them): as deep as a fixed shape or ``max_tokens``,
+        whichever is deeper (a dynamic plan: ``max_tokens``). Returns that depth; 0 (and no chains computed) when
+        the plan is to draft nothing."""
+        if isinstance(plan, TreeShape) and plan.depth == 0:
+            return 0
+        depth = max(plan.depth, self.max_tokens) if isinstance(plan, TreeShape) else self.max_tokens
+        self._chains = self.propose(depth)
+        return depth
 
     def forced(self, tree: DraftTree, node: int) -> list[tuple[int, tuple]]:
         """The chains' next tokens below ``node`` (whose path from the root follows them so far)."""
@@ -110,12 +116,11 @@ class LookupDrafter(Drafter):
                 out.setdefault(tokens[len(path)], feature)
         return list(out.items())
 
-    def draft(self, root_token: int, plan, sampling: SamplingConfig, generator=None) -> DraftTree:
+    def draft(self, root_token: int, plan: DraftPlan, sampling: SamplingConfig, generator=None) -> DraftTree:
         from .growth import grow_tree
 
-        if isinstance(plan, TreeShape) and plan.depth == 0:
+        depth = self.start(plan)
+        if depth == 0:
             return DraftTree.root_only(root_token, sampled=not sampling.greedy)
-        depth = self.max_tokens if not isinstance(plan, TreeShape) else max(plan.depth, self.max_tokens)
-        self.start(depth)
         shape = TreeShape((1,)) if isinstance(plan, TreeShape) else plan
         return grow_tree(None, root_token, shape, sampling, generator, forced=self.forced, forced_depth=depth)

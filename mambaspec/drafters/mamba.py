@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from ..core.drafter import Rewindable
 from ..hf_compat import with_cache
-from .base import Rewindable
 from .growth import StepDrafter
 from .mamba_step import mamba2_step, supports_fast_step
 from .vocab import DraftVocab

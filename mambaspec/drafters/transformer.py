@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from ..core.drafter import Rewindable
 from ..core.kv import forward_chain, forward_tree, keep_slots, kv_bytes, new_kv_cache
-from .base import Rewindable
 from .growth import StepDrafter
 from .vocab import DraftVocab
 

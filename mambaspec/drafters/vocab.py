@@ -39,14 +39,6 @@ class DraftVocab:
         """Target ids -> drafter ids (tokens outside the draft vocabulary -> the bucket)."""
         return self.to_draft.to(ids.device)[ids]
 
-    def logits_to_target(self, logits: torch.Tensor, width: int | None = None) -> torch.Tensor:
-        """Drafter logits (..., K+1) -> target-width logits, -inf outside the draft vocabulary."""
-        width = width or self.target_vocab_size
-        out = logits.new_full((*logits.shape[:-1], width), float("-inf"))
-        k = len(self.target_ids)
-        out[..., self.to_target.to(logits.device)] = logits[..., :k]
-        return out
-
     @classmethod
     def from_counts(cls, counts: torch.Tensor, k: int, always: list[int] = ()) -> DraftVocab:
         """The ``k`` most frequent target ids (``always`` included, e.g. EOS)."""

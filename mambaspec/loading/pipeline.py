@@ -13,20 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..core.engine import GenerationResult, SpeculativeGenerator, encode_prompt
-from ..core.sampling import SamplingConfig
+from ..config import DEFAULT_TARGET
+from ..core.drafter import Drafter, NoDrafter
 from ..core.dynamic import AcceptanceModel, CostModel, DynamicTreePolicy
+from ..core.engine import GenerationResult, SpeculativeGenerator, encode_prompt
 from ..core.policy import TREE_POLICIES, as_policy
+from ..core.sampling import SamplingConfig
 from ..core.shape import DEFAULT_TREE
 from ..drafters import make_drafter
-from ..drafters.base import Drafter, NoDrafter
 from ..drafters.crosstok import CrossTokenizerDrafter, same_tokenizer
 from ..drafters.eagle import is_eagle, load_eagle
 from ..drafters.hybrid import HybridDrafter
 from ..drafters.lookup import LookupDrafter
-from ..errors import MambaspecError
 from ..drafters.vocab import read_meta, vocab_from_meta
-from ..config import DEFAULT_TARGET
+from ..errors import MambaspecError
 from .costs import cost_store
 from .models import MERGED, NO_MODEL_DRAFTERS, LoadedModel, default_drafter, load_model, load_tokenizer, locate
 from .options import ModelOptions, check_cross_tokenizer

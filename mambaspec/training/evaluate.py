@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.drafter import ReadsTargetHidden
 from ..core.engine import SpeculativeGenerator
-from ..drafters.base import ReadsTargetHidden
 from ..drafters.growth import StepDrafter
 from ..loading.models import LoadedModel
 

@@ -1,4 +1,5 @@
-"""The drafter interface: the few calls the engine makes, and the optional capabilities.
+"""The drafter interface: the few calls the engine makes, and the optional capabilities. The engine defines it (the
+layer that calls it); ``mambaspec.drafters`` implements it.
 
 A drafter follows the committed text. ``prefill`` feeds the prompt; ``draft`` grows a tree of
 candidate tokens below the last committed token (the *root*, which the target has not read
@@ -7,7 +8,7 @@ next ``draft`` starts from the new committed text; ``state_bytes`` is the memory
 per-sequence state takes.
 
 What a tree looks like is the ``plan``'s business: a fixed ``TreeShape`` or a dynamic budget
-(``drafters.growth``). Optional capabilities are separate classes a drafter also derives from,
+(``core.dynamic.DynamicPlan``). Optional capabilities are separate classes a drafter also derives from,
 so the engine asks ``isinstance`` instead of calling stubs:
 
 - ``ReportsRanks``: the drafter's rank of every committed token and its confidence (the
@@ -23,11 +24,16 @@ so the engine asks ``isinstance`` instead of calling stubs:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TypeAlias
 
 import torch
 
-from ..core.sampling import GumbelNoise, SamplingConfig
-from ..core.tree import DraftTree
+from .dynamic import DynamicPlan
+from .sampling import GumbelNoise, SamplingConfig
+from .shape import TreeShape
+from .tree import DraftTree
+
+DraftPlan: TypeAlias = TreeShape | DynamicPlan  # what a round's tree should be: a fixed shape or a dynamic budget
 
 
 class Drafter(ABC):
@@ -44,7 +50,7 @@ class Drafter(ABC):
         """Start a new sequence: consume the prompt (every committed token so far)."""
 
     @abstractmethod
-    def draft(self, root_token: int, plan, sampling: SamplingConfig,
+    def draft(self, root_token: int, plan: DraftPlan, sampling: SamplingConfig,
               generator: torch.Generator | GumbelNoise | None = None) -> DraftTree:
         """A tree below ``root_token`` (the last committed token) as ``plan`` says; sampled trees when
         ``sampling`` is not greedy (``DraftTree.sampled``), with ``generator`` (the rejection rule) or the
@@ -88,12 +94,9 @@ class Rewindable(ABC):
 class ReadsTargetHidden(ABC):
     """A drafter that drafts from the target's hidden states (self-speculation heads, e.g. EAGLE).
 
-    The engine asks the target for the hidden states of ``hidden_layers`` and hands the drafter
-    those of every token the target has read: the prompt (``prefill_hidden``) and each round's
-    accepted nodes (``take_hidden``, before ``commit``).
+    The engine hands the drafter the target's final hidden states of every token the target has read: the
+    prompt (``prefill_hidden``) and each round's accepted nodes (``take_hidden``, before ``commit``).
     """
-
-    hidden_layers: tuple[int, ...] = (-1,)
 
     @abstractmethod
     def prefill_hidden(self, hidden: torch.Tensor) -> None:
@@ -121,10 +124,11 @@ class NoDrafter(Drafter):
     def prefill(self, ids: list[int]) -> None:
         pass
 
-    def draft(self, root_token, plan, sampling, generator=None) -> DraftTree:
+    def draft(self, root_token: int, plan: DraftPlan, sampling: SamplingConfig,
+              generator: torch.Generator | GumbelNoise | None = None) -> DraftTree:
         return DraftTree.root_only(root_token, sampled=not sampling.greedy)
 
-    def commit(self, tree, path, bonus) -> None:
+    def commit(self, tree: DraftTree, path: list[int], bonus: int) -> None:
         pass
 
     def state_bytes(self) -> int:
