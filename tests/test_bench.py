@@ -155,9 +155,10 @@ def test_table_compares_methods(first_run):
         assert needle in text
 
 
-def test_planted_non_lossless_method_is_flagged(files, monkeypatch, tmp_path):
+def _ar_with_last_token_changed(real_build):
+    """A method builder: ``ar`` (as ``real_build`` makes it) whose every output has its last token changed."""
     def build(models, cfg):
-        plain = methods_mod.METHODS["ar"].build(models, cfg).run
+        plain = real_build(models, cfg).run
 
         def run(ids, max_new, seed):
             result = plain(ids, max_new, seed)
@@ -166,6 +167,11 @@ def test_planted_non_lossless_method_is_flagged(files, monkeypatch, tmp_path):
 
         return MethodRun(run, "ar with its last token changed")
 
+    return build
+
+
+def test_planted_non_lossless_method_is_flagged(files, monkeypatch, tmp_path):
+    build = _ar_with_last_token_changed(methods_mod.METHODS["ar"].build)
     monkeypatch.setitem(methods_mod.METHODS, "broken", Method("broken", None, build))
     result = run_bench(config(files, tmp_path, methods=["ar", "broken"]))
     broken = next(r for r in result.rows if r["method"] == "broken")
@@ -178,18 +184,7 @@ def test_planted_non_lossless_method_is_flagged(files, monkeypatch, tmp_path):
 def test_an_engine_wide_error_is_caught_by_the_outside_reference(files, monkeypatch, tmp_path):
     """ar is every method's reference, so an error shared by every method shows only against transformers' own
     generate: here the engine's plain decoding changes its last token, and every method with it."""
-    real = methods_mod.METHODS["ar"].build
-
-    def build(models, cfg):
-        plain = real(models, cfg).run
-
-        def run(ids, max_new, seed):
-            result = plain(ids, max_new, seed)
-            result.new_token_ids[-1] = (result.new_token_ids[-1] + 1) % VOCAB
-            return result
-
-        return MethodRun(run, "ar with its last token changed")
-
+    build = _ar_with_last_token_changed(methods_mod.METHODS["ar"].build)
     monkeypatch.setitem(methods_mod.METHODS, "ar", Method("ar", None, build))
     result = run_bench(config(files, tmp_path, methods=["ar"]))
     ar = result.rows[0]
