@@ -50,7 +50,7 @@ def _target_named(tmp_path, tiny_dir):
 
 def test_train_reduces_loss_and_writes_a_loadable_drafter(tmp_path, tiny_dir, cache):
     target_name = _target_named(tmp_path, tiny_dir)
-    res = train_drafter(tiny_recipe(tmp_path), target_name, tmp_path / "run", log=lambda m: None)
+    res = train_drafter(tiny_recipe(tmp_path, snapshot_every=4), target_name, tmp_path / "run", log=lambda m: None)
     rows = [ln.split(",") for ln in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]
     losses = [float(r[1]) for r in rows]
     assert losses[-1] < losses[0]
@@ -63,12 +63,18 @@ def test_train_reduces_loss_and_writes_a_loadable_drafter(tmp_path, tiny_dir, ca
     drafter = load_drafter(str(tmp_path / "run"), target)
     assert drafter.draft_vocab is not None and drafter.draft_vocab.size == 41
     assert oct((tmp_path / "run" / "model.safetensors").stat().st_mode)[-3:] == "644"
+    snaps = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert snaps == ["step-00004", "step-00008"]  # the learning curve's drafters; the last step is the run's own
+    assert json.loads((tmp_path / "run" / "snapshots" / "step-00004" / "mambaspec.json").read_text())["step"] == 4
+    assert load_drafter(str(tmp_path / "run" / "snapshots" / "step-00004"), target).draft_vocab.size == 41
 
 
 def test_interrupt_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_dir, cache):
     target_name = _target_named(tmp_path, tiny_dir)
     recipe = tiny_recipe(tmp_path)
-    train_drafter(recipe, target_name, tmp_path / "full", evaluate=False, log=lambda m: None)
+    # the uninterrupted run also saves snapshots: saving them must not change the training
+    train_drafter(tiny_recipe(tmp_path, snapshot_every=3), target_name, tmp_path / "full", evaluate=False,
+                  log=lambda m: None)
     part = train_drafter(recipe, target_name, tmp_path / "part", evaluate=False, log=lambda m: None,
                          stop_after=5)  # "interrupted" after step 5: checkpoint at 5, metrics logged up to 4
     assert part.steps == 5

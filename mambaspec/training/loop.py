@@ -9,11 +9,12 @@ and ends where an uninterrupted run ends.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -164,7 +165,8 @@ def train_drafter(recipe: DrafterRecipe, target_name: str, out: str | Path, extr
     metrics = out / "metrics.csv"
     _trim_metrics(metrics, setup.start_step)  # rows logged after the checkpoint are logged again
     end = recipe.steps if stop_after is None else min(recipe.steps, setup.start_step + stop_after)
-    loss_ema, wall = _train_steps(recipe, setup, end, device, ckpt_path, metrics, progress)
+    snapshot = lambda step, wall: _snapshot(recipe, setup, target_name, out, step, wall)  # noqa: E731
+    loss_ema, wall = _train_steps(recipe, setup, end, device, ckpt_path, metrics, progress, snapshot)
     if end < recipe.steps:
         return TrainResult(out, end, loss_ema, wall, {})
     meta = _save(recipe, setup, target_name, out, wall)
@@ -278,7 +280,7 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 
 def _train_steps(recipe: DrafterRecipe, s: _Setup, end: int, device: str, ckpt_path: Path, metrics: Path,
-                 progress) -> tuple[float, float]:
+                 progress, snapshot: Callable[[int, float], None]) -> tuple[float, float]:
     t_start = time.perf_counter()
     loss_ema, tokens = s.loss_ema, 0
     for step in range(s.start_step, end):
@@ -303,6 +305,8 @@ def _train_steps(recipe: DrafterRecipe, s: _Setup, end: int, device: str, ckpt_p
                     "wall_s": s.wall_before + elapsed, "recipe": asdict(recipe), "data": s.data_key,
                     "loss_ema": loss_ema, "draft_vocab": s.vocab.target_ids if s.vocab else None}
             write_atomically(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
+        if recipe.snapshot_every and done % recipe.snapshot_every == 0 and done < recipe.steps:
+            snapshot(done, s.wall_before + elapsed)
     return loss_ema, s.wall_before + time.perf_counter() - t_start
 
 
@@ -313,6 +317,19 @@ def _log_metrics(path: Path, row: list) -> None:
         if new:
             w.writerow(METRICS)
         w.writerow(row)
+
+
+def _snapshot(recipe: DrafterRecipe, s: _Setup, target_name: str, out: Path, step: int, wall: float) -> None:
+    """The drafter as it stands at ``step``, saved like the final one under ``out/snapshots/step-N`` (a copy: the
+    training weights stay float32), for the learning curve (``bench --drafter out/snapshots/step-N``)."""
+    s.model.train(False)
+    frozen = replace(s, model=copy.deepcopy(s.model))
+    s.model.train()
+    where = out / "snapshots" / f"step-{step:05d}"
+    where.mkdir(parents=True, exist_ok=True)
+    meta = _save(recipe, frozen, target_name, where, wall)
+    meta["step"] = step
+    (where / META_FILE).write_text(json.dumps(meta))
 
 
 def _save(recipe: DrafterRecipe, s: _Setup, target_name: str, out: Path, wall: float) -> dict:

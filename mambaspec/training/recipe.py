@@ -41,6 +41,7 @@ class DrafterRecipe:
     kd_weight: float = 0.0  # weight of the KL to the target's top-k probabilities (soft targets), where known
     prompt_weight: float = 1.0  # loss weight of prompt tokens in distillation rows (answers weigh 1)
     checkpoint_every: int = 100
+    snapshot_every: int = 0  # >0: also save the drafter (float16) at every such step under OUT/snapshots/step-N
     log_every: int = 10
     seed: int = 0
     eval_prompts: int = 8  # held-out distillation prompts per domain (never trained on)
