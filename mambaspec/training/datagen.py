@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import time
@@ -51,6 +52,9 @@ class DataRecipe:
     documents: dict = field(default_factory=dict)
     answers: dict = field(default_factory=dict)
     heldout_per_domain: int = 12
+    # conversations: N prompts become multi-turn (domain "multiturn"), turns: [min, max], followups: {domain: [...]}
+    multiturn: dict = field(default_factory=dict)
+    long_answers: dict = field(default_factory=dict)  # fraction: of the train batches, max_new_tokens: theirs
 
     @classmethod
     def load(cls, path: str | Path) -> DataRecipe:
@@ -83,6 +87,9 @@ class DataRecipe:
         """A fingerprint of everything that decides the prompts, the plan and the answers: the whole recipe but
         ``answers.batches`` (a budget: how much of the plan to answer)."""
         settings = {**asdict(self), "answers": {k: v for k, v in self.answers.items() if k != "batches"}}
+        for key in ("multiturn", "long_answers"):  # added later: unused, they leave older sets' keys as they were
+            if not settings[key]:
+                del settings[key]
         return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -168,6 +175,8 @@ def build_prompt_set(recipe: DataRecipe, model, tokenizer, log: Log) -> list[dic
                     for p in stdlib_function_prompts(limit=recipe.stdlib_functions, seed=recipe.seed)]
     if recipe.magpie:
         prompts += magpie_prompts(model, tokenizer, recipe.magpie, recipe.seed, recipe.folder, log)
+    if recipe.multiturn:
+        multiturn(prompts, recipe.multiturn, recipe.seed)
     by_domain: dict[str, list[dict]] = {}
     for p in prompts:
         by_domain.setdefault(p["domain"], []).append(p)
@@ -179,13 +188,45 @@ def build_prompt_set(recipe: DataRecipe, model, tokenizer, log: Log) -> list[dic
     return prompts
 
 
+def multiturn(prompts: list[dict], cfg: dict, seed: int) -> None:
+    """Make ``cfg["conversations"]`` of the prompts (seeded; of ``from_domains``, all but documents by default)
+    multi-turn, in place: their domain becomes ``multiturn`` (so held-out conversations stay whole and out of
+    training) and they get 1-2 follow-up user turns (``followups``: lists per first domain, ``any`` for all)."""
+    rng = random.Random(seed * 7_919 + 17)
+    lo, hi = cfg.get("turns", [2, 3])
+    domains = set(cfg.get("from_domains") or {p["domain"] for p in prompts} - {"documents"})
+    followups = cfg.get("followups") or {}
+    pool = [p for p in prompts if p["domain"] in domains and len(p["prompt"]) <= int(cfg.get("max_chars", 2000))]
+    for p in sorted(rng.sample(pool, min(int(cfg.get("conversations", 0)), len(pool))), key=prompts.index):
+        options = list(followups.get(p["domain"], [])) + list(followups.get("any", []))
+        if not options:
+            raise MambaspecError(f"multiturn: no follow-up turns for domain '{p['domain']}' (followups: any: [...])")
+        n = min(rng.randint(int(lo), int(hi)) - 1, len(options))
+        p.update(first_domain=p["domain"], domain="multiturn", followups=rng.sample(options, n))
+
+
+def followup_ids(tokenizer, text: str, eos: int) -> list[int]:
+    """The tokens between the end of an answer (its EOS included) and the next answer: the next user turn, in the
+    chat template when the tokenizer has one."""
+    if not getattr(tokenizer, "chat_template", None):
+        return tokenizer("\n" + text + "\n", add_special_tokens=False)["input_ids"]
+    mark = "\x00ANSWER\x00"
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "question"}, {"role": "assistant", "content": mark},
+         {"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    tail = rendered[rendered.index(mark) + len(mark):]
+    end = tokenizer.decode([eos])
+    return tokenizer(tail[len(end):] if tail.startswith(end) else tail, add_special_tokens=False)["input_ids"]
+
+
 # -------------------------------------------------------------------------------------- answers
 
 @dataclass
 class AnswerBatch:
     index: int
-    prompts: list[dict]  # each with "ids" (the chat-formatted prompt)
+    prompts: list[dict]  # each with "ids" (the chat-formatted prompt); multi-turn ones also "followup_ids"
     sampled: bool
+    max_new: int | None = None  # None: the recipe's answers.max_new_tokens (a long-answer batch: long_answers)
 
 
 def plan_batches(prompts: list[dict], recipe: DataRecipe, tokenizer) -> list[AnswerBatch]:
@@ -199,6 +240,8 @@ def plan_batches(prompts: list[dict], recipe: DataRecipe, tokenizer) -> list[Ans
     rng.shuffle(train)
     for p in held + train:
         p["ids"] = encode_prompt(tokenizer, p["prompt"], chat=True)
+        if p.get("followups"):
+            p["followup_ids"] = [followup_ids(tokenizer, text, tokenizer.eos_token_id) for text in p["followups"]]
     size, long_size = int(recipe.answer("batch_size", 16)), int(recipe.answer("long_batch_size", 4))
     sampled_every = round(1 / recipe.answer("sampled_fraction", 0.0)) if recipe.answer("sampled_fraction", 0) else 0
     batches: list[AnswerBatch] = []
@@ -223,48 +266,91 @@ def plan_batches(prompts: list[dict], recipe: DataRecipe, tokenizer) -> list[Ans
         if longs and (i + 1) % every == 0:
             mixed.append(longs.pop(0))
     ordered = batches[:held_n] + mixed + longs
+    long_every = round(1 / recipe.long_answers["fraction"]) if recipe.long_answers.get("fraction") else 0
     for i, b in enumerate(ordered):
         b.index = i
+        if long_every and i >= held_n and i % long_every == long_every // 2 and len(b.prompts[0]["ids"]) < 1000:
+            b.max_new = int(recipe.long_answers.get("max_new_tokens", 768))
     return ordered
 
 
-@torch.inference_mode()
 def answer_batch(model, batch: AnswerBatch, pad: int, eos: int, max_new: int, top_k: int, recipe: DataRecipe,
                  ) -> list[dict]:
-    """The target's answers to one batch, with the top-k log-probabilities at every answer token.
+    """The target's answers to one batch of the plan (one shard), with the top-k log-probabilities at every answer
+    token; the reference (CPU, float32) path. ``answer_batches`` answers several batches in one pass."""
+    return answer_batches(model, [batch], pad, eos, max_new, top_k, recipe)[0]
 
-    A batched decoding loop that drops a row from the batch (and its KV cache) as soon as it ends, so
-    short answers do not pay for the longest one.
-    """
+
+@torch.inference_mode()
+def answer_batches(model, batches: list[AnswerBatch], pad: int, eos: int, max_new: int, top_k: int,
+                   recipe: DataRecipe) -> list[list[dict]]:
+    """The rows of several plan batches (one list per batch, as ``answer_batch`` makes each), decoded together in
+    one batch (a GPU fills hundreds of rows). A multi-turn prompt (``followup_ids``) is answered turn by turn: its
+    next user turn joins the batch's next pass once its answer ended; each turn's answer is a row of its own."""
+    sampling = SamplingConfig(temperature=float(recipe.answer("temperature", 0.7)),
+                              top_p=float(recipe.answer("top_p", 1.0)))
+    gens = [torch.Generator().manual_seed(recipe.seed * 1_000_003 + b.index) if b.sampled else None for b in batches]
+    active = [(g, i) for g, b in enumerate(batches) for i in range(len(b.prompts))]
+    ids = {c: list(batches[c[0]].prompts[c[1]]["ids"]) for c in active}
+    out: list[list[dict]] = [[] for _ in batches]
+    turn = 0
+    while active:
+        limits = [batches[g].max_new or max_new for g, _ in active]
+        answers, tops = _decode(model, [ids[c] for c in active], limits, [g for g, _ in active], gens, sampling,
+                                pad, eos, top_k)
+        following = []
+        for c, answer, top in zip(active, answers, tops):
+            batch, p = batches[c[0]], batches[c[0]].prompts[c[1]]
+            out[c[0]].append({"id": p["id"] if turn == 0 else f"{p['id']}/turn{turn + 1}", "domain": p["domain"],
+                              "source": p["source"], "split": p["split"],
+                              "mode": "sampled" if batch.sampled else "greedy", "prompt_len": len(ids[c]),
+                              "ids": torch.tensor(ids[c] + answer, dtype=torch.int32),
+                              "topk_ids": top[:, 0].to(torch.int32), "topk_logp": top[:, 1].to(torch.float16)})
+            follow = p.get("followup_ids") or []
+            if turn < len(follow) and answer[-1] == eos:  # an unfinished answer ends its conversation
+                ids[c] = ids[c] + answer + list(follow[turn])
+                following.append(c)
+        active, turn = following, turn + 1
+    return out
+
+
+def _decode(model, prompts: list[list[int]], limits: list[int], groups: list[int], gens: list, sampling, pad: int,
+            eos: int, top_k: int) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """Left-padded batched decoding with a KV cache that drops a row (and its cache) as soon as it ends, so short
+    answers do not pay for the longest one. Row r draws greedily, or samples with ``gens[groups[r]]`` when that is
+    a generator (the rows of one group draw together, as one batch alone would). Returns each row's answer and its
+    (answer, 2, k) top-k ids and log-probabilities; one host sync per step."""
     from transformers import DynamicCache
 
-    ids = [p["ids"] for p in batch.prompts]
-    width = max(len(x) for x in ids)
-    device = model.device
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-    tokens = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
-    generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + batch.index) if batch.sampled else None
-    sampling = SamplingConfig(temperature=float(recipe.answer("temperature", 0.7)),
-                              top_p=float(recipe.answer("top_p", 1.0))) if batch.sampled else None
+    width, device = max(len(x) for x in prompts), model.device
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompts], device=device)
+    tokens = torch.tensor([[pad] * (width - len(x)) + x for x in prompts], device=device)
     cache = DynamicCache()
-    alive = list(range(len(ids)))  # original row of each batch row
-    answers = [[] for _ in ids]
-    tops: list[list[torch.Tensor]] = [[] for _ in ids]
-    for step in range(max_new):
+    alive = list(range(len(prompts)))  # the prompt of each batch row
+    answers: list[list[int]] = [[] for _ in prompts]
+    steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+    where: list[list[int]] = [[] for _ in prompts]  # row of the concatenated steps holding each answer token's top-k
+    seen = 0
+    while True:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -tokens.shape[1]:]
         logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, **with_cache(model, cache),
                        use_cache=True, logits_to_keep=1).logits[:, -1].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        top = logp.topk(top_k, dim=-1)
-        nxt = logits.argmax(-1) if sampling is None else torch.multinomial(warp(logits, sampling), 1,
-                                                                             generator=generator)[:, 0]
+        top = torch.log_softmax(logits, dim=-1).topk(top_k, dim=-1)
+        steps.append((top.indices, top.values))
+        nxt = logits.argmax(-1)
+        for g, gen in enumerate(gens):
+            rows = [r for r, orig in enumerate(alive) if groups[orig] == g]
+            if gen is not None and rows:
+                index = torch.tensor(rows, device=device)
+                drawn = torch.multinomial(warp(logits[index], sampling).cpu(), 1, generator=gen)[:, 0]
+                nxt[index] = drawn.to(device)
         keep = []
-        for row, orig in enumerate(alive):
-            tok = int(nxt[row])
+        for row, (orig, tok) in enumerate(zip(alive, nxt.tolist())):
             answers[orig].append(tok)
-            tops[orig].append(torch.stack([top.indices[row].float(), top.values[row]]))
-            if tok != eos and step + 1 < max_new:
+            where[orig].append(seen + row)
+            if tok != eos and len(answers[orig]) < limits[orig]:
                 keep.append(row)
+        seen += len(alive)
         if not keep:
             break
         if len(keep) < len(alive):  # finished rows leave the batch and the cache
@@ -274,31 +360,33 @@ def answer_batch(model, batch: AnswerBatch, pad: int, eos: int, max_new: int, to
             alive = [alive[r] for r in keep]
         tokens = nxt[:, None]
         mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
-    rows = []
-    for i, p in enumerate(batch.prompts):
-        top = torch.stack(tops[i])  # (answer, 2, k)
-        rows.append({"id": p["id"], "domain": p["domain"], "source": p["source"], "split": p["split"],
-                     "mode": "sampled" if batch.sampled else "greedy", "prompt_len": len(p["ids"]),
-                     "ids": torch.tensor(p["ids"] + answers[i], dtype=torch.int32),
-                     "topk_ids": top[:, 0].to(torch.int32), "topk_logp": top[:, 1].to(torch.float16)})
-    return rows
+    top_ids = torch.cat([i for i, _ in steps]).cpu().float()
+    top_logp = torch.cat([v for _, v in steps]).cpu()
+    return answers, [torch.stack([top_ids[w], top_logp[w]], dim=1) for w in map(torch.tensor, where)]
 
 
 def shard_path(folder: Path, index: int) -> Path:
     return folder / "answers" / f"shard-{index:05d}.pt"
 
 
-def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_batches: int | None = None) -> Path:
+def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_batches: int | None = None,
+              pass_rows: int | None = None, deadline: float | None = None) -> Path:
     """Build (or finish building) the recipe's data set; returns its folder.
 
     ``load_target()`` returns a ``LoadedModel``; it is only called when something is left to make.
     ``max_batches`` stops after that many new shards (tests use it to simulate an interruption).
+    ``pass_rows``: rows decoded together (several plan batches a pass; default ``$MAMBASPEC_GEN_ROWS``, else one
+    batch on a CPU and 384 rows on a GPU); the shards are the same either way. ``deadline`` (``time.time()``, default
+    ``$MAMBASPEC_DATA_UNTIL``): stop starting passes then; the data set is the finished prefix until a rerun.
     """
     folder = recipe.folder
     plan_file = folder / "plan.json"
     budget = int(recipe.answer("batches", 0) or 0)
+    deadline = deadline or float(os.environ.get("MAMBASPEC_DATA_UNTIL", 0)) or None
     if plan_file.exists():
         info = _plan_info(plan_file, recipe)
+        if deadline is not None and time.time() >= deadline:
+            return folder  # out of time: the shards made so far (plan.json counts them)
         n = info["batches"]
         wanted = budget or info.get("planned")  # no budget: the whole plan (its size unknown to old files: build it)
         if wanted is not None and wanted <= n and all(shard_path(folder, i).exists() for i in range(wanted)):
@@ -318,21 +406,52 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
                             "settings": recipe.settings_key()})
     todo = [b for b in plan if not shard_path(folder, b.index).exists()]
     log(f"answers: {len(plan) - len(todo)} of {len(plan)} batches already done; {len(todo)} to go")
+    if pass_rows is None:
+        pass_rows = int(os.environ.get("MAMBASPEC_GEN_ROWS", 0)) or (1 if model.device.type == "cpu" else 384)
+    _answer_plan(model, tokenizer, recipe, todo[:max_batches] if max_batches is not None else todo, len(plan),
+                 pass_rows, deadline, log)
+    done = next((i for i in range(len(plan)) if not shard_path(folder, i).exists()), len(plan))
+    if done < len(plan) and deadline is not None and time.time() >= deadline:  # stopped by the deadline: the data set is the finished prefix of the plan, for now
+        log(f"answers: time is up; {done} of {len(plan)} batches made (rerun to continue)")
+        _write_json(plan_file, {**json.loads(plan_file.read_text()), "batches": done})
+    return folder
+
+
+def _passes(todo: list[AnswerBatch], rows: int, max_new: int) -> Iterator[list[AnswerBatch]]:
+    """Consecutive plan batches grouped into passes of about ``rows`` rows (fewer for long prompts: the same
+    number of prompt-and-answer tokens); ``rows`` 1: one batch a pass, the reference path."""
+    group: list[AnswerBatch] = []
+    budget = rows * (600 + max_new)
+    for batch in todo:
+        size = sum(len(p["ids"]) + (batch.max_new or max_new) for p in batch.prompts)
+        if group and (sum(len(b.prompts) for b in group) + len(batch.prompts) > rows or
+                      sum(len(p["ids"]) + (b.max_new or max_new) for b in group for p in b.prompts) + size > budget):
+            yield group
+            group = []
+        group.append(batch)
+    if group:
+        yield group
+
+
+def _answer_plan(model, tokenizer, recipe: DataRecipe, todo: list[AnswerBatch], planned: int, pass_rows: int,
+                 deadline: float | None, log: Log) -> None:
+    """Answer ``todo``'s batches in plan order, a shard each, until done or ``deadline`` (``time.time()``)."""
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     max_new, top_k = int(recipe.answer("max_new_tokens", 256)), int(recipe.answer("top_k_logprobs", 8))
-    t0, tokens = time.perf_counter(), 0
-    for n, batch in enumerate(todo):
-        if max_batches is not None and n >= max_batches:
-            break
-        rows = answer_batch(model, batch, pad, eos, max_new, top_k, recipe)
-        path = shard_path(folder, batch.index)
-        write_atomically(path, lambda tmp: torch.save(rows, tmp))
-        tokens += sum(len(r["ids"]) - r["prompt_len"] for r in rows)
+    t0, tokens, n = time.perf_counter(), 0, 0
+    for group in _passes(todo, pass_rows, max_new):
+        if deadline is not None and time.time() >= deadline:
+            return
+        shards = ([answer_batch(model, group[0], pad, eos, max_new, top_k, recipe)] if len(group) == 1 else
+                  answer_batches(model, group, pad, eos, max_new, top_k, recipe))
+        for batch, rows in zip(group, shards):
+            write_atomically(shard_path(recipe.folder, batch.index), lambda tmp: torch.save(rows, tmp))
+            tokens += sum(len(r["ids"]) - r["prompt_len"] for r in rows)
+            n += 1
         elapsed = time.perf_counter() - t0
-        log(f"answers: batch {batch.index + 1}/{len(plan)} ({n + 1} this run), {tokens:,} answer tokens, "
+        log(f"answers: batch {group[-1].index + 1}/{planned} ({n} this run), {tokens:,} answer tokens, "
             f"{tokens / elapsed:.0f} tok/s, {elapsed / 60:.1f} min")
-    return folder
 
 
 def _plan_info(plan_file: Path, recipe: DataRecipe) -> dict:
@@ -355,6 +474,12 @@ def _write_json(path: Path, obj) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(obj)))
 
 
+def target_dtype(device: str) -> str:
+    """The target's dtype for making data and training on ``device``: float32 on a CPU (the reference), bfloat16 on
+    a GPU (the answers may differ where two tokens are nearly tied; the format is the same)."""
+    return "float32" if device == "cpu" else "bfloat16"
+
+
 def make_recipe_data(recipe, target: str, device: str = "cpu", log: Log = print) -> list[Path]:
     """Make every distillation data set a drafter recipe uses (``pretrain-drafter --data-only``)."""
     from ..loading.models import load_model
@@ -364,7 +489,7 @@ def make_recipe_data(recipe, target: str, device: str = "cpu", log: Log = print)
 
     def load_target():
         if not loaded:
-            loaded.append(load_model(target, ModelOptions(device=device, dtype="float32")))
+            loaded.append(load_model(target, ModelOptions(device=device, dtype=target_dtype(device))))
         return loaded[0]
 
     sets = [src["set"] for src in recipe.data if src["source"] == "distill"]

@@ -194,8 +194,9 @@ class _TargetOnDemand:
         if self._loaded is None:
             from ..loading.models import load_model
             from ..loading.options import ModelOptions
+            from .datagen import target_dtype
 
-            self._loaded = load_model(self.name, ModelOptions(device=self.device, dtype="float32"))
+            self._loaded = load_model(self.name, ModelOptions(device=self.device, dtype=target_dtype(self.device)))
         return self._loaded
 
 

@@ -1,0 +1,100 @@
+"""Distillation data: the batched (GPU) generation path makes the same shards as the per-batch reference path;
+multi-turn conversations, long answers and a deadline; broad-v1's settings stay as its finished data set has them."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from mambaspec import ModelOptions
+from mambaspec.loading.models import load_model
+from tiny import EOS, char_tokenizer, save_tiny, tiny_llama
+
+RECIPE = """name: tiny-mt
+target: TARGET
+seed: 0
+stdlib_functions: 16
+answers: {max_new_tokens: 10, batch_size: 3, top_k_logprobs: 4, sampled_fraction: 0.34, temperature: 0.9, top_p: 0.95}
+heldout_per_domain: 2
+multiturn:
+  conversations: 6
+  turns: [2, 3]
+  followups: {any: ["Why?", "Give an example.", "Shorter, please."]}
+long_answers: {fraction: 0.5, max_new_tokens: 24}
+"""
+
+
+@pytest.fixture(scope="module")
+def eos_target(tmp_path_factory):
+    """A tiny target that ends its answers now and then: EOS takes the place of a token it often predicts."""
+    model = tiny_llama(0)
+    with torch.no_grad():
+        common = model(torch.tensor([[5, 6, 7, 8, 9, 10]])).logits[0].argmax(-1)[-1]
+        model.lm_head.weight[EOS] = model.lm_head.weight[common] * 1.01
+    return save_tiny(tmp_path_factory.mktemp("eos") / "target", model, char_tokenizer())
+
+
+@pytest.fixture()
+def recipes(tmp_path, monkeypatch, eos_target):
+    import mambaspec.training.datagen as datagen
+
+    folder = tmp_path / "recipes"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "tiny-mt.yaml").write_text(RECIPE.replace("TARGET", eos_target))
+    monkeypatch.setattr(datagen, "recipes_dir", lambda: folder)
+    return folder
+
+
+def _make(tmp_path, monkeypatch, where: str, target, **kw):
+    import mambaspec.training.datagen as datagen
+
+    monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path / where))
+    folder = datagen.make_data(datagen.DataRecipe.named("tiny-mt"), lambda: target, log=lambda m: None, **kw)
+    return folder, list(datagen.read_shards(folder))
+
+
+def test_batched_passes_make_the_same_shards_as_one_batch_at_a_time(tmp_path, monkeypatch, recipes, eos_target):
+    target = load_model(eos_target, ModelOptions(device="cpu", dtype="float32"))
+    folder, one = _make(tmp_path, monkeypatch, "one", target, pass_rows=1)
+    _, many = _make(tmp_path, monkeypatch, "many", target, pass_rows=64)
+    assert [r["id"] for r in one] == [r["id"] for r in many]
+    for a, b in zip(one, many):
+        assert a["prompt_len"] == b["prompt_len"] and a["mode"] == b["mode"] and a["split"] == b["split"]
+        assert torch.equal(a["ids"], b["ids"]) and torch.equal(a["topk_ids"], b["topk_ids"]), a["id"]
+        assert torch.allclose(a["topk_logp"].float(), b["topk_logp"].float(), atol=2e-2)
+    # what the recipe asks for happened: sampled and greedy batches, later turns, long answers
+    assert {r["mode"] for r in one} == {"sampled", "greedy"}
+    later = [r for r in one if "/turn" in r["id"]]
+    assert later and all(r["domain"] == "multiturn" for r in later)
+    first = {r["id"]: r for r in one}
+    for r in later:  # a later turn continues the conversation: the earlier turn's prompt and answer, ended by EOS
+        before = first[r["id"].split("/")[0]]
+        assert r["ids"][: len(before["ids"])].tolist() == before["ids"].tolist() and int(before["ids"][-1]) == EOS
+    assert max(len(r["ids"]) - r["prompt_len"] for r in one) > 10
+    assert all(len(r["ids"]) - r["prompt_len"] <= 24 for r in one)
+    assert all(r["topk_ids"].shape == (len(r["ids"]) - r["prompt_len"], 4) for r in one)
+    prompts = [json.loads(line) for line in (folder / "prompts.jsonl").read_text().splitlines()]
+    held = [p for p in prompts if p["domain"] == "multiturn" and p["split"] == "heldout"]
+    assert len(held) == 2 and all(p["followups"] for p in held)
+
+
+def test_a_deadline_keeps_the_finished_prefix_and_a_rerun_finishes(tmp_path, monkeypatch, recipes, eos_target):
+    target = load_model(eos_target, ModelOptions(device="cpu", dtype="float32"))
+    folder, rows = _make(tmp_path, monkeypatch, "c", target, deadline=time.time() - 1)
+    assert rows == [] and json.loads((folder / "plan.json").read_text())["batches"] == 0
+    monkeypatch.setenv("MAMBASPEC_DATA_UNTIL", str(time.time() - 1))  # the script's way: the same, from the env
+    assert _make(tmp_path, monkeypatch, "c", None)[1] == []  # out of time: the target is not even loaded
+    monkeypatch.delenv("MAMBASPEC_DATA_UNTIL")
+    _, rows = _make(tmp_path, monkeypatch, "c", target)
+    assert len({r["id"] for r in rows}) == len(rows) > 16
+
+
+def test_new_data_settings_leave_broad_v1_as_made():
+    """broad-v1's fingerprint is the one its finished data set (214 shards) records: new fields must not move it."""
+    from mambaspec.training.datagen import DataRecipe
+
+    assert DataRecipe.named("broad-v1").settings_key() == "1bba6609c157f2e2"
+    v2 = DataRecipe.named("broad-v2")
+    assert v2.multiturn["conversations"] > 0 and v2.long_answers["max_new_tokens"] >= 512
+    assert v2.settings_key() != DataRecipe.named("broad-v1").settings_key()
