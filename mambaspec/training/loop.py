@@ -13,6 +13,7 @@ import copy
 import csv
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -140,11 +141,13 @@ class _Setup:
 def train_drafter(recipe: DrafterRecipe, target_name: str, out: str | Path, extra_data: list[str] | None = None,
                   resume: bool = False, device: str = "cpu", evaluate: bool = True,
                   progress: Callable[[int, int, dict], None] | None = None, log: Callable[[str], None] = print,
-                  stop_after: int | None = None) -> TrainResult:
+                  stop_after: int | None = None, deadline: float | None = None) -> TrainResult:
     """Train (or resume) a drafter for ``target_name``'s tokenizer into ``out``.
 
     ``stop_after`` ends the run after that many steps of this call (tests use it to simulate an
-    interruption); the checkpoint of that step is written first.
+    interruption); the checkpoint of that step is written first. ``deadline`` (``time.time()``, default
+    ``$MAMBASPEC_TRAIN_UNTIL``): a time cap; the first steps measure the pace, and the run is shortened to the steps
+    that fit (its schedule and curriculum scaled to them), so it still ends annealed, saved and evaluated.
     """
     out = Path(out)
     ckpt_path = out / "checkpoint.pt"
@@ -166,6 +169,11 @@ def train_drafter(recipe: DrafterRecipe, target_name: str, out: str | Path, extr
     _trim_metrics(metrics, setup.start_step)  # rows logged after the checkpoint are logged again
     end = recipe.steps if stop_after is None else min(recipe.steps, setup.start_step + stop_after)
     snapshot = lambda step, wall: _snapshot(recipe, setup, target_name, out, step, wall)  # noqa: E731
+    deadline = deadline or float(os.environ.get("MAMBASPEC_TRAIN_UNTIL", 0)) or None
+    if deadline is not None and end == recipe.steps:
+        recipe = _fit_to_time(recipe, setup, deadline, lambda n: _train_steps(
+            recipe, setup, n, device, ckpt_path, metrics, progress, snapshot), log)
+        end = recipe.steps
     loss_ema, wall = _train_steps(recipe, setup, end, device, ckpt_path, metrics, progress, snapshot)
     if end < recipe.steps:
         return TrainResult(out, end, loss_ema, wall, {})
@@ -182,6 +190,26 @@ def train_drafter(recipe: DrafterRecipe, target_name: str, out: str | Path, extr
         log("no held-out distillation rows (the recipe has no distill source): evaluation skipped")
     write_card(out, meta, results)
     return TrainResult(out, recipe.steps, loss_ema, wall, results)
+
+
+def _fit_to_time(recipe: DrafterRecipe, s: _Setup, deadline: float, run: Callable[[int], tuple[float, float]],
+                 log: Callable[[str], None]) -> DrafterRecipe:
+    """Run the first steps (``run(end)``), timing all but the first few (warm-up), and return the recipe shortened to
+    the steps that fit before ``deadline`` (curriculum steps scaled alike); the steps already run fit either way."""
+    probe = min(recipe.steps, s.start_step + max(10, min(40, recipe.warmup_steps // 2)))
+    warm = min(probe, s.start_step + 5)
+    for stop in (warm, probe):
+        t0 = time.time()
+        s.loss_ema, s.wall_before = run(stop)
+        s.start_step = stop
+    per_step = (time.time() - t0) / max(1, probe - warm)
+    fit = probe + int(max(0.0, deadline - time.time()) / per_step * 0.95)
+    if fit >= recipe.steps:
+        return recipe
+    scale = fit / recipe.steps
+    log(f"time cap: {per_step * 1000:.0f} ms a step, so {fit:,} of {recipe.steps:,} steps (schedule scaled to them)")
+    return replace(recipe, steps=fit, warmup_steps=max(1, int(recipe.warmup_steps * scale)),
+                   curriculum=[[int(step * scale), n] for step, n in recipe.curriculum])
 
 
 class _TargetOnDemand:

