@@ -98,3 +98,16 @@ def test_new_data_settings_leave_broad_v1_as_made():
     v2 = DataRecipe.named("broad-v2")
     assert v2.multiturn["conversations"] > 0 and v2.long_answers["max_new_tokens"] >= 512
     assert v2.settings_key() != DataRecipe.named("broad-v1").settings_key()
+
+
+def test_windows_keep_plan_order_and_answer_long_prompts_apart():
+    from mambaspec.training.datagen import AnswerBatch, _windows
+
+    def batch(i, n, length):
+        return AnswerBatch(i, [{"ids": [0] * length} for _ in range(n)], False)
+
+    plan = [batch(0, 4, 10), batch(1, 4, 10), batch(2, 1, 1200), batch(3, 4, 10), batch(4, 1, 1500), batch(5, 4, 10),
+            batch(6, 1, 1100), batch(7, 4, 10)]
+    assert [[b.index for b in w] for w in _windows(plan, 1)] == [[i] for i in range(8)]  # the reference path
+    # up to 8 short rows and 1 long row a window: a ninth short row or a second long prompt starts the next one
+    assert [[b.index for b in w] for w in _windows(plan, 8)] == [[0, 1, 2], [3, 4, 5], [6, 7]]

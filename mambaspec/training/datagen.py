@@ -376,7 +376,7 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     ``load_target()`` returns a ``LoadedModel``; it is only called when something is left to make.
     ``max_batches`` stops after that many new shards (tests use it to simulate an interruption).
     ``pass_rows``: rows decoded together (several plan batches a pass; default ``$MAMBASPEC_GEN_ROWS``, else one
-    batch on a CPU and 384 rows on a GPU); the shards are the same either way. ``deadline`` (``time.time()``, default
+    batch on a CPU and 768 rows on a GPU); the shards are the same either way. ``deadline`` (``time.time()``, default
     ``$MAMBASPEC_DATA_UNTIL``): stop starting passes then; the data set is the finished prefix until a rerun.
     """
     folder = recipe.folder
@@ -407,7 +407,7 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     todo = [b for b in plan if not shard_path(folder, b.index).exists()]
     log(f"answers: {len(plan) - len(todo)} of {len(plan)} batches already done; {len(todo)} to go")
     if pass_rows is None:
-        pass_rows = int(os.environ.get("MAMBASPEC_GEN_ROWS", 0)) or (1 if model.device.type == "cpu" else 384)
+        pass_rows = int(os.environ.get("MAMBASPEC_GEN_ROWS", 0)) or (1 if model.device.type == "cpu" else 768)
     _answer_plan(model, tokenizer, recipe, todo[:max_batches] if max_batches is not None else todo, len(plan),
                  pass_rows, deadline, log)
     done = next((i for i in range(len(plan)) if not shard_path(folder, i).exists()), len(plan))
@@ -417,40 +417,51 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     return folder
 
 
-def _passes(todo: list[AnswerBatch], rows: int, max_new: int) -> Iterator[list[AnswerBatch]]:
-    """Consecutive plan batches grouped into passes of about ``rows`` rows (fewer for long prompts: the same
-    number of prompt-and-answer tokens); ``rows`` 1: one batch a pass, the reference path."""
-    group: list[AnswerBatch] = []
-    budget = rows * (600 + max_new)
+def _windows(todo: list[AnswerBatch], rows: int) -> Iterator[list[AnswerBatch]]:
+    """Consecutive plan batches, as many as make about ``rows`` rows of short prompts (and up to ``rows // 8`` of long
+    ones, answered apart: one padded width for all would cost the short rows the long ones' cache); ``rows`` 1: one
+    batch at a time, the reference path."""
+    window: list[AnswerBatch] = []
+    counts = [0, 0]  # rows of short and of long prompts in the window
     for batch in todo:
-        size = sum(len(p["ids"]) + (batch.max_new or max_new) for p in batch.prompts)
-        if group and (sum(len(b.prompts) for b in group) + len(batch.prompts) > rows or
-                      sum(len(p["ids"]) + (b.max_new or max_new) for b in group for p in b.prompts) + size > budget):
-            yield group
-            group = []
-        group.append(batch)
-    if group:
-        yield group
+        kind = int(_is_long(batch))
+        if window and counts[kind] + len(batch.prompts) > (rows // 8 if kind else rows):
+            yield window
+            window, counts = [], [0, 0]
+        window.append(batch)
+        counts[kind] += len(batch.prompts)
+    if window:
+        yield window
+
+
+def _is_long(batch: AnswerBatch) -> bool:
+    return len(batch.prompts[0]["ids"]) >= 1000  # the plan's long-prompt batches (smaller ones)
 
 
 def _answer_plan(model, tokenizer, recipe: DataRecipe, todo: list[AnswerBatch], planned: int, pass_rows: int,
                  deadline: float | None, log: Log) -> None:
-    """Answer ``todo``'s batches in plan order, a shard each, until done or ``deadline`` (``time.time()``)."""
+    """Answer ``todo``'s batches a window at a time (a pass for its short prompts, one for its long ones), a shard
+    each, written in plan order, until done or ``deadline`` (``time.time()``)."""
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     max_new, top_k = int(recipe.answer("max_new_tokens", 256)), int(recipe.answer("top_k_logprobs", 8))
     t0, tokens, n = time.perf_counter(), 0, 0
-    for group in _passes(todo, pass_rows, max_new):
+    for window in _windows(todo, pass_rows):
         if deadline is not None and time.time() >= deadline:
             return
-        shards = ([answer_batch(model, group[0], pad, eos, max_new, top_k, recipe)] if len(group) == 1 else
-                  answer_batches(model, group, pad, eos, max_new, top_k, recipe))
-        for batch, rows in zip(group, shards):
+        made: dict[int, list[dict]] = {}
+        for group in ([b for b in window if not _is_long(b)], [b for b in window if _is_long(b)]):
+            if group:
+                shards = ([answer_batch(model, group[0], pad, eos, max_new, top_k, recipe)] if len(group) == 1 else
+                          answer_batches(model, group, pad, eos, max_new, top_k, recipe))
+                made.update({b.index: rows for b, rows in zip(group, shards)})
+        for batch in window:
+            rows = made[batch.index]
             write_atomically(shard_path(recipe.folder, batch.index), lambda tmp: torch.save(rows, tmp))
             tokens += sum(len(r["ids"]) - r["prompt_len"] for r in rows)
             n += 1
         elapsed = time.perf_counter() - t0
-        log(f"answers: batch {group[-1].index + 1}/{planned} ({n} this run), {tokens:,} answer tokens, "
+        log(f"answers: batch {window[-1].index + 1}/{planned} ({n} this run), {tokens:,} answer tokens, "
             f"{tokens / elapsed:.0f} tok/s, {elapsed / 60:.1f} min")
 
 
