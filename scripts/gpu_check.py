@@ -1,20 +1,25 @@
-"""The GPU check: lossless on CUDA, the decode step's speed, against transformers' own generate (issue 24).
+"""The GPU check: lossless on CUDA, the decode step's speed against transformers' own generate (issue 24).
 
-Run on a GPU machine by ``scripts/gpu_check.sh`` (which installs the project and brings the offline target); every
-part writes its results under ``--out`` as soon as it is done, so a part that fails or runs out of time loses only
-itself. Parts (``--parts``, in this order):
+Run on a GPU machine by ``scripts/gpu_check.sh`` (which installs the project and brings the offline target). The
+phases run in this order, the cheap decisive ones first, each in its own process under its own time cap (so one slow
+phase cannot eat the others); each writes its results under ``--out`` as soon as it has them, and its wall time and
+exit status go to ``phases.csv``:
 
-- ``lossless``: float32 on CUDA, the first N HumanEval prompts, every drafter with a fixed and a dynamic tree, each
-  output against transformers' greedy ``generate`` (lossless.csv); bfloat16 the same against our own plain
-  decoding in bfloat16 and against transformers', with the logit margin at the first difference.
-- ``step``: ms per token of plain greedy decoding, bfloat16: our loop with CUDA graphs, without graphs (eager,
-  static cache), with the dynamic cache (the engine before graphs), transformers' ``generate`` with its dynamic
-  and its static cache (step.csv).
-- ``verify``: ms of one verification forward by node count and context, through the graphs (verify.csv).
-- ``compiled``: transformers' ``generate`` with its static cache and ``torch.compile`` (added to step.csv; last,
-  as compilation takes a while).
+a. ``lossless``: float32, the first N HumanEval prompts, a subset of drafters x fixed/dynamic trees, each output
+   against transformers' greedy ``generate`` (lossless.csv); bfloat16 plain decoding against transformers', with the
+   logit margin at any difference.
+b. ``step``: ms per token of plain greedy decoding, bfloat16: our loop with CUDA graphs / eager, transformers'
+   ``generate`` with its dynamic and its static cache (step.csv).
+c. ``verify``: ms of one verification forward through the graphs at 1..64 nodes after 500 and 4,000 cached tokens
+   (verify.csv).
+d. ``bench``: ``mambaspec bench humaneval --limit 5``, the fast methods first (bench_results.csv).
+e. ``profile``: torch.profiler over one speculative round (default tree, Mamba drafter): the top 20 ops by CUDA
+   time (profile.txt).
+f. ``compiled``: transformers' static-cache ``generate`` under ``torch.compile`` (added to step.csv; last, as its
+   compilation may not finish in the cap).
 
-``bench`` and ``verify-cost`` run as the project's own commands from the shell script.
+``--device cpu --quick`` is the dry run: every phase on the CPU at tiny sizes (the test suite runs it with tiny
+models, ``tests/test_gpu_check.py``), so the script cannot rot between the sessions that have a GPU.
 """
 
 from __future__ import annotations
@@ -22,18 +27,28 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
 
 import torch
 
-NEW = 64
-DEVICE = "cuda"
+# phase -> time cap in seconds on the GPU (the sum, ~8 minutes at most, leaves room for the install and the GGUF)
+PHASES = {"lossless": 100, "step": 60, "verify": 50, "bench": 140, "profile": 35, "compiled": 75}
+QUICK_CAP = 240  # each phase's cap in the CPU dry run
+BENCH_METHODS = "ar,mamba,mamba-dynamic,lookup,mamba+lookup-dynamic,transformer,eagle,hf-assisted,prompt-lookup"
+ARGS = argparse.Namespace()
+
+
+def _device() -> str:
+    return ARGS.device
 
 
 def _sync() -> None:
-    if DEVICE == "cuda":
+    if _device() == "cuda":
         torch.cuda.synchronize()
 
 
@@ -56,7 +71,7 @@ def _prompts(tokenizer, n: int) -> list[list[int]]:
 
     spec = dataset_spec("humaneval")
     prompts, _ = build_prompts(spec, load_rows(spec, None), tokenizer, length=None, max_tokens=4000, limit=n)
-    return [p.ids for p in prompts]
+    return [p.ids[-ARGS.prompt_tokens:] if ARGS.quick else p.ids for p in prompts]
 
 
 def _hf_greedy(model, ids: list[int], new: int, eos: list[int], **kw) -> list[int]:
@@ -75,105 +90,134 @@ def _margin(model, ids: list[int], a: list[int], b: list[int]) -> tuple[int, flo
     return at, abs(float(logits[a[at]].float() - logits[b[at]].float()))
 
 
-DRAFTERS = ["none", "mamba2-smollm2", "mamba2-smollm2+lookup", "llama-smollm2", "eagle-smollm2", "lookup"]
-TREES = ["2,1,1", "dynamic"]
+def _options(dtype: str, **kw):
+    from mambaspec import ModelOptions
+
+    return ModelOptions(device=_device(), dtype=dtype, **kw)
 
 
-def lossless(out: Path, n_prompts: int) -> None:
-    from mambaspec import ModelOptions, load_pipeline
+def _generator(model, drafter, tok, eos=None, **kw):
+    from mambaspec.core.engine import SpeculativeGenerator
+
+    if _device() != "cuda":  # the dry run: the static cache's padded path, eagerly
+        kw.setdefault("static_kv", True)
+    return SpeculativeGenerator(model, drafter, tokenizer=tok, eos_token_ids=eos, **kw)
+
+
+def _lossless_rows(dtype: str, plan: list[tuple[str, str]], n_prompts: int) -> list[dict]:
+    from mambaspec import load_pipeline
     from mambaspec.loading.pipeline import load_drafter
 
-    rows = []
-    for dtype in ("float32", "bfloat16"):
-        pipe = load_pipeline("smollm2-135m", "none", ModelOptions(device=DEVICE, dtype=dtype))
-        model, tok = pipe.target.model, pipe.target.tokenizer
-        eos = sorted(pipe.generator.eos_token_ids)
-        prompts = _prompts(tok, n_prompts)
-        refs = [_hf_greedy(model, p, NEW, eos) for p in prompts]
-        plain = [pipe.generator.generate(p, NEW).new_token_ids for p in prompts]
-        for name in DRAFTERS:
-            drafter = None if name == "none" else load_drafter(name, pipe.target)
-            from mambaspec.core.engine import SpeculativeGenerator
-
-            gen = SpeculativeGenerator(model, drafter, tokenizer=tok, target_options=pipe.target.optimized)
-            for tree in (TREES if name != "none" else ["-"]):
-                t0 = time.perf_counter()
-                ours = [gen.generate(p, NEW, tree=tree if tree != "-" else "1") for p in prompts]
-                secs = time.perf_counter() - t0
-                ids = [r.new_token_ids for r in ours]
-                diff_ref = [i for i, (a, b) in enumerate(zip(ids, refs)) if a != b]
-                diff_plain = [i for i, (a, b) in enumerate(zip(ids, plain)) if a != b]
-                margins = [_margin(model, prompts[i], ids[i], refs[i]) for i in diff_ref]
-                rows.append({"dtype": dtype, "drafter": name, "tree": tree, "prompts": len(prompts),
-                             "same_as_transformers": len(prompts) - len(diff_ref),
-                             "same_as_our_plain": len(prompts) - len(diff_plain),
-                             "margins_at_difference": ";".join(f"{i}@{a}:{m:.4f}" for i, (a, m) in zip(diff_ref, margins)),
-                             "tok_per_s": round(sum(len(x) for x in ids) / secs, 1),
-                             "mean_accept_len": round(sum(r.stats.mean_accept_len for r in ours) / len(ours), 3),
-                             "graphs": bool(gen.static_cache is not None and gen.static_cache.graphs)})
-                print(rows[-1], flush=True)
-                _write(out / "lossless.csv", rows)
-        del pipe
-        if DEVICE == "cuda":
-            torch.cuda.empty_cache()
+    pipe = load_pipeline(ARGS.target, "none", _options(dtype))
+    model, tok = pipe.target.model, pipe.target.tokenizer
+    eos = sorted(pipe.generator.eos_token_ids)
+    prompts = _prompts(tok, n_prompts)
+    refs = [_hf_greedy(model, p, ARGS.new, eos) for p in prompts]
+    plain = None
+    rows, drafters = [], {}
+    for name, tree in plan:
+        if name not in drafters:
+            drafters[name] = None if name == "none" else load_drafter(name, pipe.target)
+        gen = _generator(model, drafters[name], tok, eos)
+        t0 = time.perf_counter()
+        ours = [gen.generate(p, ARGS.new, tree=tree if tree != "-" else "1") for p in prompts]
+        secs = time.perf_counter() - t0
+        ids = [r.new_token_ids for r in ours]
+        plain = ids if name == "none" else plain
+        diff_ref = [i for i, (a, b) in enumerate(zip(ids, refs)) if a != b]
+        margins = [_margin(model, prompts[i], ids[i], refs[i]) for i in diff_ref]
+        rows.append({"dtype": dtype, "drafter": name, "tree": tree, "prompts": len(prompts),
+                     "same_as_transformers": len(prompts) - len(diff_ref),
+                     "same_as_our_plain": "" if plain is None else sum(a == b for a, b in zip(ids, plain)),
+                     "margins_at_difference": ";".join(f"{i}@{a}:{m:.4f}" for i, (a, m) in zip(diff_ref, margins)),
+                     "tok_per_s": round(sum(len(x) for x in ids) / secs, 1),
+                     "mean_accept_len": round(sum(r.stats.mean_accept_len for r in ours) / len(ours), 3),
+                     "graphs": bool(gen.static_cache is not None and gen.static_cache.graphs),
+                     "static_cache": gen.static_cache is not None})
+        print(rows[-1], flush=True)
+        yield rows[-1]
 
 
-def step(out: Path, compiled: bool = False, prompt_tokens: int = 200, new: int = 128) -> None:
-    from mambaspec import ModelOptions
-    from mambaspec.core.engine import SpeculativeGenerator
+def lossless(out: Path) -> None:
+    """(a) float32: every output against transformers' greedy generate; bfloat16: plain decoding only."""
+    m, t = ARGS.mamba_drafter, ARGS.transformer_drafter
+    plan = [("none", "-"), (m, "2,1,1"), (m, "dynamic"), ("lookup", "2,1,1"), (f"{m}+lookup", "dynamic"),
+            (t, "dynamic")]
+    if ARGS.eagle_drafter != "none":
+        plan.append((ARGS.eagle_drafter, "2,1,1"))
+    rows: list[dict] = []
+    for row in _lossless_rows("float32", plan, ARGS.prompts):
+        rows.append(row)
+        _write(out / "lossless.csv", rows)
+    for row in _lossless_rows("bfloat16", [("none", "-")], ARGS.prompts):
+        rows.append(row)
+        _write(out / "lossless.csv", rows)
+    assert all(int(r["same_as_transformers"]) == r["prompts"] for r in rows if r["dtype"] == "float32"), \
+        "float32 output differs from transformers' greedy generate"
+
+
+def _timed(rows: list[dict], path: Path, label: str, fn) -> None:
+    try:
+        fn()  # warm-up (graph capture, compilation)
+        _sync()
+        t0 = time.perf_counter()
+        got = fn()
+        _sync()
+        secs = time.perf_counter() - t0
+        rows.append({"variant": label, "new_tokens": len(got), "ms_per_token": round(1000 * secs / len(got), 3),
+                     "tokens_per_s": round(len(got) / secs, 1), "first_tokens": got[:8]})
+    except Exception as err:  # noqa: BLE001 - a variant that fails is reported, the others still run
+        rows.append({"variant": label, "error": f"{err.__class__.__name__}: {str(err)[:300]}"})
+    print(rows[-1], flush=True)
+    _write(path, rows)
+
+
+def step(out: Path, compiled: bool = False) -> None:
+    """(b) ms per token of plain greedy decoding: ours (graphs, eager) against transformers' generate. The same
+    number of new tokens for every variant (EOS ignored), so the prefill weighs the same."""
     from mambaspec.loading.models import load_model
 
-    target = load_model("smollm2-135m", ModelOptions(device=DEVICE, dtype="bfloat16"))
+    dtype = "bfloat16" if _device() == "cuda" else "float32"
+    new = 128 if not ARGS.quick else 16
+    target = load_model(ARGS.target, _options(dtype))
     model, tok = target.model, target.tokenizer
-    ids = _prompts(tok, 1)[0][:prompt_tokens]
-    eos = [tok.eos_token_id]
+    ids = _prompts(tok, 1)[0][:200]
+    never = [tok.eos_token_id]  # with min_new_tokens: every variant generates exactly `new` tokens
     rows = _read(out / "step.csv")
-
-    def timed(label: str, fn) -> None:
-        try:
-            fn()  # warm-up (graph capture, compilation)
-            _sync()
-            t0 = time.perf_counter()
-            got = fn()
-            _sync()
-            secs = time.perf_counter() - t0
-            rows.append({"variant": label, "new_tokens": len(got), "ms_per_token": round(1000 * secs / len(got), 3),
-                         "tokens_per_s": round(len(got) / secs, 1), "first_tokens": got[:8]})
-        except Exception as err:  # noqa: BLE001 - a variant that fails is reported, the others still run
-            rows.append({"variant": label, "error": f"{err.__class__.__name__}: {str(err)[:300]}"})
-        print(rows[-1], flush=True)
-        _write(out / "step.csv", rows)
-
+    plain = load_model(ARGS.target, _options(dtype, linear="torch"), role="plain").model
     if not compiled:
-        for label, kw in (("ours: static cache + CUDA graphs", {}), ("ours: static cache, eager", {"cuda_graphs": False}),
-                          ("ours: dynamic cache, eager", {"static_kv": False})):
-            gen = SpeculativeGenerator(model, None, tokenizer=tok, eos_token_ids=eos, **kw)
-            timed(label, lambda g=gen: g.generate(ids, new).new_token_ids)
-    plain = load_model("smollm2-135m", ModelOptions(device=DEVICE, dtype="bfloat16", linear="torch"), role="plain").model
-    if not compiled:
-        timed("transformers generate (dynamic cache)", lambda: _hf_greedy(plain, ids, new, eos))
-        timed("transformers generate (static cache)", lambda: _hf_greedy(plain, ids, new, eos,
-                                                                          cache_implementation="static"))
+        for label, kw in (("ours: static cache + CUDA graphs", {}), ("ours: static cache, eager", {"cuda_graphs": False})):
+            gen = _generator(model, None, tok, [], **kw)
+            _timed(rows, out / "step.csv", label, lambda g=gen: g.generate(ids, new).new_token_ids)
+        _timed(rows, out / "step.csv", "transformers generate (static cache)",
+               lambda: _hf_greedy(plain, ids, new, never, cache_implementation="static", min_new_tokens=new))
+        _timed(rows, out / "step.csv", "transformers generate (dynamic cache)",
+               lambda: _hf_greedy(plain, ids, new, never, min_new_tokens=new))
         return
-    plain.forward = torch.compile(plain.forward, mode="reduce-overhead", fullgraph=True)
-    timed("transformers generate (static cache, torch.compile)",
-          lambda: _hf_greedy(plain, ids, new, eos, cache_implementation="static"))
+    if not ARGS.quick:  # the dry run checks the rest of the phase (compiling takes a minute on this CPU)
+        plain.forward = torch.compile(plain.forward, mode="reduce-overhead", fullgraph=True)
+    label = "transformers generate (static cache, torch.compile)" + (" [dry run: not compiled]" if ARGS.quick else "")
+    _timed(rows, out / "step.csv", label,
+           lambda: _hf_greedy(plain, ids, new, never, cache_implementation="static", min_new_tokens=new))
 
 
 def verify(out: Path) -> None:
-    from mambaspec import ModelOptions
+    """(c) one verification forward (a chain of n nodes) through the graphs, by node count and context."""
     from mambaspec.core.kv import forward_chain, forward_tree, keep_slots
     from mambaspec.core.static import BUCKETS, StaticKVCache
     from mambaspec.loading.models import load_model
 
-    model = load_model("smollm2-135m", ModelOptions(device=DEVICE, dtype="bfloat16")).model
+    on_gpu = _device() == "cuda"
+    model = load_model(ARGS.target, _options("bfloat16" if on_gpu else "float32")).model
+    vocab = model.get_output_embeddings().weight.shape[0]
     rows = []
     g = torch.Generator().manual_seed(0)
-    for prefix in ((500, 4000) if DEVICE == "cuda" else (100,)):
-        cache = StaticKVCache(prefix + 2 * BUCKETS[-1], graphs=DEVICE == "cuda")
-        ids = torch.randint(0, 49152, (prefix + 64,), generator=g).tolist()
+    prefixes, nodes = ((500, 4000), BUCKETS) if on_gpu else ((40, 100), (1, 4, 16, 64))
+    for prefix in prefixes:
+        cache = StaticKVCache(prefix + 2 * BUCKETS[-1], graphs=on_gpu)
+        ids = torch.randint(0, vocab, (prefix + 64,), generator=g).tolist()
         forward_chain(model, cache, ids[:prefix])
-        for n in (1, 2, 4, 8, 16, 32, 64):
+        for n in nodes:
             def once() -> None:
                 forward_tree(model, cache, ids[prefix:prefix + n], list(range(prefix, prefix + n)),
                              torch.ones(n, n, dtype=torch.bool).tril())
@@ -182,7 +226,7 @@ def verify(out: Path) -> None:
                 once()
             _sync()
             times = []
-            for _ in range(30):
+            for _ in range(30 if on_gpu else 3):
                 t0 = time.perf_counter()
                 once()
                 _sync()
@@ -190,37 +234,122 @@ def verify(out: Path) -> None:
             times.sort()
             rows.append({"prefix": prefix, "nodes": n, "ms_median": round(1000 * times[len(times) // 2], 3),
                          "ms_min": round(1000 * times[0], 3)})
+            one = next(r["ms_median"] for r in rows if r["prefix"] == prefix and r["nodes"] == 1)
+            rows[-1]["over_1_node"] = round(rows[-1]["ms_median"] / one, 3)
             print(rows[-1], flush=True)
             _write(out / "verify.csv", rows)
 
 
-def main() -> None:
-    global DEVICE, NEW
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/gpu")
-    ap.add_argument("--parts", default="lossless,step,verify,compiled")
-    ap.add_argument("--prompts", type=int, default=10)
-    ap.add_argument("--device", default="cuda", help="cpu: a dry run of the script itself (no graphs)")
-    ap.add_argument("--new", type=int, default=NEW)
-    args = ap.parse_args()
-    DEVICE, NEW = args.device, args.new
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    import transformers
+def bench(out: Path) -> None:
+    """(d) the project's own bench command, the fast methods first; its results.csv copied to OUT."""
+    folder = out / "bench"
+    cmd = [sys.executable, "-m", "mambaspec", "bench", "humaneval", "--limit", str(ARGS.bench_limit), "-n",
+           str(ARGS.new if ARGS.quick else 96), "--device", _device(), "--methods", ARGS.methods, "--out", str(folder),
+           "--target", ARGS.target, "--drafter", ARGS.mamba_drafter, "--transformer-drafter",
+           ARGS.transformer_drafter, "--eagle-drafter", ARGS.eagle_drafter]
+    if ARGS.quick:
+        cmd += ["--threads", "1"]
+    try:
+        subprocess.run(cmd, check=True)
+    finally:
+        if (folder / "results.csv").exists():
+            (out / "bench_results.csv").write_bytes((folder / "results.csv").read_bytes())
 
-    env = {"gpu": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (out / "environment.json").write_text(json.dumps(env, indent=1))
-    print(env, flush=True)
-    for part in args.parts.split(","):
+
+def profile(out: Path) -> None:
+    """(e) torch.profiler over one speculative round (after a warm-up): the top 20 ops by device time."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    from mambaspec import load_pipeline
+
+    on_gpu = _device() == "cuda"
+    pipe = load_pipeline(ARGS.target, ARGS.mamba_drafter, _options("bfloat16" if on_gpu else "float32"))
+    gen = _generator(pipe.target.model, pipe.drafter, pipe.target.tokenizer, [])
+    ids = _prompts(pipe.target.tokenizer, 1)[0]
+    rounds = gen.stream(ids, 64, tree="2,1,1")
+    for _ in range(4):  # warm-up: prefill, graph capture of the buckets this tree uses
+        next(rounds)
+    _sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with torch_profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        next(rounds)
+        _sync()
+        secs = time.perf_counter() - t0
+    key = "cuda_time_total" if on_gpu else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=20)
+    (out / "profile.txt").write_text(f"one round of {ARGS.target} + {ARGS.mamba_drafter}, tree 2,1,1, "
+                                     f"{1000 * secs:.2f} ms wall (under the profiler), sorted by {key}\n\n{table}\n")
+    print(table, flush=True)
+
+
+def run_phase(name: str, out: Path) -> None:
+    {"lossless": lossless, "step": step, "verify": verify, "bench": bench, "profile": profile,
+     "compiled": lambda o: step(o, compiled=True)}[name](out)
+
+
+def run_all(out: Path, argv: list[str]) -> int:
+    """Every phase in its own process under its cap; phases.csv: name, cap, wall time, status."""
+    rows, failed = [], 0
+    for name in ARGS.phases.split(","):
+        cap = QUICK_CAP if ARGS.quick else PHASES[name]
+        print(f"== {name} (cap {cap} s)", flush=True)
         t0 = time.perf_counter()
         try:
-            {"lossless": lambda: lossless(out, args.prompts), "step": lambda: step(out), "verify": lambda: verify(out),
-             "compiled": lambda: step(out, compiled=True)}[part]()
-        except Exception:  # noqa: BLE001
+            rc = subprocess.run([sys.executable, __file__, *argv, "--phase", name], timeout=cap).returncode
+            status = "ok" if rc == 0 else f"exit {rc}"
+        except subprocess.TimeoutExpired:
+            status = "time cap"
+        failed += status != "ok"
+        rows.append({"phase": name, "cap_s": cap, "wall_s": round(time.perf_counter() - t0, 1), "status": status})
+        print(f"== {name}: {rows[-1]['wall_s']} s, {status}", flush=True)
+        _write(out / "phases.csv", rows)
+    return failed
+
+
+def main() -> None:
+    global ARGS
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--out", default="runs/gpu")
+    ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument("--phase", default=None, help="run this one phase in this process (what run_all starts)")
+    ap.add_argument("--device", default="cuda", help="cpu: the dry run of the script itself (no graphs)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (with --device cpu: the dry run)")
+    ap.add_argument("--prompts", type=int, default=None, help="lossless: prompts (default 5; --quick 2)")
+    ap.add_argument("--new", type=int, default=None, help="new tokens a prompt (default 64; --quick 12)")
+    ap.add_argument("--prompt-tokens", type=int, default=48, help="--quick: prompts cut to their last N tokens")
+    ap.add_argument("--bench-limit", type=int, default=None, help="bench prompts (default 5; --quick 1)")
+    ap.add_argument("--methods", default=None, help=f"bench methods (default {BENCH_METHODS}; --quick fewer)")
+    ap.add_argument("--target", default=os.environ.get("TARGET", "smollm2-135m"))
+    ap.add_argument("--mamba-drafter", default="mamba2-smollm2")
+    ap.add_argument("--transformer-drafter", default="llama-smollm2")
+    ap.add_argument("--eagle-drafter", default="eagle-smollm2")
+    args, argv = ap.parse_args(), sys.argv[1:]
+    args.prompts = args.prompts or (2 if args.quick else 5)
+    args.new = args.new or (12 if args.quick else 64)
+    args.bench_limit = args.bench_limit or (1 if args.quick else 5)
+    args.methods = args.methods or ("ar,mamba,mamba-dynamic,lookup,hf-assisted" if args.quick else BENCH_METHODS)
+    ARGS = args
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.phase:
+        if args.quick:
+            torch.set_num_threads(1)
+        try:
+            run_phase(args.phase, out)
+        except Exception:  # noqa: BLE001 - written down, and the exit status says so
             traceback.print_exc()
-            (out / f"{part}-error.txt").write_text(traceback.format_exc())
-        print(f"== {part}: {time.perf_counter() - t0:.1f} s", flush=True)
+            (out / f"{args.phase}-error.txt").write_text(traceback.format_exc())
+            sys.exit(1)
+        return
+    import transformers
+
+    env = {"gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "torch": torch.__version__,
+           "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "argv": argv}
+    (out / "environment.json").write_text(json.dumps(env, indent=1))
+    print(env, flush=True)
+    sys.exit(1 if run_all(out, argv) else 0)
 
 
 if __name__ == "__main__":
