@@ -9,12 +9,14 @@ the same tensors, captured once in a CUDA graph and replayed (vLLM, SGLang, gpt-
 slots for padded rows). A forward writes its tokens at slots given by a device tensor and attends over the
 whole buffer under an explicit mask: the committed prefix, then the tree's own visibility; empty slots are
 masked. Node counts are padded up to a bucket (1, 2, 4, ... 64): padded rows write into the scratch slots, see
-only slot 0, and their logits are dropped. Compaction to the accepted path (``keep``) moves entries in place
+only their own, and their logits are dropped. Compaction to the accepted path (``keep``) moves entries in place
 between forwards. The host keeps the committed length; nothing in a forward reads it back from the device.
 
-``graphs=True`` (CUDA) captures one graph per bucket on first use and replays it; ``graphs=False`` runs the
-same padded forwards eagerly, on any device: that is how the CPU tests prove the path lossless. A tree of more
-nodes than the largest bucket, or a long prompt, runs eagerly through the same buffers.
+``graphs=True`` (CUDA) captures one graph per bucket on first use and replays it: a replay copies one small host
+tensor of token ids, positions and parent pointers, and the mask and write slots are computed from it on the device,
+inside the graph. ``graphs=False`` runs the same padded forwards eagerly, on any device: that is how the CPU tests
+prove the path lossless. A tree of more nodes than the largest bucket, a long prompt, or a forward whose visibility
+is not a tree's, runs eagerly through the same buffers under a mask built on the host.
 
 Models with a sliding window (Gemma 3) are not handled here: ``supports(model)`` says no, and the engine keeps
 its dynamic cache for them.
@@ -78,7 +80,7 @@ class StaticKVCache(DynamicCache):
         self.layer_class_to_replicate = lambda: _StaticLayer(self)
         self.length = 0
         self.write_index: torch.Tensor | None = None
-        self._graphs: dict[int, _Graph] = {}
+        self._graphs: dict[int, _BucketStep] = {}
 
     def reset(self) -> None:
         """Empty (the buffers and graphs stay: the next sequence reuses them)."""
@@ -110,63 +112,108 @@ class StaticKVCache(DynamicCache):
             raise MambaspecError(f"a forward of {n} tokens after {self.length} does not fit the static KV cache of "
                                  f"{self.capacity} slots; use a smaller tree, or the dynamic cache (static_kv=False)")
         bucket = next((b for b in BUCKETS if b >= n), None)
-        if embeds is not None or bucket is None or not self.layers or not self.layers[0].is_initialized:
-            bucket = None  # prompts, embeddings, trees past the largest bucket, the first forward: eager, unpadded
-        size = n if bucket is None else bucket
-        device = model.device
-        mask = torch.zeros(size, self.capacity + self.pad, dtype=torch.bool)
-        mask[:n, :start] = True
-        mask[:n, start:end] = visible.to(torch.bool).cpu()
-        rows = torch.arange(n, size)
-        mask[rows, self.capacity + rows] = True  # a padded row sees its own scratch slot only
-        write = torch.cat([torch.arange(self.length, end), self.capacity + rows])
-        ids = list(tokens or []) + [0] * (size - n)
-        pos = list(positions[-n:]) + [positions[-1]] * (size - n)
-        if bucket is not None and self.graphs:
-            graph = self._graphs.get(bucket)
-            if graph is None:
-                graph = self._graphs[bucket] = _Graph(model, self, bucket)
-            logits = graph.run(ids, pos, mask, write)[n - 1 if last_only else 0:n].clone()  # (replays overwrite it)
-        else:
-            self.write_index = write.to(device)
-            inputs = {"inputs_embeds": embeds} if embeds is not None else {
-                "input_ids": torch.tensor([ids], device=device)}
-            keep = size - n + 1 if last_only else 0  # logits of the rows from the last real one on, or of all
-            logits = model(**inputs, position_ids=torch.tensor([pos], device=device),
-                           attention_mask=mask[None, None].to(device), **with_cache(model, self), use_cache=True,
-                           logits_to_keep=keep).logits[0]
-            logits = logits[:1] if last_only else logits[:n]
+        parents = tree_parents(visible) if bucket is not None and m == n else None
+        if embeds is not None or parents is None or not self.layers or not self.layers[0].is_initialized:
+            # prompts, embeddings, trees past the largest bucket or over cached slots, the first forward: eager,
+            # unpadded, the mask built here
+            logits = self._eager(model, tokens, positions[-n:], visible, embeds, start, last_only)
+        else:  # padded to the bucket; the mask is built on the device from a few ints (in the graph on CUDA)
+            assert bucket is not None and tokens is not None
+            args = torch.tensor(list(tokens) + [0] * (bucket - n) + list(positions[-n:]) +
+                                [positions[-1]] * (bucket - n) + parents.tolist() + [-1] * (bucket - n) + [start, n])
+            step = self._graphs.get(bucket)
+            if step is None:
+                step = self._graphs[bucket] = _BucketStep(model, self, bucket, capture=self.graphs)
+            logits = step.run(model, self, args)[n - 1 if last_only else 0:n].clone()  # (replays overwrite it)
         self.length = end
         return logits.float()
 
-
-class _Graph:
-    """One captured forward of ``bucket`` tokens over the cache's buffers; inputs copied into static tensors."""
-
-    def __init__(self, model, cache: StaticKVCache, bucket: int) -> None:
+    def _eager(self, model, tokens, positions, visible, embeds, start: int, last_only: bool) -> torch.Tensor:
+        """An unpadded forward of the ``n`` new tokens, its mask built on the host."""
+        n, end = len(positions), self.length + len(positions)
         device = model.device
-        self.ids = torch.zeros(1, bucket, dtype=torch.long, device=device)
-        self.pos = torch.zeros(1, bucket, dtype=torch.long, device=device)
-        self.mask = torch.zeros(1, 1, bucket, cache.capacity + cache.pad, dtype=torch.bool, device=device)
-        self.mask[..., 0] = True
-        self.write = torch.arange(cache.capacity, cache.capacity + bucket, device=device)  # scratch while capturing
-        cache.write_index = self.write
-        kwargs = dict(input_ids=self.ids, position_ids=self.pos, attention_mask=self.mask, use_cache=True,
-                      **with_cache(model, cache))
+        mask = torch.zeros(n, self.capacity + self.pad, dtype=torch.bool)
+        mask[:, :start] = True
+        mask[:, start:end] = visible.to(torch.bool).cpu()
+        self.write_index = torch.arange(self.length, end, device=device)
+        inputs = {"inputs_embeds": embeds} if embeds is not None else {"input_ids": torch.tensor([tokens], device=device)}
+        logits = model(**inputs, position_ids=torch.tensor([positions], device=device),
+                       attention_mask=mask[None, None].to(device), **with_cache(model, self), use_cache=True,
+                       logits_to_keep=1 if last_only else 0).logits[0]
+        return logits
+
+
+def tree_parents(visible: torch.Tensor) -> torch.Tensor | None:
+    """Each node's parent (-1: none) when ``visible`` (n x n) is a tree's ancestor-or-self mask with parents before
+    children, which is what every verification and chain is; None otherwise."""
+    v = visible.to(torch.bool).cpu()
+    n = v.shape[0]
+    if v.dim() != 2 or v.shape[1] != n:
+        return None
+    idx = torch.arange(n)
+    parents = torch.where(v & (idx[None, :] < idx[:, None]), idx[None, :], -1).amax(1)
+    expect = torch.eye(n, dtype=torch.bool) | (v[parents.clamp(min=0)] & (parents >= 0)[:, None])
+    return parents if torch.equal(expect, v) else None
+
+
+class _BucketStep:
+    """One forward of ``bucket`` tokens over the cache's buffers, its inputs in static device tensors filled from one
+    host tensor of ``3 * bucket + 2`` ints (token ids, positions, parents, then the first tree slot and the number
+    of real nodes): the write slots and the attention mask are computed from them on the device. ``capture``
+    (CUDA): captured once as a CUDA graph and replayed; otherwise run eagerly, the same code (how the CPU tests
+    prove the graphed path lossless)."""
+
+    def __init__(self, model, cache: StaticKVCache, bucket: int, capture: bool) -> None:
+        device = model.device
+        self.bucket, self.capture = bucket, capture
+        self.args = torch.zeros(3 * bucket + 2, dtype=torch.long, device=device)
+        self.args[2 * bucket:3 * bucket] = -1  # while capturing: no real rows, every row into its scratch slot
+        self.rows = torch.arange(bucket, device=device)
+        self.cols = torch.arange(cache.capacity + cache.pad, device=device)
+        self.closure_steps = (bucket - 1).bit_length()  # squarings that reach every ancestor of a depth < bucket
+        if capture:
+            self._capture(model, cache)
+
+    def _forward(self, model, cache: StaticKVCache) -> torch.Tensor:
+        b = self.bucket
+        ids, pos, parents = self.args[:b], self.args[b:2 * b], self.args[2 * b:3 * b]
+        start, n = self.args[3 * b], self.args[3 * b + 1]
+        real = (self.rows < n)[:, None]
+        cache.write_index = torch.where(real[:, 0], start + self.rows, cache.capacity + self.rows)
+        mask = build_mask(parents, start, real, self.rows, self.cols, cache.capacity, self.closure_steps)
+        return model(input_ids=ids[None], position_ids=pos[None], attention_mask=mask[None, None], use_cache=True,
+                     **with_cache(model, cache)).logits[0]
+
+    def _capture(self, model, cache: StaticKVCache) -> None:
+        device = model.device
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm-up outside the graph (kernel selection, lazy allocations)
-                model(**kwargs)
+                self._forward(model, cache)
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = model(**kwargs).logits[0]
+            self.logits = self._forward(model, cache)
 
-    def run(self, ids: list[int], pos: list[int], mask: torch.Tensor, write: torch.Tensor) -> torch.Tensor:
-        self.ids.copy_(torch.tensor([ids]))
-        self.pos.copy_(torch.tensor([pos]))
-        self.mask.copy_(mask[None, None])
-        self.write.copy_(write)
+    def run(self, model, cache: StaticKVCache, args: torch.Tensor) -> torch.Tensor:
+        self.args.copy_(args, non_blocking=True)
+        if not self.capture:
+            return self._forward(model, cache)
         self.graph.replay()
         return self.logits
+
+
+def build_mask(parents: torch.Tensor, start: torch.Tensor, real: torch.Tensor, rows: torch.Tensor,
+               cols: torch.Tensor, capacity: int, closure_steps: int) -> torch.Tensor:
+    """The (bucket, slots) attention mask of a padded tree forward, on the device, from the nodes' ``parents``: a
+    real row sees the slots before the tree (``< start``) and its ancestors and itself in the tree; a padded row
+    sees its own scratch slot only."""
+    anc = (rows[:, None] == rows[None, :]) | (parents[:, None] == rows[None, :])
+    anc_f = anc.float()
+    for _ in range(closure_steps):  # ancestor-or-self: paths of length <= 2^k after k squarings (sums stay exact)
+        anc_f = (anc_f @ anc_f).clamp(max=1.0)
+    rel = cols[None, :] - start
+    in_tree = (rel >= 0) & (rel < rows.shape[0])
+    tree = torch.gather(anc_f > 0, 1, rel.clamp(0, rows.shape[0] - 1).expand(rows.shape[0], -1)) & in_tree
+    return (real & ((cols[None, :] < start) | tree)) | (~real & (cols[None, :] == capacity + rows[:, None]))
