@@ -104,6 +104,15 @@ def _generator(model, drafter, tok, eos=None, **kw):
     return SpeculativeGenerator(model, drafter, tokenizer=tok, eos_token_ids=eos, **kw)
 
 
+def _tree(name: str):
+    """A tree name as the engine takes it (a policy object, where the engine no longer resolves names)."""
+    try:
+        from mambaspec.loading.trees import resolve_tree
+    except ImportError:
+        return name
+    return resolve_tree(name)
+
+
 def _lossless_rows(dtype: str, plan: list[tuple[str, str]], n_prompts: int) -> list[dict]:
     from mambaspec import load_pipeline
     from mambaspec.loading.pipeline import load_drafter
@@ -120,7 +129,7 @@ def _lossless_rows(dtype: str, plan: list[tuple[str, str]], n_prompts: int) -> l
             drafters[name] = None if name == "none" else load_drafter(name, pipe.target)
         gen = _generator(model, drafters[name], tok, eos)
         t0 = time.perf_counter()
-        ours = [gen.generate(p, ARGS.new, tree=tree if tree != "-" else "1") for p in prompts]
+        ours = [gen.generate(p, ARGS.new, tree=_tree(tree if tree != "-" else "1")) for p in prompts]
         secs = time.perf_counter() - t0
         ids = [r.new_token_ids for r in ours]
         plain = ids if name == "none" else plain
@@ -266,7 +275,7 @@ def profile(out: Path) -> None:
     pipe = load_pipeline(ARGS.target, ARGS.mamba_drafter, _options("bfloat16" if on_gpu else "float32"))
     gen = _generator(pipe.target.model, pipe.drafter, pipe.target.tokenizer, [])
     ids = _prompts(pipe.target.tokenizer, 1)[0]
-    rounds = gen.stream(ids, 64, tree="2,1,1")
+    rounds = gen.stream(ids, 64, tree=_tree("2,1,1"))
     for _ in range(4):  # warm-up: prefill, graph capture of the buckets this tree uses
         next(rounds)
     _sync()

@@ -15,7 +15,7 @@ from transformers import DynamicCache
 from ..core.drafter import Rewindable
 from ..hf_compat import with_cache
 from .growth import StepDrafter
-from .mamba_step import mamba2_step, supports_fast_step
+from .mamba_step import BatchedStep, mamba2_step, supports_fast_step
 from .vocab import DraftVocab
 
 MAMBA_TYPES = ("mamba", "mamba2")
@@ -55,7 +55,8 @@ class MambaDrafter(StepDrafter, Rewindable):
 
     name = "mamba"
 
-    def __init__(self, model, tokenizer=None, name: str | None = None, draft_vocab: DraftVocab | None = None) -> None:
+    def __init__(self, model, tokenizer=None, name: str | None = None, draft_vocab: DraftVocab | None = None,
+                 padded_steps: bool | None = None) -> None:
         super().__init__(model, tokenizer, name, draft_vocab)
         if model.config.model_type not in MAMBA_TYPES:
             raise ValueError(f"MambaDrafter needs a Mamba model, got {model.config.model_type}")
@@ -64,6 +65,10 @@ class MambaDrafter(StepDrafter, Rewindable):
         self.multi_token_steps = model.config.model_type == "mamba2"
         # Mamba2 steps after the prefill run through mamba_step.mamba2_step (same recurrence, no module overhead)
         self.fast_steps = supports_fast_step(model)
+        # and, on CUDA (or when ``padded_steps``), batches padded to buckets, replayed from CUDA graphs on CUDA
+        on_gpu = model.device.type == "cuda"
+        self._step = BatchedStep(model, graphs=on_gpu) if (on_gpu if padded_steps is None else padded_steps) \
+            else (lambda conv, ssm, tokens: mamba2_step(model, conv, ssm, tokens))
         self.cache: DynamicCache | None = None
         self.state: MambaState | None = None  # after the committed text, batch 1
         self._depth_states: list[MambaState] = []  # [d] = after feeding each node fed at depth d
@@ -78,7 +83,7 @@ class MambaDrafter(StepDrafter, Rewindable):
         if state is not None and self.fast_steps and tokens.shape[1] <= FAST_STEP_MAX_TOKENS:
             conv, ssm, kept = state.conv, state.ssm, []
             for column in tokens.unbind(1):
-                logits, conv, ssm = mamba2_step(self.model, conv, ssm, column)
+                logits, conv, ssm = self._step(conv, ssm, column)
                 kept.append(logits[:, None])
             return torch.cat(kept[-n_logits:], dim=1), MambaState(conv, ssm)
         if state is None:
