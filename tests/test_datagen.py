@@ -111,3 +111,16 @@ def test_windows_keep_plan_order_and_answer_long_prompts_apart():
     assert [[b.index for b in w] for w in _windows(plan, 1)] == [[i] for i in range(8)]  # the reference path
     # up to 8 short rows and 1 long row a window: a ninth short row or a second long prompt starts the next one
     assert [[b.index for b in w] for w in _windows(plan, 8)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+
+
+def test_man_pages_rendered_side_by_side_are_the_sequential_ones():
+    import random
+
+    from mambaspec.training import sources
+
+    if not sources.MAN_DIR.is_dir():
+        pytest.skip("no man pages here")
+    files = sorted(sources.MAN_DIR.glob("*.1*"))
+    random.Random(5).shuffle(files)
+    expected = [(f"man:{p.name.split('.')[0]}", t) for p in files[:30] if (t := sources.man_page_text(p))][:6]
+    assert list(sources.man_pages(6, random.Random(5))) == expected

@@ -123,16 +123,19 @@ def man_pages(limit: int, rng: random.Random) -> Iterator[tuple[str, str]]:
     """``(name, text)`` of up to ``limit`` man pages from section 1, in a seeded random order."""
     if not MAN_DIR.is_dir():
         return
+    from concurrent.futures import ThreadPoolExecutor
+
     files = sorted(MAN_DIR.glob("*.1*"))
     rng.shuffle(files)
-    made = 0
-    for path in files:
-        if made >= limit:
-            return
-        text = man_page_text(path)
-        if text:
-            made += 1
-            yield f"man:{path.name.split('.')[0]}", text
+    made, chunk = 0, 4 * (os.cpu_count() or 1)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # `man` processes side by side; the same pages, in order
+        for start in range(0, len(files), chunk):
+            for path, text in zip(files[start:start + chunk], pool.map(man_page_text, files[start:start + chunk])):
+                if made >= limit:
+                    return
+                if text:
+                    made += 1
+                    yield f"man:{path.name.split('.')[0]}", text
 
 
 def pydoc_topics(exclude: set[str]) -> list[tuple[str, str]]:
