@@ -122,5 +122,10 @@ def test_man_pages_rendered_side_by_side_are_the_sequential_ones():
         pytest.skip("no man pages here")
     files = sorted(sources.MAN_DIR.glob("*.1*"))
     random.Random(5).shuffle(files)
-    expected = [(f"man:{p.name.split('.')[0]}", t) for p in files[:30] if (t := sources.man_page_text(p))][:6]
+    expected = []
+    for path in files:
+        if len(expected) == 6:
+            break
+        if text := sources.man_page_text(path):
+            expected.append((f"man:{path.name.split('.')[0]}", text))
     assert list(sources.man_pages(6, random.Random(5))) == expected
