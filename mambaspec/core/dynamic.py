@@ -43,6 +43,10 @@ PRIOR = 2.0  # pseudo-observations at the bin's own probability (an uncalibrated
 KEPT_COUNTS = 20.0  # observations per calibration bin kept from earlier runs at most
 HISTORY = 256  # rounds the cost fit remembers
 GAIN_WINDOW = 16  # the engaged rounds whose realized gain says whether drafting pays
+WIDE_NODES = 64  # the node cap where verification is flat (a GPU): the paper's wide arms, e.g. 3,2,2,1,1 (45 nodes)
+FLAT_RATIO = 1.2  # "flat": verifying WIDE_NODES nodes predicted within this factor of one node
+FLAT_MEASURED = 8  # ... with drafted rounds of at least this many nodes measured near the context (not extrapolated
+#                    from tiny trees alone)
 
 
 class AcceptanceModel:
@@ -141,6 +145,13 @@ class CostModel:
         """Whether a plain step and a drafted round were measured near ``context`` (within a quarter of it)."""
         near = [n for n, c, _ in self.samples() if abs(c - context) <= 0.25 * context + 256]
         return 0 in near, any(n > 0 for n in near)
+
+    def flat(self, context: int, nodes: int = WIDE_NODES) -> bool:
+        """Whether verifying ``nodes`` nodes costs at most ``FLAT_RATIO`` times one node here (as on a GPU, where a
+        step is launch overhead), judged from a fit that includes trees of ``FLAT_MEASURED`` nodes or more."""
+        near = [n for n, c, _ in self.samples() if abs(c - context) <= 0.25 * context + 256]
+        one = self.verify(1, context)
+        return max(near, default=0) >= FLAT_MEASURED and one > 0 and self.verify(nodes, context) <= FLAT_RATIO * one
 
     def verify(self, nodes: int, context: int) -> float:
         """Predicted seconds of a verification forward of ``nodes`` draft nodes after ``context`` tokens."""
@@ -246,6 +257,8 @@ class DynamicTreePolicy:
             self._skip = max(self._skip - 1, 0)
             return TreeShape(())
         budget = self.max_nodes if drafted_seen else EXPLORE_NODES  # small, until drafted nodes are measured here
+        if drafted_seen and budget < WIDE_NODES and self.costs.flat(context):
+            budget = WIDE_NODES  # verification is (nearly) free here: trees as wide as the cost model says pay
         self._plan = DynamicPlan(self.acceptance, self.costs, context, min(self.max_depth, remaining - 1),
                                  budget, self.max_children, self._top[0] / self._top[1])
         return self._plan
