@@ -27,6 +27,7 @@ _EXPORTS = {
     "Drafter": "core.drafter", "NoDrafter": "core.drafter", "MambaDrafter": "drafters.mamba",
     "MambaState": "drafters.mamba", "TransformerDrafter": "drafters.transformer",
     "CrossTokenizerDrafter": "drafters.crosstok", "make_drafter": "drafters",
+    "resolve_tree": "loading.trees", "load_arms": "loading.trees", "DEFAULT_TREE": "loading.trees",
     "BenchConfig": "bench.runner", "run_bench": "bench.runner",
 }
 __all__ = sorted(_EXPORTS)

@@ -21,11 +21,12 @@ from . import __version__
 from .config import DEFAULT_TARGET
 from .core.bandit import DEFAULT_C, DEFAULT_EDGES, check_options
 from .core.sampling import SamplingConfig
-from .core.shape import DEFAULT_SHAPE, DEFAULT_TREE, TreeShape
+from .core.shape import TreeShape
 from .bench.report import count
 from .display import Reporter, Streamer, arms_table, consoles, dynamic_table, stats_table
 from .errors import MambaspecError
 from .loading.options import ModelOptions, check_cross_tokenizer
+from .loading.trees import BENCH_TREE, DEFAULT_TREE, policy_name, resolve_tree
 
 
 
@@ -183,18 +184,16 @@ def _bandit_options(c: float, reward: str = "replayed", edges: str = EDGES) -> N
 
 
 def _tree_option(tree: str, arms: str | None, c: float, reward: str, edges: str):
-    """``--tree``: a fixed TreeShape, or for ``auto`` a UCB policy over the arms file (checked, not loaded yet)."""
+    """``--tree``: a fixed TreeShape, ``dynamic`` (the name: the pipeline keeps its policy), or for ``auto`` a UCB
+    policy over the arms file (``loading.trees.resolve_tree``)."""
     _bandit_options(c, reward, edges)
-    if arms is not None and tree.strip().lower() != "auto":
+    name = policy_name(tree)
+    if arms is not None and name != "auto":
         raise MambaspecError("--arms is only used with --tree auto")
-    if tree.strip().lower() == "dynamic":
-        return "dynamic"
-    if tree.strip().lower() == "auto":
-        from .config import recipes_dir
-        from .core.bandit import UCBPolicy, load_arms
-
-        return _option("--arms", lambda: UCBPolicy(load_arms(arms or recipes_dir() / "trees.yaml"), c=c,
-                                                   reward=reward, edges=edges))
+    if name == "dynamic":
+        return name
+    if name == "auto":
+        return _option("--arms", lambda: resolve_tree(name, arms=arms, c=c, reward=reward, edges=edges))
     if tree.strip().strip("()[]").replace(" ", "") in ("", "0"):
         raise MambaspecError(f"--tree {tree.strip() or repr(tree)} drafts nothing; give a tree such as 2,1,1, or for "
                              f"plain decoding pass --drafter none")
@@ -398,7 +397,7 @@ def bench(
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Mamba drafter for `mamba` (default: the target's, e.g. mamba2-smollm2; `none` = skip)."),
     transformer_drafter: Optional[str] = typer.Option(None, "--transformer-drafter", help="Transformer drafter for `transformer` and `hf-assisted` (default: the target's, e.g. llama-smollm2; `none` = skip)."),
     eagle_drafter: Optional[str] = typer.Option(None, "--eagle-drafter", help="EAGLE head for `eagle` (default: the target's, e.g. eagle-smollm2; `none` = skip)."),
-    tree: str = typer.Option(DEFAULT_SHAPE, "--tree", help=f"The tree of our loop's fixed-tree methods (mamba, lookup, mamba+lookup, transformer, eagle): a shape N1,...,Nγ, `dynamic` or `auto`. Its default ({DEFAULT_SHAPE}) differs from generate's ({DEFAULT_TREE}) on purpose: the tree methods run one small fixed shape (on a CPU every verified node costs); dynamic trees are their own method, mamba-dynamic."),
+    tree: str = typer.Option(BENCH_TREE, "--tree", help=f"The tree of our loop's fixed-tree methods (mamba, lookup, mamba+lookup, transformer, eagle): a shape N1,...,Nγ, `dynamic` or `auto`. Its default ({BENCH_TREE}) differs from generate's ({DEFAULT_TREE}) on purpose: the tree methods run one small fixed shape (on a CPU every verified node costs); dynamic trees are their own method, mamba-dynamic."),
     lookup_global: bool = typer.Option(False, "--lookup-global", help="Our lookup drafters also index the outputs of the earlier prompts of a row."),
     arms: Optional[str] = typer.Option(None, "--arms", help="mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="mamba-auto's UCB exploration constant."),
@@ -424,7 +423,7 @@ def bench(
         _at_least("--max-new-tokens", max_new_tokens)
         _at_least("--limit", limit)
         _sampling_options(temperature)
-        _option("--tree", lambda: tree if tree.strip().lower() in ("dynamic", "auto") else TreeShape.parse(tree))
+        _option("--tree", lambda: policy_name(tree) or TreeShape.parse(tree))
         _bandit_options(ucb_c, edges=edges)
         from .bench.datasets import parse_lengths
 
@@ -490,24 +489,18 @@ def tune(
 
         out, err = consoles()
         with Reporter(err, unit="runs (arm x prompt)" if policy == "fixed" else "prompts") as report:
-            result, csv_path, yaml_path = tune_dataset(
+            result, _, _ = tune_dataset(
                 arms, dataset=dataset, data=data, limit=limit, target=target, drafter=drafter, policy=policy,
                 rounds=rounds, c=ucb_c, reward=reward, edges=edges, max_new_tokens=max_new_tokens,
                 temperature=temperature, options=options, out=out_dir,
                 progress=lambda done, total: report.update(f"tune ({policy})", done, total), log=report.status)
-    if policy == "dynamic":
-        from .loading.costs import costs_dir
-
-        out.print(dynamic_table(result))
-        out.print(f"CSV: {csv_path}; the measured verification costs are kept for generate on this machine "
-                  f"({costs_dir()})", soft_wrap=True)
-        return
-    out.print(arms_table(result.rows(), f"tree arms ({result.policy})", best=result.best.name, reward=reward,
-                         policy=result.policy))
-    for line in _best_arm_lines(result):
+    if result.summary:
+        out.print(dynamic_table(result.summary))
+    if result.best is not None:
+        out.print(arms_table(result.rows(), f"tree arms ({result.policy})", best=result.best.name, reward=reward,
+                             policy=result.policy))
+    for line in [*_best_arm_lines(result), result.saved]:
         out.print(line, soft_wrap=True)
-    out.print(f"per-arm CSV: {csv_path}; tuned arms: {yaml_path} (use with generate --tree auto --arms, "
-              f"or bench --arms)", soft_wrap=True)
 
 
 def _best_arm_lines(result) -> list[str]:
@@ -516,6 +509,8 @@ def _best_arm_lines(result) -> list[str]:
     from .bench.tune import FIRM_PULLS
 
     best = result.best
+    if best is None:
+        return []
     overall = f"overall {result.tokens_per_s:.1f} tok/s (all prompts; prefill and exploration included)"
     if result.policy == "fixed":
         lines = [f"best arm: {best.name} {best.shape}, {best.tokens_per_s:.1f} tok/s over its rounds (every arm ran "

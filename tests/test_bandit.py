@@ -12,7 +12,8 @@ import pytest
 from mambaspec import MambaDrafter, MambaspecError, SpeculativeGenerator, TransformerDrafter, TreeShape
 from mambaspec.bench.tune import tune, write_tune_outputs
 from mambaspec.config import recipes_dir
-from mambaspec.core.bandit import Arm, UCBPolicy, load_arms, replayed_round, save_arms
+from mambaspec.core.bandit import Arm, UCBPolicy, replayed_round
+from mambaspec.loading.trees import load_arms, save_arms
 from tiny import prompts, reference_greedy, tiny_llama, tiny_mamba2
 
 MEANS = [0.50, 0.62, 0.80, 0.55, 0.70]  # arm 2 is best

@@ -8,6 +8,7 @@ from mambaspec import MambaspecError, ModelOptions, SamplingConfig, SpeculativeG
 from mambaspec.core.kv import final_hidden
 from mambaspec.drafters.eagle import EagleDrafter, EagleHead
 from mambaspec.drafters.vocab import DraftVocab
+from mambaspec.loading.trees import resolve_tree
 from test_sampling import ALPHA, _exact_two_token_joint, _joint_counts, _pvalue, small_vocab_target
 from tiny import VOCAB, prompts, reference_greedy, tiny_llama
 
@@ -25,7 +26,7 @@ def eagle_for(target, seed=1, vocab=VOCAB):
 def test_eagle_is_lossless(tiny_target, tree):
     gen = SpeculativeGenerator(tiny_target, eagle_for(tiny_target))
     for p in prompts(10):
-        assert gen.generate(p, max_new_tokens=20, tree=tree).new_token_ids == reference_greedy(tiny_target, p, 20)
+        assert gen.generate(p, max_new_tokens=20, tree=resolve_tree(tree)).new_token_ids == reference_greedy(tiny_target, p, 20)
 
 
 def test_eagle_reads_the_targets_true_hidden_states(tiny_target):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mambaspec import MambaDrafter, SpeculativeGenerator, TransformerDrafter, TreeShape
+from mambaspec.loading.trees import resolve_tree
 from tiny import prompts, reference_greedy, tiny_llama, tiny_mamba, tiny_mamba2
 
 SHAPES = ["1", "1,1,1,1", "2,2,1", "3,2,2,1,1"]
@@ -35,7 +36,7 @@ def test_greedy_matches_target_generate(tiny_target, references, drafter_name, s
     gen = SpeculativeGenerator(tiny_target, DRAFTERS[drafter_name]())
     accept = []
     for prompt, ref in zip(PROMPTS, references):
-        result = gen.generate(prompt, max_new_tokens=MAX_NEW, tree=shape)
+        result = gen.generate(prompt, max_new_tokens=MAX_NEW, tree=resolve_tree(shape))
         assert result.new_token_ids == ref, f"prompt {prompt[:8]}..."
         accept.append(result.stats.mean_accept_len)
     if drafter_name == "oracle":  # the loop really does accept deep paths
@@ -119,7 +120,7 @@ def test_static_kv_cache_matches_target_generate(tiny_target, references, drafte
     gen = SpeculativeGenerator(tiny_target, drafter, static_kv=True, cuda_graphs=False, static_capacity=640)
     assert gen.static_cache is not None and not gen.static_cache.graphs
     for prompt, ref in zip(PROMPTS, references):
-        result = gen.generate(prompt, max_new_tokens=MAX_NEW, tree=shape)
+        result = gen.generate(prompt, max_new_tokens=MAX_NEW, tree=resolve_tree(shape))
         assert result.new_token_ids == ref, f"prompt {prompt[:8]}..."
         assert result.stats.target_kv_bytes == (len(prompt) - 1) * 2 * 2 * 2 * 16 * 4  # layers, k+v, kv heads, dim
     assert gen.static_cache.length > 0

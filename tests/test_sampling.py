@@ -9,6 +9,7 @@ import mambaspec.core.verify as verify_mod
 from mambaspec import MambaDrafter, SamplingConfig, SpeculativeGenerator, TransformerDrafter, warp
 from mambaspec.core.sampling import GumbelNoise
 from mambaspec.core.verify import accept_child_sampled
+from mambaspec.loading.trees import resolve_tree
 from conftest import run_cli
 from tiny import prompts, tiny_llama, tiny_mamba2
 
@@ -221,7 +222,7 @@ def _drafters():
     drafters = {"mamba2": lambda: MambaDrafter(tiny_mamba2(2)), "llama": lambda: TransformerDrafter(tiny_llama(3, 1, 32)),
                 "oracle": lambda: TransformerDrafter(tiny_llama(0)), "lookup": lambda: LookupDrafter(max_tokens=5),
                 "mamba2+lookup": lambda: HybridDrafter(MambaDrafter(tiny_mamba2(2)), LookupDrafter(max_tokens=5))}
-    trees = {"1": lambda: "1", "2,1,1": lambda: "2,1,1", "3,2,2": lambda: "3,2,2", "dynamic": lambda: "dynamic",
+    trees = {"1": lambda: "1", "2,1,1": lambda: "2,1,1", "3,2,2": lambda: "3,2,2", "dynamic": lambda: resolve_tree("dynamic"),
              "generous": lambda: DynamicTreePolicy(costs=FixedCosts(), max_nodes=24)}
     return drafters, trees
 

@@ -11,6 +11,7 @@ from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForC
 from mambaspec import MambaDrafter, SpeculativeGenerator, TransformerDrafter
 from mambaspec.core.engine import encode_prompt
 from mambaspec.loading.pipeline import load_drafter
+from mambaspec.loading.trees import resolve_tree
 
 pytestmark = pytest.mark.slow
 
@@ -85,4 +86,4 @@ def test_smollm2_greedy_is_lossless(target, cases, name):
     prompts, refs = cases
     for shape in SHAPES:
         for p, ref in zip(prompts, refs):
-            assert gen.generate(p, max_new_tokens=NEW, tree=shape).new_token_ids == ref, (name, shape, p[-5:])
+            assert gen.generate(p, max_new_tokens=NEW, tree=resolve_tree(shape)).new_token_ids == ref, (name, shape, p[-5:])

@@ -22,16 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..config import recipes_dir
-from ..core.bandit import UCBPolicy, load_arms
+from ..core.bandit import UCBPolicy
 from ..core.drafter import Composite, Drafter
 from ..core.dynamic import DynamicTreePolicy
 from ..core.engine import GenerationResult, SpeculativeGenerator
-from ..core.policy import as_policy
 from ..core.sampling import SamplingConfig
 from ..drafters.hybrid import HybridDrafter
 from ..drafters.lookup import LookupDrafter
 from ..loading.models import LoadedModel
+from ..loading.trees import load_arms, resolve_tree
 from .peers import full_vocab_assistant, hf_generate
 
 Runner = Callable[[list[int], int, int | None], GenerationResult]  # (prompt ids, max new tokens, seed)
@@ -62,7 +61,7 @@ class Method:
     build: Callable[[BenchModels, object], MethodRun]
 
 
-def engine_method(needs: str | None, policy: Callable[[object], object] = lambda cfg: as_policy(cfg.tree),
+def engine_method(needs: str | None, policy: Callable[[object], object] = lambda cfg: resolve_tree(cfg.tree),
                   lookup: str = ""):
     """Our decoding loop with ``BenchModels.drafters[needs]`` (None: plain decoding, or the lookup drafter alone
     with ``lookup="alone"``; ``lookup="merged"``: the drafter with lookup chains) and the tree ``policy(cfg)``."""
@@ -98,7 +97,7 @@ def engine_method(needs: str | None, policy: Callable[[object], object] = lambda
 
 def auto_tree(cfg) -> UCBPolicy:
     """mamba-auto's tree: one UCB bandit over the arms file, learning across the prompts of a row."""
-    return UCBPolicy(load_arms(cfg.arms or recipes_dir() / "trees.yaml"), c=cfg.ucb_c, edges=cfg.confidence_buckets)
+    return UCBPolicy(load_arms(cfg.arms), c=cfg.ucb_c, edges=cfg.confidence_buckets)
 
 
 def build_hf_assisted(models: BenchModels, cfg) -> MethodRun:

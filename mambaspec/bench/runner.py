@@ -26,15 +26,15 @@ from ..config import DEFAULT_TARGET
 from ..core.bandit import DEFAULT_C, DEFAULT_EDGES, check_options
 from ..core.drafter import innermost
 from ..core.engine import GenerationResult, SpeculativeGenerator
-from ..core.policy import TREE_POLICIES
 from ..core.sampling import SamplingConfig
-from ..core.shape import DEFAULT_SHAPE, TreeShape
+from ..core.shape import TreeShape
 from ..drafters.eagle import EagleDrafter
 from ..drafters.mamba import MAMBA_TYPES
 from ..errors import MambaspecError
 from ..loading.models import default_bench_drafter, load_model, resolve_device, resolve_dtype
 from ..loading.options import ModelOptions
 from ..loading.pipeline import check_drafter_for, load_drafter
+from ..loading.trees import BENCH_TREE, policy_name
 from .datasets import BenchPrompt, build_prompts, dataset_spec, load_rows
 from .methods import METHODS, BenchModels, MethodRun
 from .peers import hf_generate
@@ -58,7 +58,7 @@ class BenchConfig:
     drafter: str | None = None  # the Mamba drafter; "none" = no mamba method
     transformer_drafter: str | None = None  # for transformer and hf-assisted; "none" = neither
     eagle_drafter: str | None = None  # for eagle (a self-speculation head of the target); "none" = no eagle
-    tree: str = DEFAULT_SHAPE
+    tree: str = BENCH_TREE
     arms: str | None = None  # mamba-auto's arms file (None: recipes/trees.yaml); a tuned file warm-starts it
     ucb_c: float = DEFAULT_C
     confidence_buckets: str = ",".join(map(str, DEFAULT_EDGES))  # mamba-auto's contexts (core.bandit)
@@ -142,8 +142,7 @@ def run_bench(cfg: BenchConfig, on_progress: Progress | None = None,
 
 def tree_name(tree: str) -> str:
     """``--tree`` as the CSV records it: a shape in brackets, ``dynamic`` or ``auto`` (an error for anything else)."""
-    text = tree.strip().lower()
-    return text if text in TREE_POLICIES else str(TreeShape.parse(tree))
+    return policy_name(tree) or str(TreeShape.parse(tree))
 
 
 def _key(k: tuple) -> tuple:

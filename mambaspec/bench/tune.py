@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import copy
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..config import DEFAULT_TARGET, recipes_dir
-from ..core.bandit import DEFAULT_C, DEFAULT_EDGES, Arm, UCBPolicy, load_arms, save_arms
+from ..config import DEFAULT_TARGET
+from ..core.bandit import DEFAULT_C, DEFAULT_EDGES, Arm, UCBPolicy
 from ..core.bandit import check_options as check_policy_options
 from ..core.sampling import SamplingConfig
 from ..errors import MambaspecError
 from ..loading.options import ModelOptions
+from ..loading.trees import load_arms, save_arms
 
 if TYPE_CHECKING:  # light to import: the command line checks tune's options before torch loads
     from ..core.engine import SpeculativeGenerator
@@ -36,13 +37,18 @@ FIRM_PULLS = 30  # rounds of an arm below which its numbers are called noise
 
 @dataclass
 class TuneResult:
+    """What ``tune`` found, whatever the policy: per-arm statistics (``ucb``, ``fixed``; no arms under ``dynamic``)
+    and the run's summary (``dynamic``: what the trees drafted, predicted against measured)."""
+
     arms: list[Arm]
-    best: Arm
+    best: Arm | None  # None without arms
     policy: str
     tokens: int
     seconds: float  # generation wall time over all prompts, prefill included
     values: list[float]  # per arm, what the bandit ranks it by (UCBPolicy.value), e.g. replayed tokens/s
     prompts: int = 0  # prompts tuned on
+    summary: dict = field(default_factory=dict)  # dynamic: tune_dynamic's summary row (else empty)
+    saved: str = ""  # one line: where the outputs went and how to use them (set by tune_dataset)
 
     @property
     def tokens_per_s(self) -> float:
@@ -183,7 +189,7 @@ def tune_dataset(
     out: str | Path = "runs/tune",
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = lambda message: None,
-) -> tuple[TuneResult | dict, Path, Path | None]:
+) -> tuple[TuneResult, Path, Path | None]:
     """``mambaspec tune``: load the models and the prompts (the sources of ``bench``), tune, write
     ``arms.csv`` and ``tuned_arms.yaml`` into ``out`` (after every prompt too); returns both paths. With
     ``policy="dynamic"``: the ``tune_dynamic`` summary and ``dynamic.csv`` (no arms file)."""
@@ -191,7 +197,7 @@ def tune_dataset(
     for name, value in (("limit", limit), ("rounds", rounds), ("max_new_tokens", max_new_tokens)):
         if value is not None and value < 1:
             raise MambaspecError(f"{name} must be at least 1, got {value}")
-    arms = load_arms(arms_file or recipes_dir() / "trees.yaml") if policy != "dynamic" else []
+    arms = load_arms(arms_file) if policy != "dynamic" else []
     if drafter is None:  # dynamic trees as generate runs them (its drafter); shapes: the target's model drafter
         from ..loading.models import default_bench_drafter, default_drafter
 
@@ -204,13 +210,7 @@ def tune_dataset(
     if policy == "dynamic":
         log("dynamic trees over the prompts (after an untimed warm-up)")
         row = tune_dynamic(pipe, prompts, max_new_tokens, sampling, progress)
-        path = Path(out) / "dynamic.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=[*row, "dataset", "target"])
-            w.writeheader()
-            w.writerow({**row, "dataset": dataset, "target": target})
-        return row, path, None
+        return _dynamic_result(row, Path(out) / "dynamic.csv", dataset, target), Path(out) / "dynamic.csv", None
     comment = (f"tuned by `mambaspec tune --policy {policy}` on {dataset} ({len(prompts)} prompts, "
                f"{max_new_tokens} new tokens), target {target}, drafter {pipe.drafter.name}, c={c}, {reward} reward"
                + (f", confidence buckets {edges}" if reward == "replayed" else ""))
@@ -222,7 +222,24 @@ def tune_dataset(
     result = tune(pipe.generator, prompts, arms, policy=policy, c=c, reward=reward, edges=edges,
                   max_new_tokens=max_new_tokens, rounds=rounds, sampling=sampling, progress=progress, checkpoint=save)
     csv_path, yaml_path = write_tune_outputs(result, out, comment=comment)
+    result.saved = (f"per-arm CSV: {csv_path}; tuned arms: {yaml_path} (use with generate --tree auto --arms, "
+                    f"or bench --arms)")
     return result, csv_path, yaml_path
+
+
+def _dynamic_result(row: dict, path: Path, dataset: str, target: str) -> TuneResult:
+    """``dynamic.csv`` (the summary row) written, and the result that holds the row."""
+    from ..loading.costs import costs_dir
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*row, "dataset", "target"])
+        w.writeheader()
+        w.writerow({**row, "dataset": dataset, "target": target})
+    seconds = row["new_tokens"] / row["tokens_per_s"] if row["tokens_per_s"] else 0.0
+    return TuneResult([], None, "dynamic", int(row["new_tokens"]), seconds, [], int(row["prompts"]), summary=row,
+                      saved=f"CSV: {path}; the measured verification costs are kept for generate on this machine "
+                            f"({costs_dir()})")
 
 
 def _load(dataset, data, limit, target, drafter, max_new_tokens, options, log) -> tuple:

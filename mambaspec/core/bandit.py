@@ -37,12 +37,8 @@ import bisect
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
-from ..config import load_yaml, recipes_dir
 from ..errors import MambaspecError
 from .shape import TreeShape
 
@@ -312,20 +308,16 @@ def check_options(c: float, reward: str, edges: str | tuple[float, ...]) -> None
     UCBPolicy([Arm("check", TreeShape((1,)))], c=c, reward=reward, edges=edges)
 
 
-def load_arms(path: str | Path) -> list[Arm]:
-    """Arms from YAML: a list of ``{name, tree}`` (``pulls``/``reward_sum``/... from a tuned file warm-start)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MambaspecError(f"arms file not found: {path}; check the path, or omit it for the shipped "
-                             f"{recipes_dir() / 'trees.yaml'}")
-    raw = load_yaml(path, "arms file", expect=object)
+def arms_from_entries(raw: object, source: str) -> list[Arm]:
+    """Arms from an arms file's parsed YAML (``loading.trees.load_arms`` reads the file): a list of ``{name, tree}``
+    (``pulls``/``reward_sum``/... from a tuned file warm-start), or ``{arms: [...]}``; ``source`` names the file."""
     if isinstance(raw, dict) and "arms" in raw:
         raw = raw["arms"]
     if not isinstance(raw, list) or not raw:
-        raise MambaspecError(f"arms file {path} must hold a non-empty list of arms like `- {{name: chain4, tree: 1,1,1,1}}`")
+        raise MambaspecError(f"{source} must hold a non-empty list of arms like `- {{name: chain4, tree: 1,1,1,1}}`")
     arms, names = [], set()
     for i, entry in enumerate(raw):
-        where = f"arms file {path}, entry {i + 1}"
+        where = f"{source}, entry {i + 1}"
         if not isinstance(entry, dict) or "tree" not in entry:
             raise MambaspecError(f"{where}: needs a `tree:` (e.g. `tree: 3,2,2,1,1`)")
         tree = entry["tree"]
@@ -357,10 +349,3 @@ def load_arms(path: str | Path) -> list[Arm]:
             raise MambaspecError(f"{where}: pulls and tokens must be whole numbers >= 0, the other statistics >= 0 "
                                  f"(or drop them to start the arm afresh)")
     return arms
-
-
-def save_arms(arms: list[Arm], path: str | Path, comment: str = "") -> None:
-    """A tuned arms file (arms with their statistics) that ``load_arms`` reads back as a warm start."""
-    text = "".join(f"# {line}\n" for line in comment.splitlines()) if comment else ""
-    text += yaml.safe_dump([a.as_dict() for a in arms], sort_keys=False)
-    Path(path).write_text(text)

@@ -97,9 +97,9 @@ class SpeculativeGenerator:
 
         ``seed`` fixes the random draws of sampling: under the (default) gumbel rule the text, whatever the tree and
         drafter (the same as with no drafter); under the rejection rule, the text for a given tree and drafter.
-        ``tree`` is a fixed shape (``"2,1,1"``), ``"dynamic"``, ``"auto"``, or a policy object that picks the tree
-        of every round and learns from each round's outcome (its state carries over from call to call; a
-        policy named by a string starts afresh each call). ``stop(new_ids)`` ends the
+        ``tree`` is a fixed shape (a ``TreeShape`` or ``"2,1,1"``) or a policy object that picks the tree of every
+        round and learns from each round's outcome (its state carries over from call to call); names such as
+        ``"dynamic"`` and ``"auto"`` are resolved above the engine (``loading.trees.resolve_tree``, a ``Pipeline``). ``stop(new_ids)`` ends the
         generation after the round where it first returns True.
         """
         rounds = self.stream(prompt_ids, max_new_tokens, tree, sampling, seed, stop)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from ..errors import MambaspecError
 from .shape import TreeShape
 from .stats import RoundOutcome
 
@@ -66,21 +67,12 @@ class FixedTree:
         return {}
 
 
-TREE_POLICIES = ("auto", "dynamic")  # besides shapes: a UCB bandit over shapes, dynamic trees
-
-
-def as_policy(tree) -> TreePolicy:
-    """A tree policy from what a caller gave: a policy, a ``TreeShape``, ``"dynamic"``, ``"auto"`` (the bandit over
-    the shipped arms) or a shape such as ``"2,1,1"``."""
+def as_policy(tree: TreeShape | str | TreePolicy) -> TreePolicy:
+    """A tree policy from a policy object (as it is) or a shape: a ``TreeShape`` or its spelling such as ``"2,1,1"``.
+    Names of policies (``"dynamic"``, ``"auto"``) are resolved above the engine: ``loading.trees.resolve_tree``."""
     if hasattr(tree, "choose"):
-        return tree
-    if isinstance(tree, str) and tree.strip().lower() == "dynamic":
-        from .dynamic import DynamicTreePolicy
-
-        return DynamicTreePolicy()
-    if isinstance(tree, str) and tree.strip().lower() == "auto":
-        from ..config import recipes_dir
-        from .bandit import UCBPolicy, load_arms
-
-        return UCBPolicy(load_arms(recipes_dir() / "trees.yaml"))
-    return FixedTree(TreeShape.parse(tree))
+        return tree  # type: ignore[return-value]
+    if isinstance(tree, str) and tree.strip().lower() in ("dynamic", "auto"):
+        raise MambaspecError(f"tree '{tree.strip()}' names a policy, and the engine takes shapes and policy objects: "
+                             f"pass mambaspec.loading.trees.resolve_tree('{tree.strip()}') (or use a Pipeline)")
+    return FixedTree(TreeShape.parse(tree))  # type: ignore[arg-type]

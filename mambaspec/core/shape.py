@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from ..errors import MambaspecError
 
 MAX_TREE_NODES = 512
-DEFAULT_SHAPE = "2,1,1"  # the fixed shape of bench's tree methods: small, as on a CPU every verified node costs
-DEFAULT_TREE = "dynamic"  # generate's default: grown each round as far as it pays (core.dynamic), measured best
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,7 @@ from ..config import DEFAULT_TARGET
 from ..core.drafter import Drafter, NoDrafter
 from ..core.dynamic import AcceptanceModel, CostModel, DynamicTreePolicy
 from ..core.engine import GenerationResult, SpeculativeGenerator, encode_prompt
-from ..core.policy import TREE_POLICIES, as_policy
 from ..core.sampling import SamplingConfig
-from ..core.shape import DEFAULT_TREE
 from ..drafters import make_drafter
 from ..drafters.crosstok import CrossTokenizerDrafter, same_tokenizer
 from ..drafters.eagle import is_eagle, load_eagle
@@ -31,6 +29,7 @@ from .costs import cost_store
 from .models import MERGED, NO_MODEL_DRAFTERS, LoadedModel, default_drafter, load_model, load_tokenizer, locate
 from .options import ModelOptions, check_cross_tokenizer
 from .selfcheck import check_drafter
+from .trees import DEFAULT_TREE, policy_name, resolve_tree
 
 
 def load_drafter(name: str | None, target: LoadedModel, options: ModelOptions | None = None,
@@ -177,11 +176,11 @@ class Pipeline:
 
     def policy(self, tree):
         """The tree policy for ``tree`` (a shape, ``"dynamic"``, ``"auto"``, or a policy object)."""
-        name = tree.strip().lower() if isinstance(tree, str) else None
-        if name not in TREE_POLICIES:
-            return as_policy(tree)
+        name = policy_name(tree)
+        if name is None:
+            return resolve_tree(tree)
         if name not in self.policies:  # made once: the bandit's arms file is read, the stored costs loaded, once
-            self.policies[name] = self._dynamic_policy() if name == "dynamic" else as_policy(tree)
+            self.policies[name] = resolve_tree(name, dynamic=self._dynamic_policy)
         return self.policies[name]
 
     def _dynamic_policy(self) -> DynamicTreePolicy:

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from ..core.sampling import SamplingConfig
 from ..errors import MambaspecError
 from ..loading.pipeline import Pipeline
+from ..loading.trees import DEFAULT_TREE
 from . import protocol
 from .metrics import Metrics
 from .protocol import ApiError, ChatRequest, CompletionRequest, GenerationRequest
@@ -37,7 +38,7 @@ log = logging.getLogger("mambaspec.serve")
 class Service:
     """What the routes share: the served model's name, the queue, the metrics and the front end's tokenizer."""
 
-    def __init__(self, pipe: Pipeline, model: str, tree="dynamic", max_tokens: int = 128, max_queue: int = 64):
+    def __init__(self, pipe: Pipeline, model: str, tree=DEFAULT_TREE, max_tokens: int = 128, max_queue: int = 64):
         self.model, self.max_tokens = model, max_tokens
         self.metrics = Metrics()
         self.queue = GenerationQueue(pipe, self.metrics, tree, max_queue)
@@ -179,7 +180,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(500, f"internal error: {type(exc).__name__}", kind="server_error"))
 
 
-def make_app(pipe: Pipeline, model: str, tree="dynamic", max_tokens: int = 128, max_queue: int = 64) -> Starlette:
+def make_app(pipe: Pipeline, model: str, tree=DEFAULT_TREE, max_tokens: int = 128, max_queue: int = 64) -> Starlette:
     """The ASGI app serving ``pipe`` under the name ``model``; ``tree`` and ``max_tokens``: the defaults of requests
     that name none; ``max_queue``: waiting requests beyond which new ones get HTTP 429."""
     service = Service(pipe, model, tree, max_tokens, max_queue)

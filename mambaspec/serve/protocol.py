@@ -19,6 +19,7 @@ from ..core.engine import GenerationResult, encode_prompt
 from ..core.sampling import SamplingConfig
 from ..core.shape import TreeShape
 from ..errors import MambaspecError
+from ..loading.trees import policy_name
 
 NEUTRAL = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "top_logprobs": None,
            "logit_bias": {}, "echo": False, "best_of": 1, "suffix": None}  # accepted only with these values
@@ -139,7 +140,7 @@ def parse(schema: type[_Common], body: object) -> _Common:
 
 def check_tree(tree: str | None) -> str | None:
     """A request's ``tree``: ``dynamic``, ``auto`` or a shape that drafts something."""
-    if tree is None or tree.strip().lower() in ("dynamic", "auto"):
+    if tree is None or policy_name(tree) is not None:
         return tree
     try:
         shape = TreeShape.parse(tree)

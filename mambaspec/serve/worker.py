@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ..core.engine import SpeculativeGenerator
 from ..errors import MambaspecError
 from ..loading.pipeline import Pipeline, load_drafter
+from ..loading.trees import DEFAULT_TREE
 from .metrics import Metrics
 from .protocol import ApiError, GenerationRequest
 
@@ -78,7 +79,7 @@ class WatchedRounds:
 class GenerationQueue:
     """Runs jobs one at a time, in the order they came, on one worker thread."""
 
-    def __init__(self, pipe: Pipeline, metrics: Metrics, default_tree="dynamic", max_queue: int = 64) -> None:
+    def __init__(self, pipe: Pipeline, metrics: Metrics, default_tree=DEFAULT_TREE, max_queue: int = 64) -> None:
         self.metrics, self.default_tree, self.max_queue = metrics, default_tree, max_queue
         self.pipelines = {pipe.drafter.name: pipe}
         for name in PER_REQUEST_DRAFTERS:  # the same target with another drafter: made now, nothing loaded
