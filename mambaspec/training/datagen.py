@@ -339,8 +339,8 @@ def _decode(model, prompts: list[list[int]], limits: list[int], groups: list[int
         steps.append((top.indices, top.values))
         nxt = logits.argmax(-1)
         for g, gen in enumerate(gens):
-            rows = [r for r, orig in enumerate(alive) if groups[orig] == g]
-            if gen is not None and rows:
+            rows = [r for r, orig in enumerate(alive) if groups[orig] == g] if gen is not None else []
+            if rows:
                 index = torch.tensor(rows, device=device)
                 drawn = torch.multinomial(warp(logits[index], sampling).cpu(), 1, generator=gen)[:, 0]
                 nxt[index] = drawn.to(device)
