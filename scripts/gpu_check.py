@@ -113,6 +113,18 @@ def _tree(name: str):
     return resolve_tree(name)
 
 
+def _gpu_steps(drafter):
+    """In the dry run, a Mamba drafter's steps through the padded batches a GPU replays from CUDA graphs (eagerly)."""
+    from mambaspec.drafters.mamba import MambaDrafter
+    from mambaspec.drafters.mamba_step import BatchedStep
+
+    inner = getattr(drafter, "model", None)
+    for d in (drafter, inner):
+        if isinstance(d, MambaDrafter) and _device() != "cuda":
+            d._step = BatchedStep(d.model, graphs=False)
+    return drafter
+
+
 def _lossless_rows(dtype: str, plan: list[tuple[str, str]], n_prompts: int) -> list[dict]:
     from mambaspec import load_pipeline
     from mambaspec.loading.pipeline import load_drafter
@@ -126,7 +138,7 @@ def _lossless_rows(dtype: str, plan: list[tuple[str, str]], n_prompts: int) -> l
     rows, drafters = [], {}
     for name, tree in plan:
         if name not in drafters:
-            drafters[name] = None if name == "none" else load_drafter(name, pipe.target)
+            drafters[name] = None if name == "none" else _gpu_steps(load_drafter(name, pipe.target))
         gen = _generator(model, drafters[name], tok, eos)
         t0 = time.perf_counter()
         ours = [gen.generate(p, ARGS.new, tree=_tree(tree if tree != "-" else "1")) for p in prompts]
