@@ -6,11 +6,14 @@ under two seconds); library errors become one line on stderr and a non-zero exit
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import re
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -168,6 +171,59 @@ def _model_options(device: str, dtype: str, linear: str, quantize: str, compile_
         threads=threads))
 
 
+DeviceMapOpt = typer.Option(None, "--device-map", help="`auto` (the one value): shard the target over several GPUs with accelerate; nothing to shard on a CPU.")
+# The model options, declared once: (parameter, type, typer option); ``_model_command`` adds them to a command.
+MODEL_PARAMS = (("device", str, DeviceOpt), ("dtype", str, DtypeOpt), ("device_map", Optional[str], DeviceMapOpt),
+                ("linear", str, LinearOpt), ("quantize", str, QuantizeOpt), ("compile_", bool, CompileOpt),
+                ("threads", Optional[int], ThreadsOpt))
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """The model options of a command as given (checked by ``options``)."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    linear: str = "auto"
+    quantize: str = "none"
+    compile: bool = False
+    threads: int | None = None
+    device_map: str | None = None
+
+    def options(self) -> ModelOptions:
+        """The ``ModelOptions``, each value checked on its own so that an error names its flag."""
+        return _model_options(self.device, self.dtype, self.linear, self.quantize, self.compile, self.device_map,
+                              self.threads)
+
+
+MODEL_OPTIONS = ModelArgs()  # a command's ``model`` parameter: where ``_model_command`` puts the model options
+
+
+def _model_command(device_map: bool = False) -> Callable[[Callable], Callable]:
+    """Give a command the model options (``--device``, ``--dtype``, ``--device-map`` when ``device_map``, ``--linear``,
+    ``--quantize``, ``--compile``, ``--threads``) in place of its ``model`` parameter, which receives a ``ModelArgs``."""
+
+    def wrap(func: Callable) -> Callable:
+        sig = inspect.signature(func, eval_str=True)
+        added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=kind)
+                 for name, kind, option in MODEL_PARAMS if device_map or name != "device_map"]
+        params = []
+        for p in sig.parameters.values():
+            params.extend(added if p.name == "model" else [p])
+
+        @functools.wraps(func)
+        def command(**kwargs):
+            given = {name: kwargs.pop(name) for name, *_ in MODEL_PARAMS if name in kwargs}
+            given["compile"] = given.pop("compile_")
+            return func(**kwargs, model=ModelArgs(**given))
+
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params} | {"return": sig.return_annotation}
+        return command
+
+    return wrap
+
+
 def _sampling_options(temperature: float, top_p: float = 1.0, top_k: int = 0) -> SamplingConfig:
     """The sampling settings, each checked on its own so that an error names its flag."""
     _option("--temperature", lambda: SamplingConfig(temperature=temperature))
@@ -238,6 +294,7 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
 
 
 @app.command()
+@_model_command(device_map=True)
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="The text to continue (wrapped in the chat template unless --raw). Or use --prompt-file."),
     prompt_file: Optional[str] = typer.Option(None, "--prompt-file", "-f", help="Read the prompt from FILE (`-` = stdin)."),
@@ -258,13 +315,7 @@ def generate(
     top_k: int = typer.Option(0, "--top-k", help="Top-k sampling (0 = off)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling: the same seed gives the same text on every run, whatever the tree and drafter (the same as --drafter none), because the i-th token is the target's own Gumbel-max draw with noise fixed by (seed, i). Default: none, a fresh draw every run. (Under the Python API's SamplingConfig(acceptance='rejection'), classic speculative sampling, a seed fixes the text only for a fixed --tree and drafter.)"),
     chat: bool = typer.Option(True, "--chat/--raw", help="Apply the tokenizer's chat template (default when it has one) or feed the raw text."),
-    device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
-    device_map: Optional[str] = typer.Option(None, "--device-map", help="`auto` (the one value): shard the target over several GPUs with accelerate; nothing to shard on a CPU."),
-    linear: str = LinearOpt,
-    quantize: str = QuantizeOpt,
-    compile_: bool = CompileOpt,
-    threads: Optional[int] = ThreadsOpt,
+    model: ModelArgs = MODEL_OPTIONS,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print the text only: no stats, notes or status lines."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object (text, token ids, settings, stats) on stdout."),
 ) -> None:
@@ -274,19 +325,19 @@ def generate(
         sampling = _sampling_options(temperature, top_p, top_k)
         _at_least("--max-new-tokens", max_new_tokens)
         _option("--cross-tokenizer", lambda: check_cross_tokenizer(cross_tokenizer))
-        options = _model_options(device, dtype, linear, quantize, compile_, device_map, threads)
+        options = model.options()
         stop = _stop_strings(stop)
         _check_models(target, drafter=drafter)
         text = _read_prompt(prompt, prompt_file)
         _, err = consoles()
         say = (lambda m: None) if (quiet or as_json) else (lambda m: err.print(f"[dim]{m}[/]", soft_wrap=True))
-        _check_drafter_tokenizer(target, drafter, cross_tokenizer, sampling, threads)
-        pipe = _load_for_generate(target, drafter, options, cross_tokenizer, lookup_global, say, threads)
+        _check_drafter_tokenizer(target, drafter, cross_tokenizer, sampling, model.threads)
+        pipe = _load_for_generate(target, drafter, options, cross_tokenizer, lookup_global, say, model.threads)
         for note in _run_notes(tree_plan, pipe.drafter, sampling, seed):
             say(f"note: {note}")
         kw = dict(max_new_tokens=max_new_tokens, tree=tree_plan, sampling=sampling, seed=seed, chat=chat,
                   system=system, stop=stop)
-        if compile_:  # compilation happens here, outside the timed generation
+        if model.compile:  # compilation happens here, outside the timed generation
             pipe.generate(text, **{**kw, "max_new_tokens": min(8, max_new_tokens), "stop": []})
         result = _run_generation(pipe, text, kw, stream=not as_json)
     if as_json:
@@ -389,6 +440,7 @@ def _methods(text: str | None) -> list[str] | None:
 
 
 @app.command()
+@_model_command()
 def bench(
     dataset: str = typer.Argument(..., help="humaneval (offline), gsm8k, mt-bench, alpaca, xsum, cnn-dm, longbench (hub, or --data), or jsonl (--data FILE of {\"prompt\": ...} lines). See recipes/datasets.yaml."),
     data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.jsonl.gz/.json/.parquet file with the dataset's fields: replaces its source (offline use)."),
@@ -406,12 +458,7 @@ def bench(
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default; outputs are checked against ar's); > 0 samples."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Prompts per dataset and length (default: all)."),
     lengths: Optional[str] = typer.Option(None, "--lengths", help="Exact prompt lengths in target tokens, e.g. 1k,2k,4k,8k (k = 1000): the context is cut in the middle, the question kept."),
-    device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
-    linear: str = LinearOpt,
-    quantize: str = QuantizeOpt,
-    compile_: bool = CompileOpt,
-    threads: Optional[int] = ThreadsOpt,
+    model: ModelArgs = MODEL_OPTIONS,
     out_dir: str = typer.Option("runs/bench", "--out", help="Output folder: results.csv (rerun to resume), outputs.jsonl, plots."),
     plot: bool = typer.Option(False, "--plot", help="Write PNGs of throughput and memory (needs matplotlib: the `plot` extra)."),
     prompt_lookup_tokens: int = typer.Option(10, "--prompt-lookup-tokens", help="prompt_lookup_num_tokens for `prompt-lookup`."),
@@ -419,7 +466,7 @@ def bench(
 ) -> None:
     """Benchmark drafters, peers and plain decoding side by side: throughput, acceptance length, memory."""
     with _errors(f"interrupted: finished rows are in {out_dir}/results.csv; rerun the same command to resume"):
-        options = _model_options(device, dtype, linear, quantize, compile_, threads=threads)
+        options = model.options()
         _at_least("--max-new-tokens", max_new_tokens)
         _at_least("--limit", limit)
         _sampling_options(temperature)
@@ -429,7 +476,7 @@ def bench(
 
         parsed = _option("--lengths", lambda: parse_lengths(lengths)) if lengths else None
         _check_models(target, drafter=drafter, transformer_drafter=transformer_drafter, eagle_drafter=eagle_drafter)
-        _quiet_libraries(threads)
+        _quiet_libraries(model.threads)
         from .bench.report import results_tables
         from .bench.runner import BenchConfig, run_bench
 
@@ -450,6 +497,7 @@ def bench(
 
 
 @app.command()
+@_model_command()
 def tune(
     arms: Optional[str] = typer.Option(None, "--arms", help="Arms YAML: named tree shapes (default recipes/trees.yaml). A tuned_arms.yaml from an earlier run warm-starts the bandit."),
     dataset: str = typer.Option("humaneval", "--dataset", help="Prompt source, as for bench: humaneval (offline), gsm8k, mt-bench, ... or jsonl with --data."),
@@ -464,12 +512,7 @@ def tune(
     edges: str = typer.Option(EDGES, "--confidence-buckets", help=EdgesHelp),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
-    device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
-    linear: str = LinearOpt,
-    quantize: str = QuantizeOpt,
-    compile_: bool = CompileOpt,
-    threads: Optional[int] = ThreadsOpt,
+    model: ModelArgs = MODEL_OPTIONS,
     out_dir: str = typer.Option("runs/tune", "--out", help="Output folder: arms.csv and tuned_arms.yaml (written after every prompt)."),
 ) -> None:
     """Find the tree shape that pays on a workload and this hardware (UCB bandit or a fixed sweep)."""
@@ -482,9 +525,9 @@ def tune(
         for flag, value in (("--limit", limit), ("--rounds", rounds), ("--max-new-tokens", max_new_tokens)):
             _at_least(flag, value)
         _sampling_options(temperature)
-        options = _model_options(device, dtype, linear, quantize, compile_, threads=threads)
+        options = model.options()
         _check_models(target, drafter=drafter)
-        _quiet_libraries(threads)
+        _quiet_libraries(model.threads)
         from .bench.tune import tune_dataset
 
         out, err = consoles()
@@ -543,17 +586,13 @@ def _int_list(flag: str, text: str) -> tuple[int, ...]:
 
 
 @app.command("verify-cost")
+@_model_command()
 def verify_cost_cmd(
     target: str = TargetOpt,
     prefix: str = typer.Option("512", "--prefix", help="Tokens already in the KV cache; several give a table by context length, e.g. 500,2000,4000,8000."),
     nodes: str = typer.Option("1,2,4,6,8,16,32", "--nodes", help="Tree sizes to time (comma-separated; 1 = a plain step)."),
     repeats: int = typer.Option(10, "--repeats", help="Timings per size (the median is reported)."),
-    device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
-    linear: str = LinearOpt,
-    quantize: str = QuantizeOpt,
-    compile_: bool = CompileOpt,
-    threads: Optional[int] = ThreadsOpt,
+    model: ModelArgs = MODEL_OPTIONS,
     out_dir: str = typer.Option("runs/verify-cost", "--out", help="Folder of verify_cost.csv (rows are appended, with their settings)."),
     save_costs: bool = typer.Option(True, "--save-costs/--no-save-costs", help="Also keep the engine's timings in the target's cost store ($MAMBASPEC_COSTS), where `generate`'s dynamic trees start from."),
 ) -> None:
@@ -563,9 +602,9 @@ def verify_cost_cmd(
         sizes = _int_list("--nodes", nodes)
         prefixes = _int_list("--prefix", prefix)
         _at_least("--repeats", repeats)
-        options = _model_options(device, dtype, linear, quantize, compile_, threads=threads)
+        options = model.options()
         _check_models(target)
-        _quiet_libraries(threads)
+        _quiet_libraries(model.threads)
         from .bench.verify_cost import verify_cost
 
         out, err = consoles()
@@ -655,6 +694,7 @@ def pretrain_drafter(
 
 
 @app.command()
+@_model_command(device_map=True)
 def serve(
     target: str = TargetOpt,
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help=DrafterHelp + " A request may send `\"drafter\": \"none\"` (plain decoding), `lookup`, or this one."),
@@ -670,13 +710,7 @@ def serve(
     port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free port, printed at start)."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model id clients send and /v1/models lists (default: --target)."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait for the engine; more get HTTP 429 (retry, or another replica)."),
-    device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
-    device_map: Optional[str] = typer.Option(None, "--device-map", help="`auto`: shard the target over several GPUs with accelerate."),
-    linear: str = LinearOpt,
-    quantize: str = QuantizeOpt,
-    compile_: bool = CompileOpt,
-    threads: Optional[int] = ThreadsOpt,
+    model: ModelArgs = MODEL_OPTIONS,
 ) -> None:
     """Serve the speculative engine behind an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
     /v1/models, /health, /metrics); one generation at a time, requests in arrival order. Needs the `serve` extra."""
@@ -688,7 +722,7 @@ def serve(
         _at_least("--max-queue", max_queue)
         _at_least("--port", port, low=0)
         _option("--cross-tokenizer", lambda: check_cross_tokenizer(cross_tokenizer))
-        options = _model_options(device, dtype, linear, quantize, compile_, device_map, threads)
+        options = model.options()
         _check_models(target, drafter=drafter)
         check_installed()
         from .serve.app import bind, make_app, make_server, url
@@ -696,8 +730,8 @@ def serve(
         sock = bind(host, port)
         _, err = consoles()
         say = lambda m: err.print(f"[dim]{m}[/]", soft_wrap=True)  # noqa: E731
-        pipe = _load_for_generate(target, drafter, options, cross_tokenizer, lookup_global, say, threads)
-        if compile_:  # compilation happens here, before the first request
+        pipe = _load_for_generate(target, drafter, options, cross_tokenizer, lookup_global, say, model.threads)
+        if model.compile:  # compilation happens here, before the first request
             pipe.generate("Hello", max_new_tokens=8, tree=tree_plan)
         name = served_model_name or target
         server = make_server(make_app(pipe, name, tree=tree_plan, max_tokens=max_new_tokens, max_queue=max_queue))
