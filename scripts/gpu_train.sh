@@ -10,7 +10,7 @@
 # Each phase has a time cap (seconds, from the environment): SETUP_S 60, DATA_S 230 (a deadline: no new window of
 # batches starts after it; the finished shards are the data), TRAIN_S 150 (a deadline the run fits its steps to,
 # loading included), EVAL_S 60; each also runs under `timeout` with a margin (data +45 s, training +60 s), so the
-# whole takes about 8 minutes and at most 9.5. Rows decoded together: MAMBASPEC_GEN_ROWS (default 768 on a GPU).
+# whole takes about 8 minutes and at most 9.5. Rows decoded together: MAMBASPEC_GEN_ROWS (default 1536 on a GPU).
 #
 #   bash scripts/gpu_train.sh [OUT] [--device cpu|cuda] [--quick]      (OUT defaults to $OUT, else runs/gpu-train)
 #

@@ -283,10 +283,14 @@ def answer_batch(model, batch: AnswerBatch, pad: int, eos: int, max_new: int, to
 
 @torch.inference_mode()
 def answer_batches(model, batches: list[AnswerBatch], pad: int, eos: int, max_new: int, top_k: int,
-                   recipe: DataRecipe) -> list[list[dict]]:
+                   recipe: DataRecipe, slack: float | None = None) -> list[list[dict]]:
     """The rows of several plan batches (one list per batch, as ``answer_batch`` makes each), decoded together in
     one batch (a GPU fills hundreds of rows). A multi-turn prompt (``followup_ids``) is answered turn by turn: its
-    next user turn joins the batch's next pass once its answer ended; each turn's answer is a row of its own."""
+    next user turn joins the batch's next pass once its answer ended; each turn's answer is a row of its own.
+    ``slack``: the share of ended rows a batch carries before it is compacted (default: none on a CPU, the reference;
+    an eighth on a GPU, where copying the cache of a thousand rows at every step would cost more than they do)."""
+    if slack is None:
+        slack = 0.0 if model.device.type == "cpu" else 0.125
     sampling = SamplingConfig(temperature=float(recipe.answer("temperature", 0.7)),
                               top_p=float(recipe.answer("top_p", 1.0)))
     gens = [torch.Generator().manual_seed(recipe.seed * 1_000_003 + b.index) if b.sampled else None for b in batches]
@@ -297,7 +301,7 @@ def answer_batches(model, batches: list[AnswerBatch], pad: int, eos: int, max_ne
     while active:
         limits = [batches[g].max_new or max_new for g, _ in active]
         answers, tops = _decode(model, [ids[c] for c in active], limits, [g for g, _ in active], gens, sampling,
-                                pad, eos, top_k)
+                                pad, eos, top_k, slack)
         following = []
         for c, answer, top in zip(active, answers, tops):
             batch, p = batches[c[0]], batches[c[0]].prompts[c[1]]
@@ -315,10 +319,11 @@ def answer_batches(model, batches: list[AnswerBatch], pad: int, eos: int, max_ne
 
 
 def _decode(model, prompts: list[list[int]], limits: list[int], groups: list[int], gens: list, sampling, pad: int,
-            eos: int, top_k: int) -> tuple[list[list[int]], list[torch.Tensor]]:
-    """Left-padded batched decoding with a KV cache that drops a row (and its cache) as soon as it ends, so short
-    answers do not pay for the longest one. Row r draws greedily, or samples with ``gens[groups[r]]`` when that is
-    a generator (the rows of one group draw together, as one batch alone would). Returns each row's answer and its
+            eos: int, top_k: int, slack: float) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """Left-padded batched decoding with a KV cache that drops ended rows (and their cache) once more than ``slack``
+    of the batch has ended (0: at once, the reference), so short answers do not pay for the longest one and a large
+    batch does not copy its cache at every step. Row r draws greedily, or samples with ``gens[groups[r]]`` when that
+    is a generator (the rows of one group draw together, as one batch alone would). Returns each row's answer and its
     (answer, 2, k) top-k ids and log-probabilities; one host sync per step."""
     from transformers import DynamicCache
 
@@ -327,6 +332,7 @@ def _decode(model, prompts: list[list[int]], limits: list[int], groups: list[int
     tokens = torch.tensor([[pad] * (width - len(x)) + x for x in prompts], device=device)
     cache = DynamicCache()
     alive = list(range(len(prompts)))  # the prompt of each batch row
+    live = [True] * len(prompts)  # batch rows still answering (an ended one stays until the batch is compacted)
     answers: list[list[int]] = [[] for _ in prompts]
     steps: list[tuple[torch.Tensor, torch.Tensor]] = []
     where: list[list[int]] = [[] for _ in prompts]  # row of the concatenated steps holding each answer token's top-k
@@ -339,25 +345,25 @@ def _decode(model, prompts: list[list[int]], limits: list[int], groups: list[int
         steps.append((top.indices, top.values))
         nxt = logits.argmax(-1)
         for g, gen in enumerate(gens):
-            rows = [r for r, orig in enumerate(alive) if groups[orig] == g] if gen is not None else []
+            rows = [r for r, orig in enumerate(alive) if live[r] and groups[orig] == g] if gen is not None else []
             if rows:
                 index = torch.tensor(rows, device=device)
                 drawn = torch.multinomial(warp(logits[index], sampling).cpu(), 1, generator=gen)[:, 0]
                 nxt[index] = drawn.to(device)
-        keep = []
         for row, (orig, tok) in enumerate(zip(alive, nxt.tolist())):
-            answers[orig].append(tok)
-            where[orig].append(seen + row)
-            if tok != eos and len(answers[orig]) < limits[orig]:
-                keep.append(row)
+            if live[row]:
+                answers[orig].append(tok)
+                where[orig].append(seen + row)
+                live[row] = tok != eos and len(answers[orig]) < limits[orig]
         seen += len(alive)
+        keep = [row for row in range(len(alive)) if live[row]]
         if not keep:
             break
-        if len(keep) < len(alive):  # finished rows leave the batch and the cache
+        if len(alive) - len(keep) > slack * len(alive):  # ended rows leave the batch and the cache
             index = torch.tensor(keep, device=device)
             cache.batch_select_indices(index)
             mask, nxt = mask[index], nxt[index]
-            alive = [alive[r] for r in keep]
+            alive, live = [alive[r] for r in keep], [True] * len(keep)
         tokens = nxt[:, None]
         mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
     top_ids = torch.cat([i for i, _ in steps]).cpu().float()
@@ -376,7 +382,7 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     ``load_target()`` returns a ``LoadedModel``; it is only called when something is left to make.
     ``max_batches`` stops after that many new shards (tests use it to simulate an interruption).
     ``pass_rows``: rows decoded together (several plan batches a pass; default ``$MAMBASPEC_GEN_ROWS``, else one
-    batch on a CPU and 768 rows on a GPU); the shards are the same either way. ``deadline`` (``time.time()``, default
+    batch on a CPU and 1536 rows on a GPU); the shards are the same either way. ``deadline`` (``time.time()``, default
     ``$MAMBASPEC_DATA_UNTIL``): stop starting passes then; the data set is the finished prefix until a rerun.
     """
     folder = recipe.folder
@@ -407,7 +413,7 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     todo = [b for b in plan if not shard_path(folder, b.index).exists()]
     log(f"answers: {len(plan) - len(todo)} of {len(plan)} batches already done; {len(todo)} to go")
     if pass_rows is None:
-        pass_rows = int(os.environ.get("MAMBASPEC_GEN_ROWS", 0)) or (1 if model.device.type == "cpu" else 768)
+        pass_rows = int(os.environ.get("MAMBASPEC_GEN_ROWS", 0)) or (1 if model.device.type == "cpu" else 1536)
     _answer_plan(model, tokenizer, recipe, todo[:max_batches] if max_batches is not None else todo, len(plan),
                  pass_rows, deadline, log)
     done = next((i for i in range(len(plan)) if not shard_path(folder, i).exists()), len(plan))
