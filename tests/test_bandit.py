@@ -27,7 +27,7 @@ def run_synthetic(steps, seed=0, c=1.0):
     total = 0.0
     for _ in range(steps):
         policy.choose()
-        k = policy._current
+        k = policy.current
         # reward as tokens/second of a round: noisy around the arm's mean
         tokens = max(1, round(rng.gauss(MEANS[k] * 10, 2.0)))
         policy.record(tokens, 1.0)
@@ -57,11 +57,11 @@ def test_each_arm_tried_first_round_robin_and_ties_prefer_earlier(reward, first)
     order = []
     for _ in range(3 * first):
         policy.choose()
-        order.append(policy._current)
+        order.append(policy.current)
         policy.record(5, 1.0)
     assert order == [0, 1, 2] * first
     policy.choose()
-    assert policy._current == 0  # all equal: the earliest arm
+    assert policy.current == 0  # all equal: the earliest arm
 
 
 def test_single_arm_and_modeled_reward():
@@ -273,7 +273,7 @@ def test_replayed_reward_learns_the_best_arm_per_context():
         while pos < len(ranks):
             shape = policy.pick(conf[pos])
             n = replayed_round(shape.branching, ranks, pos) or len(ranks) - pos
-            name = policy.arms[policy._current].name
+            name = policy.arms[policy.current].name
             policy.record(n, cost[name] * rng.uniform(0.9, 1.1), ranks=ranks[pos:pos + n],
                            confidences=conf[pos:pos + n])
             picks[conf[pos] > 0.5].append(name)

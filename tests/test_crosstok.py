@@ -144,13 +144,13 @@ def test_drafter_follows_committed_text(toks, inner):
             path.append(kid)
         committed = stream[: len(committed) + len(path) + 1]
         drafter.commit(tree, path, committed[-1])
-        assert _decode(dt, drafter._dids) == drafter._text
-        if drafter._settled == len(committed):
-            assert drafter._text == _decode(tt, committed)
+        assert _decode(dt, drafter.drafter_ids) == drafter.text
+        if drafter.settled == len(committed):
+            assert drafter.text == _decode(tt, committed)
         fresh = make_drafter(model, dt)
-        fresh.prefill(drafter._dids)
+        fresh.prefill(drafter.drafter_ids)
         torch.testing.assert_close(drafter.inner.root_logits, fresh.root_logits, rtol=1e-4, atol=1e-4)
-        canonical += drafter._dids == dt(drafter._text)["input_ids"]
+        canonical += drafter.drafter_ids == dt(drafter.text)["input_ids"]
         rounds += 1
     assert max(prefills[1:], default=0) <= 2 * drafter.lookbehind  # rolled back and fed, not read again
     assert canonical >= 0.9 * rounds

@@ -181,8 +181,8 @@ def test_calibration_and_cost_fit():
     tree.add(7, a, prob=0.8)
     for _ in range(200):
         acc.update(tree, [a])  # the 0.9 node always accepted, the 0.05 sibling never, the 0.8 child never
-    assert acc.model(0.9) > 0.95 and acc.model(0.05) < 0.05 and acc.model(0.8) < 0.05
-    assert acc.predicted_tokens(tree) == pytest.approx(1 + acc.model(0.9) + acc.model(0.05) + acc.model(0.9) * acc.model(0.8))
+    assert acc.accept_rate(0.9) > 0.95 and acc.accept_rate(0.05) < 0.05 and acc.accept_rate(0.8) < 0.05
+    assert acc.predicted_tokens(tree) == pytest.approx(1 + acc.accept_rate(0.9) + acc.accept_rate(0.05) + acc.accept_rate(0.9) * acc.accept_rate(0.8))
     costs = CostModel()
     for n in range(0, 17):
         for ctx in (100, 2000, 4000):
@@ -247,7 +247,7 @@ def test_costs_carry_over_between_processes(tiny_target, references, tmp_path, m
     kept = second.policy("dynamic").acceptance  # the drafter's calibration too, capped at KEPT_COUNTS a bin
     learnt = first.policy("dynamic").acceptance
     assert sum(kept.seen) > 0 and all(k <= KEPT_COUNTS + 1e-9 and k <= n + 1e-9 for k, n in zip(kept.seen, learnt.seen))
-    assert all(abs(kept.model(q) - learnt.model(q)) < 0.15 for q in (0.05, 0.5, 0.95))
+    assert all(abs(kept.accept_rate(q) - learnt.accept_rate(q)) < 0.15 for q in (0.05, 0.5, 0.95))
     assert second.generate(PROMPTS[2], max_new_tokens=MAX_NEW, tree="dynamic").new_token_ids == references[2]
     assert len(cost_store(target).load()) > len(saved)
     cost_store(target).path.write_text("{not json")
@@ -265,8 +265,8 @@ def test_calibration_round_trips_and_is_capped():
     for _ in range(100):
         acc.update(tree, [a])
     back = AcceptanceModel.from_dict(json.loads(json.dumps(acc.as_dict())))
-    assert max(back.seen) == KEPT_COUNTS and back.model(0.9) == pytest.approx(acc.model(0.9), abs=0.05)
-    assert back.copy((3, 1.0)) == pytest.approx(acc.copy((3, 1.0)), abs=0.05) and back.copied[(3, 1.0)][1] == KEPT_COUNTS
+    assert max(back.seen) == KEPT_COUNTS and back.accept_rate(0.9) == pytest.approx(acc.accept_rate(0.9), abs=0.05)
+    assert back.copy_accept_rate((3, 1.0)) == pytest.approx(acc.copy_accept_rate((3, 1.0)), abs=0.05) and back.copied[(3, 1.0)][1] == KEPT_COUNTS
     assert sum(AcceptanceModel.from_dict({"hits": [1], "seen": "x"}).seen) == 0
 
 
@@ -285,7 +285,7 @@ def test_backoff_follows_what_drafting_really_gained():
         pol.observe(RoundOutcome(tokens=tokens, seconds=seconds, draft_s=0.001, forward_s=0.011, nodes=1, depth=1,
                                  context=100, accepted=tokens - 1, tree=tree, path=[1][:tokens - 1]))
         skipped = 0
-        while pol._skip:
+        while pol.skipping:
             assert pol.choose(None, 100, 50).depth == 0
             skipped += 1
         return skipped

@@ -198,6 +198,11 @@ class UCBPolicy:
         return self.reward == "replayed"
 
     @property
+    def current(self) -> int:
+        """The index in ``arms`` of the arm the last ``choose`` (or ``pick``) picked."""
+        return self._current
+
+    @property
     def first_tries(self) -> int:
         """Rounds every arm runs before UCB chooses: ``first_pulls`` with the replayed reward, else one."""
         return self.first_pulls if self.wants_ranks else 1

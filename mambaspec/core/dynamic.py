@@ -80,19 +80,21 @@ class AcceptanceModel:
             return cls()
         return model
 
-    def model(self, q: float) -> float:
+    def accept_rate(self, q: float) -> float:
+        """The chance that a drafted node the drafter gave probability ``q`` is accepted (its bin's calibration)."""
         b = min(int(q * BINS), BINS - 1)
         centre = (b + 0.5) / BINS
         return (self.hits[b] + PRIOR * centre) / (self.seen[b] + PRIOR)
 
-    def copy(self, feature: tuple) -> float:
+    def copy_accept_rate(self, feature: tuple) -> float:
+        """The chance that a copied node (a lookup's proposal, described by ``feature``) is accepted."""
         hits, seen = self.copied.get(feature, (0.0, 0.0))
         prior = min(0.9, 0.3 + 0.1 * feature[0]) * feature[1]  # longer, agreeing matches start more trusted
         return (hits + PRIOR * prior) / (seen + PRIOR)
 
     def node(self, tree: DraftTree, i: int) -> float:
         feature = tree.feature[i]
-        return self.copy(feature) if feature is not None else self.model(tree.prob[i])
+        return self.copy_accept_rate(feature) if feature is not None else self.accept_rate(tree.prob[i])
 
     def update(self, tree: DraftTree, path: list[int]) -> None:
         """Learn from every node whose parent was accepted (the root included)."""
@@ -205,7 +207,7 @@ class DynamicPlan:
     def chain(self) -> TreeShape:
         """For drafters that build their own trees (e.g. through another tokenizer): the chain length with the
         most expected tokens per second, each link accepted at the calibrated rate of certain nodes."""
-        a = self.acceptance.model(0.999)
+        a = self.acceptance.accept_rate(0.999)
         best, best_rate, tokens, time = 0, 1.0 / self.base_time() if self.base_time() else 0.0, 1.0, self.base_time()
         for k in range(1, self.max_depth + 1):
             tokens += a ** k
@@ -288,6 +290,11 @@ class DynamicTreePolicy:
         else:  # drafting has lost lately: leave the drafter alone for a while
             self._backoff = min(MAX_SKIP, max(1, 2 * self._backoff))
             self._skip = self._backoff
+
+    @property
+    def skipping(self) -> int:
+        """Plain rounds still to come before drafting again (drafting lost lately, see ``observe``)."""
+        return self._skip
 
     def _losing(self) -> bool:
         """Whether the recent rounds' mean gain is below zero by more than its standard error."""

@@ -62,6 +62,21 @@ class CrossTokenizerDrafter(Drafter, Composite):
         self._fixed = 0  # leading special tokens of the drafter's prompt, never re-encoded
         self._snaps: list[tuple[int, object]] = []  # (drafter tokens consumed, inner state there)
 
+    @property
+    def text(self) -> str:
+        """The committed text (what the drafter's tokens spell)."""
+        return self._text
+
+    @property
+    def settled(self) -> int:
+        """How many committed target tokens ``text`` holds (the rest end inside a character)."""
+        return self._settled
+
+    @property
+    def drafter_ids(self) -> list[int]:
+        """The drafter's tokens for the committed text (a copy)."""
+        return list(self._dids)
+
     def prefill(self, ids: list[int]) -> None:
         self._tids, self._settled, self._text = list(ids), 0, ""
         self._settle()

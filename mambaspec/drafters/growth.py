@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 import time
 from abc import abstractmethod
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -323,18 +323,28 @@ def grow_dynamic(drafter: StepDrafter | None, root_token: int, plan: DynamicPlan
     return tree
 
 
-def _candidates(tree, node, v, scores, drafter, forced, plan, sampling, generator) -> list[tuple]:
-    """(value, token, prob, drawn, feature) children of ``node``: forced ones, then the drafter's own in the order
+class Candidate(NamedTuple):
+    """A child a dynamic tree may add: its expected committed tokens if added, and what ``DraftTree.add`` takes."""
+
+    value: float  # the parent's value times the child's acceptance rate
+    token: int
+    prob: float  # the drafter's probability of the token (1.0 for a copied one without a drafter)
+    drawn: bool  # drawn from the drafter (sampled or its top ones); False: forced (copied)
+    feature: tuple | None  # a copied child's description (AcceptanceModel.copy_accept_rate), else None
+
+
+def _candidates(tree, node, v, scores, drafter, forced, plan, sampling, generator) -> list[Candidate]:
+    """``Candidate`` children of ``node``: forced ones, then the drafter's own in the order
     proposed (best first, or as drawn). Records the node's logits (greedy) or q (sampled)."""
     probs = torch.softmax(scores.float(), dim=-1) if scores is not None else None
     pre = _forced_children(tree, node, forced, drafter, probs)
-    out = [(v * plan.acceptance.copy(feat), tok, p, False, feat) for tok, feat, p, _ in pre]
+    out = [Candidate(v * plan.acceptance.copy_accept_rate(feat), tok, p, False, feat) for tok, feat, p, _ in pre]
     if scores is not None:
         exclude = [[col for *_, col in pre if col is not None]]
         kids, kid_probs, dist = pick_children(scores[None], plan.max_children, sampling, generator, exclude,
                                               _noise(drafter, generator, tree.depths[node]))
         _record(tree, drafter, node, scores, dist[0], sampling)
-        out += [(v * plan.acceptance.model(r), tok, p, True, None)
+        out += [Candidate(v * plan.acceptance.accept_rate(r), tok, p, True, None)
                 for tok, p, r in zip(drafter.candidates.target_ids(kids[0]), kid_probs[0],
                                      _planning_probs(kid_probs[0], dist[0], sampling))]
     return out
@@ -353,16 +363,16 @@ def _planning_probs(kid_probs: list[float], dist: torch.Tensor, sampling: Sampli
     return dist.topk(len(kid_probs)).values.tolist()
 
 
-def _choose(queues: list[list[tuple]], plan, tokens: float, time: float, n: int) -> list[list[tuple]]:
+def _choose(queues: list[list[Candidate]], plan, tokens: float, time: float, n: int) -> list[list[Candidate]]:
     """The candidates to keep, best value first, while each pays for its verification; a drawn child only
     after the children drawn before it (greedy children come best first anyway)."""
-    chosen: list[list[tuple]] = [[] for _ in queues]
+    chosen: list[list[Candidate]] = [[] for _ in queues]
     heap = []
     for q, queue in enumerate(queues):
-        drawn = [c for c in queue if c[3]]
+        drawn = [c for c in queue if c.drawn]
         for c in queue:
-            if not c[3] or c is drawn[0]:
-                heapq.heappush(heap, (-c[0], q, queue.index(c)))
+            if not c.drawn or c is drawn[0]:
+                heapq.heappush(heap, (-c.value, q, queue.index(c)))
     while heap and n < plan.max_nodes:
         neg_v, q, i = heapq.heappop(heap)
         cost = plan.node_cost(n + 1)
@@ -371,10 +381,10 @@ def _choose(queues: list[list[tuple]], plan, tokens: float, time: float, n: int)
         cand = queues[q][i]
         chosen[q].append(cand)
         tokens, time, n = tokens - neg_v, time + cost, n + 1
-        if cand[3]:  # the next drawn child of that node becomes available
-            nxt = next((j for j in range(i + 1, len(queues[q])) if queues[q][j][3]), None)
+        if cand.drawn:  # the next drawn child of that node becomes available
+            nxt = next((j for j in range(i + 1, len(queues[q])) if queues[q][j].drawn), None)
             if nxt is not None:
-                heapq.heappush(heap, (-queues[q][nxt][0], q, nxt))
+                heapq.heappush(heap, (-queues[q][nxt].value, q, nxt))
     for picks, queue in zip(chosen, queues):  # children in the order proposed (forced first, then as drawn)
         picks.sort(key=queue.index)
     return chosen
