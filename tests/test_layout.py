@@ -58,6 +58,15 @@ def test_layers_import_downwards(path):
         assert "serve" not in imported, "nothing but the CLI imports the server"
 
 
+def test_core_reads_no_files():
+    """core/ takes shapes and policy objects; names and files (the arms, recipes) are read in loading/."""
+    found = [f"{p.relative_to(ROOT)}: {sorted(_imported(p, tree) & {'config'})} {ast.unparse(n)}"
+             for p, tree in MODULES.items() if _layer(p) == "core" for n in ast.walk(tree)
+             if (isinstance(n, ast.Import) and any(a.name == "yaml" for a in n.names))
+             or (isinstance(n, ast.ImportFrom) and (n.module == "yaml" or (n.module or "").endswith("config")))]
+    assert not found, found
+
+
 def test_functions_are_short():
     long = [f"{p.relative_to(ROOT)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
             for p, tree in MODULES.items() for n in ast.walk(tree)

@@ -26,7 +26,7 @@ from ..core.kv import forward_chain, forward_tree, keep_slots, kv_bytes, new_kv_
 from ..errors import MambaspecError
 from ..hf_compat import with_cache
 from .growth import StepDrafter
-from .vocab import META_FILE, DraftVocab
+from .vocab import META_FILE, DraftVocab, vocab_from_meta
 
 WEIGHTS = "model.safetensors"
 
@@ -203,5 +203,5 @@ def load_eagle(folder: str | Path, meta: dict, target, name: str | None = None) 
     head.to(target.device).eval().requires_grad_(False)
     if target.options.linear != "torch" and onednn_usable(head):  # the drafters' linear backend, as load_model gives
         pack_linears(head)
-    vocab = DraftVocab(meta["draft_vocab"], meta["target_vocab_size"]) if "draft_vocab" in meta else None
+    vocab = vocab_from_meta(meta)
     return EagleDrafter(head, target.model.get_input_embeddings(), target.tokenizer, name or folder.name, vocab)
