@@ -148,3 +148,22 @@ def test_ended_rows_kept_until_compaction_change_no_answer(eos_target):
     for a, b in zip(sum(now, []), sum(later, [])):
         assert torch.equal(a["ids"], b["ids"]) and torch.equal(a["topk_ids"], b["topk_ids"])
         assert torch.allclose(a["topk_logp"].float(), b["topk_logp"].float(), atol=2e-2)
+
+
+def test_a_window_out_of_gpu_memory_is_answered_at_half_the_rows(tmp_path, monkeypatch, recipes, eos_target):
+    import mambaspec.training.datagen as datagen
+
+    real, said = datagen.answer_batches, []
+
+    def small_gpu(model, batches, *args, **kwargs):
+        if sum(len(b.prompts) for b in batches) > 6:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, batches, *args, **kwargs)
+
+    monkeypatch.setattr(datagen, "answer_batches", small_gpu)
+    monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path / "c"))
+    target = load_model(eos_target, ModelOptions(device="cpu", dtype="float32"))
+    folder = datagen.make_data(datagen.DataRecipe.named("tiny-mt"), lambda: target, log=said.append, pass_rows=24)
+    plan = json.loads((folder / "plan.json").read_text())
+    assert all(datagen.shard_path(folder, i).exists() for i in range(plan["batches"]))
+    assert any("out of GPU memory; 6 rows" in line for line in said)

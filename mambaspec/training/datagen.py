@@ -447,20 +447,30 @@ def _is_long(batch: AnswerBatch) -> bool:
 def _answer_plan(model, tokenizer, recipe: DataRecipe, todo: list[AnswerBatch], planned: int, pass_rows: int,
                  deadline: float | None, log: Log) -> None:
     """Answer ``todo``'s batches a window at a time (a pass for its short prompts, one for its long ones), a shard
-    each, written in plan order, until done or ``deadline`` (``time.time()``)."""
+    each, written in plan order, until done or ``deadline`` (``time.time()``). A window the GPU has no memory for
+    is tried again at half the rows."""
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     max_new, top_k = int(recipe.answer("max_new_tokens", 256)), int(recipe.answer("top_k_logprobs", 8))
     t0, tokens, n = time.perf_counter(), 0, 0
-    for window in _windows(todo, pass_rows):
+    while n < len(todo):
         if deadline is not None and time.time() >= deadline:
             return
-        made: dict[int, list[dict]] = {}
-        for group in ([b for b in window if not _is_long(b)], [b for b in window if _is_long(b)]):
-            if group:
-                shards = ([answer_batch(model, group[0], pad, eos, max_new, top_k, recipe)] if len(group) == 1 else
-                          answer_batches(model, group, pad, eos, max_new, top_k, recipe))
-                made.update({b.index: rows for b, rows in zip(group, shards)})
+        window = next(_windows(todo[n:], pass_rows))
+        try:
+            made: dict[int, list[dict]] = {}
+            for group in ([b for b in window if not _is_long(b)], [b for b in window if _is_long(b)]):
+                if group:
+                    shards = ([answer_batch(model, group[0], pad, eos, max_new, top_k, recipe)] if len(group) == 1
+                              else answer_batches(model, group, pad, eos, max_new, top_k, recipe))
+                    made.update({b.index: rows for b, rows in zip(group, shards)})
+        except torch.cuda.OutOfMemoryError:
+            if pass_rows <= 1:
+                raise
+            pass_rows //= 2
+            torch.cuda.empty_cache()
+            log(f"answers: out of GPU memory; {pass_rows} rows a window from now on")
+            continue
         for batch in window:
             rows = made[batch.index]
             write_atomically(shard_path(recipe.folder, batch.index), lambda tmp: torch.save(rows, tmp))
