@@ -12,7 +12,9 @@ b. ``step``: ms per token of plain greedy decoding, bfloat16: our loop with CUDA
    ``generate`` with its dynamic and its static cache (step.csv).
 c. ``verify``: ms of one verification forward through the graphs at 1..64 nodes after 500 and 4,000 cached tokens
    (verify.csv).
-d. ``bench``: ``mambaspec bench humaneval --limit 5``, the fast methods first (bench_results.csv).
+d. ``bench``: ``mambaspec bench humaneval --limit 5`` with our fast methods (bench_results.csv), then
+   ``bench_slow``: the Transformer and EAGLE drafters, transformers' assisted generation and prompt lookup, with ar
+   again as their reference (bench_slow_results.csv).
 e. ``profile``: torch.profiler over one speculative round (default tree, Mamba drafter): the top 20 ops by CUDA
    time (profile.txt).
 f. ``compiled``: transformers' static-cache ``generate`` under ``torch.compile`` (added to step.csv; last, as its
@@ -37,9 +39,11 @@ from pathlib import Path
 import torch
 
 # phase -> time cap in seconds on the GPU (the sum, ~8 minutes at most, leaves room for the install and the GGUF)
-PHASES = {"lossless": 100, "step": 60, "verify": 50, "bench": 140, "profile": 35, "compiled": 75}
+PHASES = {"lossless": 100, "step": 50, "verify": 40, "bench": 80, "bench_slow": 80, "profile": 30, "compiled": 60}
 QUICK_CAP = 240  # each phase's cap in the CPU dry run
-BENCH_METHODS = "ar,mamba,mamba-dynamic,lookup,mamba+lookup-dynamic,transformer,eagle,hf-assisted,prompt-lookup"
+# bench in two runs, so that a cut in the slow methods (5-11 s a prompt on the H200 before) keeps the fast ones' rows
+BENCH_METHODS = "ar,mamba,mamba-dynamic,lookup,mamba+lookup-dynamic"
+BENCH_SLOW_METHODS = "ar,transformer,eagle,hf-assisted,prompt-lookup"
 ARGS = argparse.Namespace()
 
 
@@ -261,11 +265,13 @@ def verify(out: Path) -> None:
             _write(out / "verify.csv", rows)
 
 
-def bench(out: Path) -> None:
-    """(d) the project's own bench command, the fast methods first; its results.csv copied to OUT."""
-    folder = out / "bench"
+def bench(out: Path, slow: bool = False) -> None:
+    """(d) the project's own bench command, the fast methods (or the slow ones); its results.csv copied to OUT."""
+    name = "bench_slow" if slow else "bench"
+    folder = out / name
+    methods = ARGS.slow_methods if slow else ARGS.methods
     cmd = [sys.executable, "-m", "mambaspec", "bench", "humaneval", "--limit", str(ARGS.bench_limit), "-n",
-           str(ARGS.new if ARGS.quick else 96), "--device", _device(), "--methods", ARGS.methods, "--out", str(folder),
+           str(ARGS.new if ARGS.quick else 96), "--device", _device(), "--methods", methods, "--out", str(folder),
            "--target", ARGS.target, "--drafter", ARGS.mamba_drafter, "--transformer-drafter",
            ARGS.transformer_drafter, "--eagle-drafter", ARGS.eagle_drafter]
     if ARGS.quick:
@@ -274,7 +280,7 @@ def bench(out: Path) -> None:
         subprocess.run(cmd, check=True)
     finally:
         if (folder / "results.csv").exists():
-            (out / "bench_results.csv").write_bytes((folder / "results.csv").read_bytes())
+            (out / f"{name}_results.csv").write_bytes((folder / "results.csv").read_bytes())
 
 
 def profile(out: Path) -> None:
@@ -305,7 +311,8 @@ def profile(out: Path) -> None:
 
 
 def run_phase(name: str, out: Path) -> None:
-    {"lossless": lossless, "step": step, "verify": verify, "bench": bench, "profile": profile,
+    {"lossless": lossless, "step": step, "verify": verify, "bench": bench, "bench_slow": lambda o: bench(o, slow=True),
+     "profile": profile,
      "compiled": lambda o: step(o, compiled=True)}[name](out)
 
 
@@ -341,6 +348,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=48, help="--quick: prompts cut to their last N tokens")
     ap.add_argument("--bench-limit", type=int, default=None, help="bench prompts (default 5; --quick 1)")
     ap.add_argument("--methods", default=None, help=f"bench methods (default {BENCH_METHODS}; --quick fewer)")
+    ap.add_argument("--slow-methods", default=None, help=f"bench_slow's (default {BENCH_SLOW_METHODS}; --quick fewer)")
     ap.add_argument("--target", default=os.environ.get("TARGET", "smollm2-135m"))
     ap.add_argument("--mamba-drafter", default="mamba2-smollm2")
     ap.add_argument("--transformer-drafter", default="llama-smollm2")
@@ -349,7 +357,8 @@ def main() -> None:
     args.prompts = args.prompts or (2 if args.quick else 5)
     args.new = args.new or (12 if args.quick else 64)
     args.bench_limit = args.bench_limit or (1 if args.quick else 5)
-    args.methods = args.methods or ("ar,mamba,mamba-dynamic,lookup,hf-assisted" if args.quick else BENCH_METHODS)
+    args.methods = args.methods or ("ar,mamba,mamba-dynamic,lookup" if args.quick else BENCH_METHODS)
+    args.slow_methods = args.slow_methods or ("ar,hf-assisted" if args.quick else BENCH_SLOW_METHODS)
     ARGS = args
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,10 @@ def test_gpu_check_dry_run_runs_every_phase(tmp_path, tiny_dir):
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     phases = list(csv.DictReader((out / "phases.csv").open()))
-    assert [p["phase"] for p in phases] == ["lossless", "step", "verify", "bench", "profile", "compiled"]
+    assert [p["phase"] for p in phases] == ["lossless", "step", "verify", "bench", "bench_slow", "profile", "compiled"]
     assert all(p["status"] == "ok" for p in phases), phases
-    for name in ("lossless.csv", "step.csv", "verify.csv", "bench_results.csv", "profile.txt", "environment.json",
-                 "log.txt"):
+    for name in ("lossless.csv", "step.csv", "verify.csv", "bench_results.csv", "bench_slow_results.csv", "profile.txt",
+                 "environment.json", "log.txt"):
         assert (out / name).is_file(), name
     lossless = list(csv.DictReader((out / "lossless.csv").open()))
     assert lossless and all(r["same_as_transformers"] == r["prompts"] for r in lossless)
