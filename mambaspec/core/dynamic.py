@@ -145,15 +145,18 @@ class CostModel:
 
     def measured_near(self, context: int) -> tuple[bool, bool]:
         """Whether a plain step and a drafted round were measured near ``context`` (within a quarter of it)."""
-        near = [n for n, c, _ in self.samples() if abs(c - context) <= 0.25 * context + 256]
+        near = self._nodes_near(context)
         return 0 in near, any(n > 0 for n in near)
+
+    def _nodes_near(self, context: int) -> list[int]:
+        """The node counts of the rounds measured within a quarter of ``context``."""
+        return [n for n, c, _ in self.samples() if abs(c - context) <= 0.25 * context + 256]
 
     def flat(self, context: int, nodes: int = WIDE_NODES) -> bool:
         """Whether verifying ``nodes`` nodes costs at most ``FLAT_RATIO`` times one node here (as on a GPU, where a
         step is launch overhead), judged from a fit that includes trees of ``FLAT_MEASURED`` nodes or more."""
-        near = [n for n, c, _ in self.samples() if abs(c - context) <= 0.25 * context + 256]
         one = self.verify(1, context)
-        return max(near, default=0) >= FLAT_MEASURED and one > 0 and self.verify(nodes, context) <= FLAT_RATIO * one
+        return max(self._nodes_near(context), default=0) >= FLAT_MEASURED and one > 0 and self.verify(nodes, context) <= FLAT_RATIO * one
 
     def verify(self, nodes: int, context: int) -> float:
         """Predicted seconds of a verification forward of ``nodes`` draft nodes after ``context`` tokens."""

@@ -24,6 +24,8 @@ its dynamic cache for them.
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -32,6 +34,7 @@ from ..errors import MambaspecError
 from ..hf_compat import with_cache
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+T = TypeVar("T")
 
 
 def supports(model) -> bool:
@@ -156,6 +159,21 @@ def tree_parents(visible: torch.Tensor) -> torch.Tensor | None:
     return parents if torch.equal(expect, v) else None
 
 
+def capture_graph(fn: Callable[[], T], device: torch.device) -> tuple[torch.cuda.CUDAGraph, T]:
+    """``fn`` captured as a CUDA graph, after two warm-up runs on a side stream (kernel selection, lazy allocations,
+    Triton compilation); returns the graph and ``fn``'s outputs, which every replay overwrites."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 class _BucketStep:
     """One forward of ``bucket`` tokens over the cache's buffers, its inputs in static device tensors filled from one
     host tensor of ``3 * bucket + 2`` ints (token ids, positions, parents, then the first tree slot and the number
@@ -185,16 +203,7 @@ class _BucketStep:
                      **with_cache(model, cache)).logits[0]
 
     def _capture(self, model, cache: StaticKVCache) -> None:
-        device = model.device
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up outside the graph (kernel selection, lazy allocations)
-                self._forward(model, cache)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._forward(model, cache)
+        self.graph, self.logits = capture_graph(lambda: self._forward(model, cache), model.device)
 
     def run(self, model, cache: StaticKVCache, args: torch.Tensor) -> torch.Tensor:
         self.args.copy_(args, non_blocking=True)

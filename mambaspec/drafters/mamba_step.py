@@ -24,6 +24,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..core.static import capture_graph
+
 STEP_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -81,12 +83,7 @@ def mamba2_step(model, conv: list[torch.Tensor], ssm: list[torch.Tensor], tokens
             new_conv.append(window)
             new_ssm.append(state)
             continue
-        # causal_conv1d_update: the window slides by one, then a depthwise dot product over it
-        window = torch.cat([conv_state[:, :, 1:], xbc[:, :, None].to(conv_state.dtype)], dim=-1)
-        xbc = (window * mixer.conv1d.weight[:, 0]).sum(-1)
-        if mixer.conv1d.bias is not None:
-            xbc = xbc + mixer.conv1d.bias
-        xbc = F.silu(xbc)
+        xbc, window = _conv_step(mixer, conv_state, xbc)
         n = mixer.n_groups * mixer.ssm_state_size
         xs, b, c = xbc.split([mixer.intermediate_size, n, n], dim=-1)
         batch, heads, head_dim = xs.shape[0], mixer.num_heads, mixer.head_dim
@@ -107,18 +104,26 @@ def mamba2_step(model, conv: list[torch.Tensor], ssm: list[torch.Tensor], tokens
     return logits.float(), new_conv, new_ssm
 
 
+def _conv_step(mixer, conv_state: torch.Tensor, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """causal_conv1d_update in torch: the window slides by one, then a depthwise dot product over it, bias, SiLU;
+    returns the output and the new window (the old one stays as it is)."""
+    window = torch.cat([conv_state[:, :, 1:], xbc[:, :, None].to(conv_state.dtype)], dim=-1)
+    out = (window * mixer.conv1d.weight[:, 0]).sum(-1)
+    if mixer.conv1d.bias is not None:
+        out = out + mixer.conv1d.bias
+    return F.silu(out), window
+
+
 def _kernel_mixer(mixer, ssu: Callable, conv_update: Callable | None, conv_state: torch.Tensor,
                   ssm_state: torch.Tensor, xbc: torch.Tensor, dt: torch.Tensor, gate: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The mixer's recurrent step through the kernels, as transformers' ``Mamba2Mixer.cuda_kernels_forward``
     calls them; they update states in place, so they run on copies (the old states stay as they are)."""
-    window = conv_state.clone()
     if conv_update is not None:
+        window = conv_state.clone()
         xbc = conv_update(xbc, window, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, "silu")
     else:
-        window.copy_(torch.cat([conv_state[:, :, 1:], xbc[:, :, None].to(conv_state.dtype)], dim=-1))
-        xbc = (window * mixer.conv1d.weight[:, 0]).sum(-1)
-        xbc = F.silu(xbc + mixer.conv1d.bias if mixer.conv1d.bias is not None else xbc)
+        xbc, window = _conv_step(mixer, conv_state, xbc)
     n = mixer.n_groups * mixer.ssm_state_size
     xs, b, c = xbc.split([mixer.intermediate_size, n, n], dim=-1)
     batch, heads, head_dim = xs.shape[0], mixer.num_heads, mixer.head_dim
@@ -162,15 +167,7 @@ class BatchedStep:
                 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         if bucket not in self._graphs:
             static = [t.clone() for t in inputs]
-            stream = torch.cuda.Stream(inputs[0].device)
-            stream.wait_stream(torch.cuda.current_stream(inputs[0].device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up outside the graph (kernel selection, Triton compilation)
-                    self._step(static)
-            torch.cuda.current_stream(inputs[0].device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self._step(static)
+            graph, out = capture_graph(lambda: self._step(static), inputs[0].device)
             self._graphs[bucket] = (graph, static, out)
         graph, static, (logits, new_conv, new_ssm) = self._graphs[bucket]
         for dst, src in zip(static, inputs):

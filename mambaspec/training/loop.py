@@ -351,9 +351,7 @@ def _log_metrics(path: Path, row: list) -> None:
 def _snapshot(recipe: DrafterRecipe, s: _Setup, target_name: str, out: Path, step: int, wall: float) -> None:
     """The drafter as it stands at ``step``, saved like the final one under ``out/snapshots/step-N`` (a copy: the
     training weights stay float32), for the learning curve (``bench --drafter out/snapshots/step-N``)."""
-    s.model.train(False)
-    frozen = replace(s, model=copy.deepcopy(s.model))
-    s.model.train()
+    frozen = replace(s, model=copy.deepcopy(s.model))  # _save casts the copy, not the training weights
     where = out / "snapshots" / f"step-{step:05d}"
     where.mkdir(parents=True, exist_ok=True)
     meta = _save(recipe, frozen, target_name, where, wall)
