@@ -11,7 +11,7 @@ from mambaspec.core.dynamic import KEPT_COUNTS, AcceptanceModel, CostModel, Dyna
 from mambaspec.core.stats import RoundOutcome
 from mambaspec.core.tree import DraftTree
 from mambaspec.drafters.crosstok import CrossTokenizerDrafter
-from mambaspec.drafters.growth import StepDrafter
+from mambaspec.drafters.step import StepDrafter
 from mambaspec.drafters.hybrid import HybridDrafter
 from mambaspec.drafters.lookup import LookupDrafter, SuffixIndex
 from test_sampling import ALPHA, _exact_two_token_joint, _joint_counts, _pvalue, small_vocab_target, tiny_llama_like
@@ -164,7 +164,7 @@ def test_no_draft_when_nothing_pays(tiny_target, references):
     drafter = MambaDrafter(tiny_mamba2(2))
     calls = []
     real = drafter.advance
-    drafter.advance = lambda *a: (calls.append(len(a[2])), real(*a))
+    drafter.advance = lambda *a: (calls.append(len(a[2])), real(*a))[1]
     pol = DynamicTreePolicy(costs=FixedCosts(per_node=1.0, base=1e-6))
     gen = SpeculativeGenerator(tiny_target, drafter)
     result = gen.generate(PROMPTS[5], max_new_tokens=MAX_NEW, tree=pol)
@@ -195,7 +195,8 @@ def test_cost_model_stays_local():
     """Rounds from one context (a few hundred tokens of growth, noisy) predict that context, and known samples from
     another context do not pull the prediction away from this run's own rounds."""
     g = torch.Generator().manual_seed(0)
-    truth = lambda n, ctx: 0.02 + 0.001 * n + 2e-6 * ctx + 1e-6 * n * ctx
+    def truth(n, ctx):
+        return 0.02 + 0.001 * n + 2e-6 * ctx + 1e-6 * n * ctx
     known = [(n, 500, truth(n, 500)) for n in (0, 1, 3, 7, 15)]
     costs = CostModel(known=known)
     assert costs.measured_near(8000) == (False, False) and costs.measured_near(550) == (True, True)
@@ -303,13 +304,14 @@ class _FixedRoot(StepDrafter):
 
     def __init__(self, q: torch.Tensor) -> None:
         super().__init__(model=None)
-        self._root_logits = q.log()[None]
+        self.q = q
         self.bind(len(q))
+        self.prefill([])
 
-    own_width = property(lambda self: self._root_logits.shape[-1])
+    own_width = property(lambda self: len(self.q))
 
-    def prefill(self, ids):
-        pass
+    def start(self, ids):
+        return self.q.log()[None]
 
     def begin_tree(self):
         pass

@@ -10,7 +10,7 @@ from mambaspec.drafters.eagle import EagleDrafter, EagleHead
 from mambaspec.drafters.vocab import DraftVocab
 from mambaspec.loading.trees import resolve_tree
 from test_sampling import ALPHA, _exact_two_token_joint, _joint_counts, _pvalue, small_vocab_target
-from tiny import VOCAB, prompts, reference_greedy, tiny_llama
+from tiny import VOCAB, prompts, reference_greedy
 
 
 def eagle_for(target, seed=1, vocab=VOCAB):

@@ -22,7 +22,7 @@ from ..core.kv import kv_bytes, kv_length
 from ..core.sampling import SamplingConfig
 from ..core.stats import GenerationStats, sync
 from ..cpu.linears import OneDNNLinear
-from ..drafters.growth import StepDrafter
+from ..drafters.step import StepDrafter
 from ..errors import MambaspecError
 
 

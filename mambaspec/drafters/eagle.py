@@ -10,7 +10,7 @@ entry and reads the accepted pairs again (``take_hidden`` + ``advance``).
 
 It reads the target's hidden states (``ReadsTargetHidden``) and uses the target's input embeddings,
 so it serves only the target it was trained on; trees, dynamic trees and lazy commits come from
-``growth.StepDrafter`` as for the Mamba and Transformer drafters.
+``step.StepDrafter`` as for the Mamba and Transformer drafters.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..core.drafter import ReadsTargetHidden
 from ..core.kv import forward_chain, forward_tree, keep_slots, kv_bytes, new_kv_cache
 from ..errors import MambaspecError
 from ..hf_compat import with_cache
-from .growth import StepDrafter
+from .step import Reading, StepDrafter
 from .vocab import META_FILE, DraftVocab, vocab_from_meta
 
 WEIGHTS = "model.safetensors"
@@ -117,8 +117,8 @@ class EagleDrafter(StepDrafter, ReadsTargetHidden):
         self._prompt_features = hidden
 
     @torch.inference_mode()
-    def prefill(self, ids: list[int]) -> None:
-        self.cache, self._committed, self._fed, self._pending, self._features = new_kv_cache(), 0, [], None, []
+    def start(self, ids: list[int]) -> torch.Tensor:
+        self.cache, self._committed, self._fed, self._features = new_kv_cache(), 0, [], []
         features = self._prompt_features if self._prompt_features is not None else torch.zeros(0, 1)
         pairs = min(len(ids) - 1, len(features))  # pair t: (the target's feature at t, token t + 1)
         if pairs:
@@ -128,8 +128,8 @@ class EagleDrafter(StepDrafter, ReadsTargetHidden):
         else:  # a one-token prompt: nothing to read yet
             self._root_feature = torch.zeros(self.model.config.hidden_size, device=self.model.device)
             logits = self.model.head(self._root_feature.to(self.model.dtype))[None].float()
-        self._root_logits = logits[-1:]
         self._prompt_features = None
+        return logits[-1:]
 
     def begin_tree(self) -> None:
         self._fed, self._node_feature = [], {0: self._root_feature}
@@ -149,7 +149,7 @@ class EagleDrafter(StepDrafter, ReadsTargetHidden):
         self._features.append(hidden)
 
     @torch.inference_mode()
-    def advance(self, tree, path, tokens) -> None:
+    def advance(self, tree, path, tokens) -> Reading:
         keep_slots(self.cache, self._committed, [])  # draft entries were read with predicted features: drop them
         features = torch.cat(self._features)
         pairs = [tree.tokens[i] for i in path] + tokens
@@ -159,9 +159,8 @@ class EagleDrafter(StepDrafter, ReadsTargetHidden):
                                embeds=self._embeds(features, pairs))
         self._committed += len(pairs)
         self._features, self._fed = [], []
-        self._root_logits = logits[-1:]
         self._root_feature = self.model.last_hidden[0, -1]
-        self.bonus_logits = logits[len(path) - 1:len(path)] if path and len(tokens) == 1 else None
+        return Reading(logits[-1:], logits[len(path) - 1:len(path)] if path and len(tokens) == 1 else None)
 
     def state_bytes(self) -> int:
         return kv_bytes(self.cache) if self.cache is not None else 0

@@ -1,7 +1,7 @@
 """Growing draft trees one batched drafter step per depth: what Mamba, Transformer and EAGLE drafters share.
 
-``StepDrafter`` is a drafter that can feed a batch of frontier nodes at once and return their
-next-token logits (``expand``). ``grow_tree`` turns that into a tree:
+A ``step.StepDrafter`` can feed a batch of frontier nodes at once and return their next-token logits
+(``expand``). ``grow_tree`` turns that into a tree:
 
 - a fixed ``TreeShape`` (N1, ..., Nγ): every frontier node at depth i gets its N_i best (greedy)
   or N_i drawn (sampling, without replacement) children (Mamba Drafters, arXiv 2506.01206, §3.2);
@@ -23,126 +23,18 @@ with (so it is the target's token whenever the two agree), the next ones its fol
 from __future__ import annotations
 
 import heapq
-import time
-from abc import abstractmethod
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 
-from ..core.drafter import Drafter, DraftPlan, ReportsRanks
+from ..core.drafter import DraftPlan
 from ..core.dynamic import DynamicPlan
 from ..core.sampling import GumbelNoise, SamplingConfig, warp
 from ..core.shape import TreeShape
 from ..core.tree import DraftTree
-from .vocab import Candidates, DraftVocab
 
-
-def top_probability(scores: torch.Tensor) -> float:
-    """max softmax(scores) without materialising the softmax."""
-    return float(torch.exp(scores.max() - torch.logsumexp(scores.float(), dim=-1)))
-
-
-class StepDrafter(Drafter, ReportsRanks):
-    """A drafter with a model that feeds a batch of frontier nodes per step (Mamba, Transformer, EAGLE).
-
-    Commits are lazy: ``commit`` only records what was accepted, and the model reads it when its
-    next-token logits are needed (``root_logits``: a draft, a confidence). Rounds in which nothing is
-    drafted therefore cost the drafter nothing, and the tokens they commit are read later in one
-    multi-token forward. Subclasses implement ``advance`` (read the accepted path and the tokens after
-    it) and keep ``self._root_logits`` (1, own width) and ``self.bonus_logits`` (the logits of an
-    accepted node that was not expanded, which rank the token after it).
-    """
-
-    def __init__(self, model, tokenizer=None, name: str | None = None, draft_vocab: DraftVocab | None = None) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.draft_vocab = draft_vocab  # None: the drafter speaks the target's ids directly
-        if name:
-            self.name = name
-        self._root_logits: torch.Tensor | None = None
-        self.bonus_logits: torch.Tensor | None = None
-        self._candidates: Candidates | None = None
-        self._pending: tuple[DraftTree, list[int], list[int]] | None = None  # (tree, accepted path, tokens after)
-
-    @property
-    def root_logits(self) -> torch.Tensor | None:
-        """The model's logits for the token after the committed text (reads what is pending first)."""
-        self.flush()
-        return self._root_logits
-
-    def commit(self, tree: DraftTree, path: list[int], bonus: int) -> None:
-        if self._pending is None:
-            self._pending = (tree, list(path), [bonus])
-        else:  # nothing was drafted since the last commit (a draft reads what is pending): a root-only tree
-            self._pending[2].extend([tree.tokens[i] for i in path] + [bonus])
-
-    def flush(self) -> None:
-        """Read what was committed since the model last ran."""
-        if self._pending is not None:
-            tree, path, tokens = self._pending
-            self._pending = None
-            self.advance(tree, path, tokens)
-
-    @abstractmethod
-    def advance(self, tree: DraftTree, path: list[int], tokens: list[int]) -> None:
-        """Move to the end of ``path`` in ``tree`` (this drafter's own last draft) and read ``tokens``."""
-
-    @property
-    def own_width(self) -> int:
-        return int(self.model.config.get_text_config().vocab_size)
-
-    def bind(self, target_vocab_size: int) -> None:
-        self._candidates = Candidates(self.draft_vocab, target_vocab_size, self.own_width)
-
-    @property
-    def candidates(self) -> Candidates:
-        if self._candidates is None:  # used outside an engine: the vocabulary it was made for
-            self.bind(self.draft_vocab.target_vocab_size if self.draft_vocab else self.own_width)
-        return self._candidates
-
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Target ids -> the model's input ids."""
-        return tokens if self.draft_vocab is None else self.draft_vocab.encode(tokens)
-
-    def draft(self, root_token: int, plan: DraftPlan, sampling: SamplingConfig,
-              generator: torch.Generator | GumbelNoise | None = None) -> DraftTree:
-        return grow_tree(self, root_token, plan, sampling, generator)
-
-    @abstractmethod
-    def begin_tree(self) -> None:
-        """Remember whatever is needed to grow a tree from the committed text."""
-
-    @abstractmethod
-    def expand(self, tree: DraftTree, depth: int, parent_rows: list[int], nodes: list[int]) -> torch.Tensor:
-        """Feed the new ``nodes`` (all at ``depth``; ``parent_rows[i]`` is the row of node i's parent
-        among the nodes fed at the previous depth, the root being row 0 of depth 0); return their
-        logits (own width), one row per node."""
-
-    def committed_ranks(self, tree: DraftTree, path: list[int], tokens: list[int]
-                        ) -> tuple[list[int], list[float]] | None:
-        """A shape (N1, ..., Nγ) would have accepted the i-th token of the round exactly when its rank
-        is below N_i, so these ranks replay the round for every other shape too (``core.bandit``).
-        The lists stop where the tree holds no logits (a rank the round cannot tell)."""
-        if tree.sampled:
-            return None
-        ranks, confidences = [], []
-        cand = self.candidates
-        for i, tok in enumerate(tokens):
-            parent = path[i - 1] if i else 0
-            row = tree.logits.get(parent)
-            if row is None and i == len(path) > 0:  # the token after an accepted node that was not expanded
-                self.flush()
-                row = cand.scores(self.bonus_logits[0]) if self.bonus_logits is not None else None
-            if row is None:
-                break
-            col = cand.column(tok)
-            ranks.append(int((row > row[col]).sum()) if col is not None else row.numel())
-            confidences.append(top_probability(row))
-        return ranks, confidences
-
-    def root_confidence(self) -> float | None:
-        logits = self.root_logits
-        return None if logits is None else top_probability(self.candidates.scores(logits[0]))
+if TYPE_CHECKING:
+    from .step import StepDrafter
 
 
 Forced = Callable[[DraftTree, int], list[tuple[int, tuple]]]  # node -> deterministic children (token, feature)
@@ -202,14 +94,6 @@ def draw_without_replacement(q: torch.Tensor, n: int, generator: torch.Generator
             for row, s in zip(q, support)]
 
 
-def _read(drafter: StepDrafter, tree: DraftTree) -> torch.Tensor:
-    """The drafter's root logits, timing how long it took to read what was committed since it last ran."""
-    t0 = time.perf_counter()
-    logits = drafter.root_logits
-    tree.read_s = time.perf_counter() - t0
-    return logits
-
-
 def _record(tree: DraftTree, drafter: StepDrafter, node: int, scores: torch.Tensor, dist: torch.Tensor,
             sampling: SamplingConfig) -> None:
     """What verification (rejection rule: q) and rank replay (greedy: the logits) need of an expanded node."""
@@ -249,9 +133,7 @@ def grow_fixed(drafter: StepDrafter | None, root_token: int, shape: TreeShape, s
         return tree
     frontier, scores = [0], None
     if drafter is not None:
-        scores = drafter.candidates.scores(_read(drafter, tree))
-        drafter.bonus_logits = None
-        drafter.begin_tree()
+        scores = drafter.candidates.scores(drafter.start_tree(tree))
     for depth, n in enumerate(shape.branching, start=1):
         probs = torch.softmax(scores.float(), dim=-1) if scores is not None else None
         pre = [_forced_children(tree, x, forced, drafter, probs[r] if probs is not None else None)
@@ -294,9 +176,7 @@ def grow_dynamic(drafter: StepDrafter | None, root_token: int, plan: DynamicPlan
     value, tokens, time = [1.0], 1.0, plan.base_time()
     scores: dict[int, torch.Tensor] = {}  # expanded node -> its scores
     if drafter is not None:
-        scores[0] = drafter.candidates.scores(_read(drafter, tree))[0]
-        drafter.bonus_logits = None
-        drafter.begin_tree()
+        scores[0] = drafter.candidates.scores(drafter.start_tree(tree))[0]
     level, rows = [0], {0: 0}  # nodes whose children are considered; row of each expanded one in its batch
     while level and tree.depth < plan.max_depth and len(tree) - 1 < plan.max_nodes:
         queues = [_candidates(tree, x, value[x], scores.get(x), drafter, forced, plan, sampling, generator)

@@ -14,7 +14,8 @@ from ..core.drafter import Composite, Drafter, DraftPlan, ReportsRanks
 from ..core.sampling import SamplingConfig
 from ..core.tree import DraftTree
 from ..errors import MambaspecError
-from .growth import StepDrafter, grow_tree
+from .growth import grow_tree
+from .step import StepDrafter
 from .lookup import LookupDrafter
 
 

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from ..core.drafter import Rewindable
 from ..hf_compat import with_cache
-from .growth import StepDrafter
 from .mamba_step import BatchedStep, mamba2_step, supports_fast_step
+from .step import Reading, RewindableStep
 from .vocab import DraftVocab
 
 MAMBA_TYPES = ("mamba", "mamba2")
@@ -50,7 +49,7 @@ class MambaState:
         return sum(t.numel() * t.element_size() for t in (*self.conv, *self.ssm))
 
 
-class MambaDrafter(StepDrafter, Rewindable):
+class MambaDrafter(RewindableStep):
     """A Mamba or Mamba2 drafter."""
 
     name = "mamba"
@@ -96,10 +95,10 @@ class MambaDrafter(StepDrafter, Rewindable):
                 for chunk in steps]
         return torch.cat(kept, dim=1)[:, -n_logits:], MambaState.read(self.cache)
 
-    def prefill(self, ids: list[int]) -> None:
+    def start(self, ids: list[int]) -> torch.Tensor:
         logits, self.state = self._run(None, torch.tensor([ids], device=self.model.device))
-        self._root_logits = logits[:, -1]
-        self._depth_states, self._fed, self._pending = [], {}, None
+        self._depth_states, self._fed = [], {}
+        return logits[:, -1]
 
     def begin_tree(self) -> None:
         self._depth_states, self._fed = [self.state], {}
@@ -112,7 +111,7 @@ class MambaDrafter(StepDrafter, Rewindable):
         self._fed.update((node, (depth, row)) for row, node in enumerate(nodes))
         return logits[:, -1]
 
-    def advance(self, tree, path, tokens) -> None:
+    def advance(self, tree, path, tokens) -> Reading:
         kept = [i for i in path if i in self._fed]  # accepted nodes whose state was computed while drafting
         unfed = [tree.tokens[i] for i in path if i not in self._fed] + tokens
         if kept:
@@ -123,19 +122,17 @@ class MambaDrafter(StepDrafter, Rewindable):
         leaf_fed_here = bool(path) and path[-1] not in self._fed
         n_logits = len(tokens) + 1 if leaf_fed_here else 1
         logits, self.state = self._run(state, torch.tensor([unfed], device=self.model.device), n_logits)
-        self._root_logits = logits[:, -1]
-        # the last accepted node was fed here: its logits rank the token after it (committed_ranks)
-        self.bonus_logits = logits[:, 0] if leaf_fed_here else None
         self._depth_states, self._fed = [], {}
+        # the last accepted node was fed here: its logits rank the token after it (committed_ranks)
+        return Reading(logits[:, -1], logits[:, 0] if leaf_fed_here else None)
 
     def state_bytes(self) -> int:
         return self.state.nbytes if self.state is not None else 0
 
-    def snapshot(self) -> object:
+    def save(self) -> object:
         # cheap: state tensors are never updated in place once stepped past (each step runs on a copy)
-        self.flush()
-        return self.state, self._root_logits
+        return self.state
 
-    def restore(self, snap: object) -> None:
-        self.state, self._root_logits = snap
-        self._depth_states, self._fed, self._pending = [], {}, None
+    def load(self, saved: object) -> None:
+        self.state = saved  # type: ignore[assignment]
+        self._depth_states, self._fed = [], {}

@@ -9,13 +9,12 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from ..core.drafter import Rewindable
 from ..core.kv import forward_chain, forward_tree, keep_slots, kv_bytes, new_kv_cache
-from .growth import StepDrafter
+from .step import Reading, RewindableStep
 from .vocab import DraftVocab
 
 
-class TransformerDrafter(StepDrafter, Rewindable):
+class TransformerDrafter(RewindableStep):
     name = "transformer"
 
     def __init__(self, model, tokenizer=None, name: str | None = None, draft_vocab: DraftVocab | None = None) -> None:
@@ -27,11 +26,10 @@ class TransformerDrafter(StepDrafter, Rewindable):
     def _encode_list(self, tokens: list[int]) -> list[int]:
         return tokens if self.draft_vocab is None else self.draft_vocab.encode(torch.tensor(tokens)).tolist()
 
-    def prefill(self, ids: list[int]) -> None:
+    def start(self, ids: list[int]) -> torch.Tensor:
         self.cache = new_kv_cache()
-        self._root_logits = forward_chain(self.model, self.cache, self._encode_list(ids))
-        self._committed = len(ids)
-        self._fed, self._pending = [], None
+        self._committed, self._fed = len(ids), []
+        return forward_chain(self.model, self.cache, self._encode_list(ids))
 
     def begin_tree(self) -> None:
         self._fed = []
@@ -43,7 +41,7 @@ class TransformerDrafter(StepDrafter, Rewindable):
         return forward_tree(self.model, self.cache, self._encode_list([tree.tokens[i] for i in nodes]), positions,
                             visible)
 
-    def advance(self, tree, path, tokens) -> None:
+    def advance(self, tree, path, tokens) -> Reading:
         slot = {node: self._committed + k for k, node in enumerate(self._fed)}
         kept = [i for i in path if i in slot]
         unfed = [tree.tokens[i] for i in path if i not in slot] + tokens
@@ -51,19 +49,17 @@ class TransformerDrafter(StepDrafter, Rewindable):
         self._committed += len(kept)
         leaf_fed_here = bool(path) and path[-1] not in slot
         logits = forward_chain(self.model, self.cache, self._encode_list(unfed), all_logits=len(unfed) > 1)
-        self._root_logits = logits[-1:]
-        self.bonus_logits = logits[-len(tokens) - 1:-len(tokens)] if leaf_fed_here else None
         self._committed += len(unfed)
         self._fed = []
+        return Reading(logits[-1:], logits[-len(tokens) - 1:-len(tokens)] if leaf_fed_here else None)
 
     def state_bytes(self) -> int:
         return kv_bytes(self.cache) if self.cache is not None else 0
 
-    def snapshot(self) -> object:
-        self.flush()
-        return self._committed, self._root_logits  # the cache is cropped back on restore
+    def save(self) -> object:
+        return self._committed  # the cache is cropped back on load
 
-    def restore(self, snap: object) -> None:
-        self._committed, self._root_logits = snap
+    def load(self, saved: object) -> None:
+        self._committed = saved  # type: ignore[assignment]
         keep_slots(self.cache, self._committed, [])
-        self._fed, self._pending = [], None
+        self._fed = []

@@ -25,7 +25,7 @@ from ..core.sampling import SamplingConfig
 from ..core.shape import TreeShape
 from ..core.static import StaticKVCache
 from ..core.static import supports as static_supports
-from ..drafters.growth import StepDrafter
+from ..drafters.step import StepDrafter
 from ..errors import MambaspecError
 
 PROBE = (17, 504, 1003, 27, 2048, 301, 77, 4000, 12, 613)  # arbitrary ids, folded into the vocabulary

@@ -9,7 +9,7 @@ import torch
 
 from ..core.drafter import ReadsTargetHidden
 from ..core.engine import SpeculativeGenerator
-from ..drafters.growth import StepDrafter
+from ..drafters.step import StepDrafter
 from ..loading.models import LoadedModel
 
 
