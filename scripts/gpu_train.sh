@@ -88,7 +88,8 @@ MAMBASPEC_DATA_UNTIL=$(( $(date +%s) + DATA_S )) timeout $((DATA_S + 45)) \
     || echo "== data: exit $? (the finished shards are kept)"
 $PY - "$RECIPE" "$OUT/data.json" <<'EOF'
 import json, sys
-from mambaspec.training.datagen import DataRecipe, read_shards
+from mambaspec.training.data_recipe import DataRecipe
+from mambaspec.training.datagen import read_shards
 from mambaspec.training.recipe import DrafterRecipe
 stats = {}
 for src in DrafterRecipe.load(sys.argv[1]).data:
@@ -121,7 +122,8 @@ import json, sys
 from pathlib import Path
 from mambaspec.loading.models import load_model
 from mambaspec.loading.options import ModelOptions
-from mambaspec.training.datagen import DataRecipe, read_shards, target_dtype
+from mambaspec.training.data_recipe import DataRecipe
+from mambaspec.training.datagen import read_shards, target_dtype
 from mambaspec.training.evaluate import evaluate_drafter
 from mambaspec.training.loop import write_card
 from mambaspec.training.recipe import DrafterRecipe

@@ -37,12 +37,12 @@ def eos_target(tmp_path_factory):
 
 @pytest.fixture()
 def recipes(tmp_path, monkeypatch, eos_target):
-    import mambaspec.training.datagen as datagen
+    import mambaspec.training.data_recipe as data_recipe
 
     folder = tmp_path / "recipes"
     (folder / "data").mkdir(parents=True)
     (folder / "data" / "tiny-mt.yaml").write_text(RECIPE.replace("TARGET", eos_target))
-    monkeypatch.setattr(datagen, "recipes_dir", lambda: folder)
+    monkeypatch.setattr(data_recipe, "recipes_dir", lambda: folder)
     return folder
 
 
@@ -92,12 +92,27 @@ def test_a_deadline_keeps_the_finished_prefix_and_a_rerun_finishes(tmp_path, mon
 
 def test_new_data_settings_leave_broad_v1_as_made():
     """broad-v1's fingerprint is the one its finished data set (214 shards) records: new fields must not move it."""
-    from mambaspec.training.datagen import DataRecipe
+    from mambaspec.training.data_recipe import DataRecipe
 
     assert DataRecipe.named("broad-v1").settings_key() == "1bba6609c157f2e2"
     v2 = DataRecipe.named("broad-v2")
-    assert v2.multiturn["conversations"] > 0 and v2.long_answers["max_new_tokens"] >= 512
+    assert v2.multiturn.conversations > 0 and v2.long_answers.max_new_tokens >= 512
     assert v2.settings_key() != DataRecipe.named("broad-v1").settings_key()
+    for name, key in (("gpu-dryrun", "2b8a00cc5cc2eb98"), ("quickstart", "df7c86933579ef2a")):  # as before typed sections
+        assert DataRecipe.named(name).settings_key() == key
+
+
+def test_recipe_sections_are_checked():
+    """A misspelt key inside a section is refused with the known ones, like one at the top level."""
+    from mambaspec.errors import MambaspecError
+    from mambaspec.training.data_recipe import DataRecipe
+
+    recipe = DataRecipe.from_dict({"name": "x", "answers": {"batch_size": 4}})
+    assert recipe.answers.batch_size == 4 and recipe.answers.max_new_tokens == 256 and not recipe.magpie
+    for raw, said in (({"answers": {"batchsize": 4}}, "answers.batchsize"), ({"magpie": {"attempt": 9}}, "magpie.attempt"),
+                      ({"documents": [1]}, "'documents' must be a mapping"), ({"sed": 1}, "'sed'")):
+        with pytest.raises(MambaspecError, match=said):
+            DataRecipe.from_dict({"name": "x", **raw})
 
 
 def test_windows_keep_plan_order_and_answer_long_prompts_apart():
@@ -135,10 +150,11 @@ def test_ended_rows_kept_until_compaction_change_no_answer(eos_target):
     """On a GPU ended rows ride along until an eighth of the batch has ended (no cache copy at every step): the
     answers are those of compacting at once (the CPU reference)."""
     from mambaspec.training.corpus import stdlib_function_prompts
-    from mambaspec.training.datagen import DataRecipe, answer_batches, plan_batches
+    from mambaspec.training.data_recipe import DataRecipe
+    from mambaspec.training.datagen import answer_batches, plan_batches
 
     target = load_model(eos_target, ModelOptions(device="cpu", dtype="float32"))
-    recipe = DataRecipe(name="x", answers={"batch_size": 4, "sampled_fraction": 0.34, "top_p": 0.9})
+    recipe = DataRecipe.from_dict({"name": "x", "answers": {"batch_size": 4, "sampled_fraction": 0.34, "top_p": 0.9}})
     prompts = [{**p, "split": "train", "domain": "code", "source": "s"} for p in stdlib_function_prompts(16, seed=0)]
     plan = plan_batches(prompts, recipe, target.tokenizer)
     now = answer_batches(target.model, plan, 0, EOS, 20, 4, recipe)

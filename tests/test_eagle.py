@@ -61,7 +61,7 @@ def test_train_an_eagle_head_and_use_it(tmp_path, tiny_dir, monkeypatch):
     from mambaspec.loading.pipeline import load_drafter
     from mambaspec.training.loop import train_drafter
     from mambaspec.training.recipe import DrafterRecipe
-    import mambaspec.training.datagen as datagen
+    import mambaspec.training.data_recipe as data_recipe
 
     monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path / "cache"))
     recipes = tmp_path / "recipes"
@@ -69,7 +69,7 @@ def test_train_an_eagle_head_and_use_it(tmp_path, tiny_dir, monkeypatch):
     (recipes / "data" / "tiny-test.yaml").write_text(
         f"name: tiny-test\ntarget: {tiny_dir['target']}\nseed: 0\nstdlib_functions: 6\n"
         "answers: {max_new_tokens: 8, batch_size: 4, top_k_logprobs: 4}\nheldout_per_domain: 2\n")
-    monkeypatch.setattr(datagen, "recipes_dir", lambda: recipes)
+    monkeypatch.setattr(data_recipe, "recipes_dir", lambda: recipes)
     recipe = DrafterRecipe.from_dict(dict(arch="eagle", vocab_top_k=40, seq_len=16, batch_size=4, steps=10,
                                           lr=0.005, warmup_steps=2, checkpoint_every=5, log_every=2,
                                           eagle_intermediate=32, eagle_tokens=5000, eval_prompts=2,

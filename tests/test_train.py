@@ -31,14 +31,14 @@ def tiny_recipe(tmp_path, **over):
 def cache(tmp_path, monkeypatch):
     """A private cache, and a tiny distillation data set (recipes/data/tiny-test.yaml, written here)."""
     monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path / "cache"))
-    import mambaspec.training.datagen as datagen
+    import mambaspec.training.data_recipe as data_recipe
 
     recipes = tmp_path / "recipes"
     (recipes / "data").mkdir(parents=True)
     (recipes / "data" / "tiny-test.yaml").write_text(
         "name: tiny-test\ntarget: TARGET\nseed: 0\nstdlib_functions: 6\n"
         "answers: {max_new_tokens: 8, batch_size: 4, top_k_logprobs: 4}\nheldout_per_domain: 2\n")
-    monkeypatch.setattr(datagen, "recipes_dir", lambda: recipes)
+    monkeypatch.setattr(data_recipe, "recipes_dir", lambda: recipes)
 
 
 def _target_named(tmp_path, tiny_dir):
@@ -223,7 +223,7 @@ def test_recipe_errors(tmp_path, content, needle):
 
 
 def test_shipped_recipes_are_valid():
-    from mambaspec.training.datagen import DataRecipe
+    from mambaspec.training.data_recipe import DataRecipe
 
     paths = sorted((recipes_dir() / "drafters").glob("**/*.yaml"))
     assert len(paths) >= 2

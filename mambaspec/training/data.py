@@ -191,7 +191,8 @@ def distill_stream(name: str, weight: float, rows: list[dict]) -> Stream:
 def prepare_data(recipe: DrafterRecipe, target_name: str, tokenizer, get_target: Callable, extra: list[str],
                  log: Log) -> TrainingData:
     """Every source of the recipe as a stream (distillation sets are made first when missing)."""
-    from .datagen import DataRecipe, make_data, read_shards
+    from .data_recipe import DataRecipe
+    from .datagen import make_data, read_shards
 
     sources = list(recipe.data) + ([{"source": "files", "paths": extra, "weight": 1.0}] if extra else [])
     data = TrainingData([])

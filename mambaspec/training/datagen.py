@@ -17,80 +17,26 @@ Sequence-level distillation (Kim & Rush 2016) with the target's own answers; Mag
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from ..config import cache_dir, load_yaml, recipes_dir, write_atomically
+from ..config import write_atomically
 from ..core.sampling import SamplingConfig, warp
 from ..errors import MambaspecError
 from ..hf_compat import with_cache
 from .corpus import stdlib_function_prompts
+from .data_recipe import DataRecipe, MagpieSettings, MultiturnSettings
 from .sources import document_prompts, template_prompts
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class DataRecipe:
-    """A distillation data set (a YAML file in ``recipes/data/``)."""
-
-    name: str
-    target: str = "smollm2-135m"
-    seed: int = 0
-    magpie: dict = field(default_factory=dict)
-    templates: dict = field(default_factory=dict)
-    stdlib_functions: int = 0
-    documents: dict = field(default_factory=dict)
-    answers: dict = field(default_factory=dict)
-    heldout_per_domain: int = 12
-    # conversations: N prompts become multi-turn (domain "multiturn"), turns: [min, max], followups: {domain: [...]}
-    multiturn: dict = field(default_factory=dict)
-    long_answers: dict = field(default_factory=dict)  # fraction: of the train batches, max_new_tokens: theirs
-
-    @classmethod
-    def load(cls, path: str | Path) -> DataRecipe:
-        raw = load_yaml(path, "data recipe")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise MambaspecError(f"{path}: unknown setting '{unknown[0]}'; known: {', '.join(sorted(known))}")
-        if "name" not in raw:
-            raise MambaspecError(f"{path}: give the data set a name (name: ...)")
-        return cls(**raw)
-
-    @classmethod
-    def named(cls, name: str) -> DataRecipe:
-        """The data recipe ``recipes/data/NAME.yaml``."""
-        path = recipes_dir() / "data" / f"{name}.yaml"
-        if not path.is_file():
-            known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem != "prompt-parts"))
-            raise MambaspecError(f"no data set '{name}' in {path.parent}; known: {known}")
-        return cls.load(path)
-
-    @property
-    def folder(self) -> Path:
-        return cache_dir() / "data" / self.name
-
-    def answer(self, key: str, default):
-        return self.answers.get(key, default)
-
-    def settings_key(self) -> str:
-        """A fingerprint of everything that decides the prompts, the plan and the answers: the whole recipe but
-        ``answers.batches`` (a budget: how much of the plan to answer)."""
-        settings = {**asdict(self), "answers": {k: v for k, v in self.answers.items() if k != "batches"}}
-        for key in ("multiturn", "long_answers"):  # added later: unused, they leave older sets' keys as they were
-            if not settings[key]:
-                del settings[key]
-        return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------- magpie
@@ -113,11 +59,11 @@ def _dedup_key(text: str) -> str:
 
 
 @torch.inference_mode()
-def magpie_prompts(model, tokenizer, cfg: dict, seed: int, folder: Path, log: Log) -> list[dict]:
+def magpie_prompts(model, tokenizer, cfg: MagpieSettings, seed: int, folder: Path, log: Log) -> list[dict]:
     """User turns the target writes itself (its chat template up to the user's turn), filtered and deduplicated."""
     raw_path = folder / "magpie-raw.jsonl"
-    systems = cfg.get("systems") or ["You are a helpful assistant."]
-    batch, attempts = int(cfg.get("batch_size", 32)), int(cfg.get("attempts", 0))
+    systems = list(cfg.systems) or list(MagpieSettings.systems)
+    batch, attempts = cfg.batch_size, cfg.attempts
     done = {json.loads(line)["batch"] for line in raw_path.read_text().splitlines()} if raw_path.exists() else set()
     eos = tokenizer.eos_token_id
     n_batches = -(-attempts // batch)
@@ -129,8 +75,8 @@ def magpie_prompts(model, tokenizer, cfg: dict, seed: int, folder: Path, log: Lo
         prefix = torch.tensor([_user_prefix(tokenizer, system)] * batch, device=model.device)
         torch.manual_seed(seed * 100_003 + b)
         out = model.generate(prefix, attention_mask=torch.ones_like(prefix), do_sample=True, top_k=0,
-                             temperature=float(cfg.get("temperature", 1.0)), top_p=float(cfg.get("top_p", 1.0)),
-                             max_new_tokens=int(cfg.get("max_new_tokens", 96)), pad_token_id=eos, eos_token_id=eos)
+                             temperature=float(cfg.temperature), top_p=float(cfg.top_p),
+                             max_new_tokens=cfg.max_new_tokens, pad_token_id=eos, eos_token_id=eos)
         texts = []
         for row in out[:, prefix.shape[1]:].tolist():  # an unfinished turn (no EOS) is dropped
             texts.append(tokenizer.decode(row[: row.index(eos)]).strip() if eos in row else None)
@@ -164,8 +110,7 @@ def build_prompt_set(recipe: DataRecipe, model, tokenizer, log: Log) -> list[dic
     docs = recipe.documents
     if docs:
         doc_prompts, sentences = document_prompts(
-            int(docs.get("short", 0)), int(docs.get("long", 0)), tuple(docs.get("short_tokens", (200, 900))),
-            tuple(docs.get("long_tokens", (1000, 3500))), tokenizer, recipe.seed, log)
+            docs.short, docs.long, tuple(docs.short_tokens), tuple(docs.long_tokens), tokenizer, recipe.seed, log)
         prompts += doc_prompts
     else:
         sentences = []
@@ -188,16 +133,16 @@ def build_prompt_set(recipe: DataRecipe, model, tokenizer, log: Log) -> list[dic
     return prompts
 
 
-def multiturn(prompts: list[dict], cfg: dict, seed: int) -> None:
-    """Make ``cfg["conversations"]`` of the prompts (seeded; of ``from_domains``, all but documents by default)
+def multiturn(prompts: list[dict], cfg: MultiturnSettings, seed: int) -> None:
+    """Make ``cfg.conversations`` of the prompts (seeded; of ``from_domains``, all but documents by default)
     multi-turn, in place: their domain becomes ``multiturn`` (so held-out conversations stay whole and out of
     training) and they get 1-2 follow-up user turns (``followups``: lists per first domain, ``any`` for all)."""
     rng = random.Random(seed * 7_919 + 17)
-    lo, hi = cfg.get("turns", [2, 3])
-    domains = set(cfg.get("from_domains") or {p["domain"] for p in prompts} - {"documents"})
-    followups = cfg.get("followups") or {}
-    pool = [p for p in prompts if p["domain"] in domains and len(p["prompt"]) <= int(cfg.get("max_chars", 2000))]
-    for p in sorted(rng.sample(pool, min(int(cfg.get("conversations", 0)), len(pool))), key=prompts.index):
+    lo, hi = cfg.turns
+    domains = set(cfg.from_domains or {p["domain"] for p in prompts} - {"documents"})
+    followups = cfg.followups
+    pool = [p for p in prompts if p["domain"] in domains and len(p["prompt"]) <= cfg.max_chars]
+    for p in sorted(rng.sample(pool, min(cfg.conversations, len(pool))), key=prompts.index):
         options = list(followups.get(p["domain"], [])) + list(followups.get("any", []))
         if not options:
             raise MambaspecError(f"multiturn: no follow-up turns for domain '{p['domain']}' (followups: any: [...])")
@@ -242,8 +187,8 @@ def plan_batches(prompts: list[dict], recipe: DataRecipe, tokenizer) -> list[Ans
         p["ids"] = encode_prompt(tokenizer, p["prompt"], chat=True)
         if p.get("followups"):
             p["followup_ids"] = [followup_ids(tokenizer, text, tokenizer.eos_token_id) for text in p["followups"]]
-    size, long_size = int(recipe.answer("batch_size", 16)), int(recipe.answer("long_batch_size", 4))
-    sampled_every = round(1 / recipe.answer("sampled_fraction", 0.0)) if recipe.answer("sampled_fraction", 0) else 0
+    size, long_size = recipe.answers.batch_size, recipe.answers.long_batch_size
+    sampled_every = round(1 / recipe.answers.sampled_fraction) if recipe.answers.sampled_fraction else 0
     batches: list[AnswerBatch] = []
     for group in (held, train):
         short = [p for p in group if len(p["ids"]) < 1000]
@@ -266,11 +211,11 @@ def plan_batches(prompts: list[dict], recipe: DataRecipe, tokenizer) -> list[Ans
         if longs and (i + 1) % every == 0:
             mixed.append(longs.pop(0))
     ordered = batches[:held_n] + mixed + longs
-    long_every = round(1 / recipe.long_answers["fraction"]) if recipe.long_answers.get("fraction") else 0
+    long_every = round(1 / recipe.long_answers.fraction) if recipe.long_answers.fraction else 0
     for i, b in enumerate(ordered):
         b.index = i
         if long_every and i >= held_n and i % long_every == long_every // 2 and len(b.prompts[0]["ids"]) < 1000:
-            b.max_new = int(recipe.long_answers.get("max_new_tokens", 768))
+            b.max_new = recipe.long_answers.max_new_tokens
     return ordered
 
 
@@ -291,8 +236,8 @@ def answer_batches(model, batches: list[AnswerBatch], pad: int, eos: int, max_ne
     an eighth on a GPU, where copying the cache of a thousand rows at every step would cost more than they do)."""
     if slack is None:
         slack = 0.0 if model.device.type == "cpu" else 0.125
-    sampling = SamplingConfig(temperature=float(recipe.answer("temperature", 0.7)),
-                              top_p=float(recipe.answer("top_p", 1.0)))
+    sampling = SamplingConfig(temperature=recipe.answers.temperature,
+                              top_p=recipe.answers.top_p)
     gens = [torch.Generator().manual_seed(recipe.seed * 1_000_003 + b.index) if b.sampled else None for b in batches]
     active = [(g, i) for g, b in enumerate(batches) for i in range(len(b.prompts))]
     ids = {c: list(batches[c[0]].prompts[c[1]]["ids"]) for c in active}
@@ -387,7 +332,7 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     """
     folder = recipe.folder
     plan_file = folder / "plan.json"
-    budget = int(recipe.answer("batches", 0) or 0)
+    budget = recipe.answers.batches
     deadline = deadline or float(os.environ.get("MAMBASPEC_DATA_UNTIL", 0)) or None
     if plan_file.exists():
         info = _plan_info(plan_file, recipe)
@@ -451,7 +396,7 @@ def _answer_plan(model, tokenizer, recipe: DataRecipe, todo: list[AnswerBatch], 
     is tried again at half the rows."""
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    max_new, top_k = int(recipe.answer("max_new_tokens", 256)), int(recipe.answer("top_k_logprobs", 8))
+    max_new, top_k = recipe.answers.max_new_tokens, recipe.answers.top_k_logprobs
     t0, tokens, n = time.perf_counter(), 0, 0
     while n < len(todo):
         if deadline is not None and time.time() >= deadline:

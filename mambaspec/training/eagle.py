@@ -86,7 +86,8 @@ def _save(obj, path: Path) -> None:
 
 def feature_data(recipe: DrafterRecipe, target_name: str, get_target, log) -> FeatureData:
     """The recipe's distillation sets with the target's features (made first when missing)."""
-    from .datagen import DataRecipe, make_data, read_shards
+    from .data_recipe import DataRecipe
+    from .datagen import make_data, read_shards
 
     rows, heldout = [], []
     sets = [src["set"] for src in recipe.data if src["source"] == "distill"]

@@ -29,7 +29,7 @@ QUICKSTART = "recipes/drafters/quickstart.yaml"
 def describe_run(recipe: DrafterRecipe, target: str, out: str | Path | None = None, resume: bool = False,
                  data_only: bool = False) -> list[str]:
     """Lines saying what the run will do, step by step, with a rough time each, and the total."""
-    from .datagen import DataRecipe
+    from .data_recipe import DataRecipe
 
     lines, total = [], 0.0
     for src in recipe.data:
@@ -73,10 +73,10 @@ def _data_set(data) -> tuple[str, float]:
     """One distillation data set: what is left to make of it and how long that takes."""
     folder = data.folder
     name = f"data set {data.name} (recipes/data/{data.name}.yaml, kept in {folder})"
-    size = int(data.answer("batch_size", 16))
-    slot = size * int(data.answer("max_new_tokens", 256)) * GENERATE_SLOT_S
+    size = data.answers.batch_size
+    slot = size * data.answers.max_new_tokens * GENERATE_SLOT_S
     plan_file = folder / "plan.json"
-    budget = int(data.answer("batches", 0) or 0)
+    budget = data.answers.batches
     if plan_file.exists():
         info = json.loads(plan_file.read_text())
         wanted = budget or info.get("planned") or info["batches"]
@@ -87,16 +87,15 @@ def _data_set(data) -> tuple[str, float]:
         return (f"{name}: {made} of {wanted} batches answered; the target answers the other {wanted - made} "
                 f"(~{_duration(seconds)})"), seconds
     parts, seconds = [], 0.0
-    magpie = data.magpie or {}
-    attempts = int(magpie.get("attempts", 0))
+    attempts = data.magpie.attempts
     if attempts and not (folder / "prompts.jsonl").exists():
-        t = attempts * int(magpie.get("max_new_tokens", 96)) * GENERATE_SLOT_S
+        t = attempts * data.magpie.max_new_tokens * GENERATE_SLOT_S
         parts.append(f"the target writes {attempts:,} user turns (~{_duration(t)})")
         seconds += t
     if data.documents:
         parts.append("documents are gathered from man pages and Python's documentation")
     prompts = (sum(int(n) for n in data.templates.values()) + int(data.stdlib_functions) + attempts
-               + sum(int(data.documents.get(k, 0)) for k in ("short", "long")))
+               + data.documents.short + data.documents.long)
     batches = budget or -(-prompts // size)
     t = batches * slot
     parts.append(f"it answers {'the first ' if budget else 'about '}{batches:,} batches of {size} prompts "
