@@ -183,3 +183,33 @@ def test_a_window_out_of_gpu_memory_is_answered_at_half_the_rows(tmp_path, monke
     plan = json.loads((folder / "plan.json").read_text())
     assert all(datagen.shard_path(folder, i).exists() for i in range(plan["batches"]))
     assert any("out of GPU memory; 6 rows" in line for line in said)
+
+
+def test_a_pack_carries_the_data_to_a_new_machine(tmp_path, monkeypatch, recipes, eos_target):
+    """Shards packed on one machine (in two pack files, each holding only what is new) come back on a fresh one
+    without the target; a machine that made only part of the plan goes on from where the packs end."""
+    from mambaspec.training.data import distill_stream
+    from mambaspec.training.datapack import pack_files, write_pack
+    from mambaspec.training.data_recipe import DataRecipe
+
+    target = load_model(eos_target, ModelOptions(device="cpu", dtype="float32"))
+    folder, whole = _make(tmp_path, monkeypatch, "made", target)
+    packs = DataRecipe.named("tiny-mt").packs
+    last = sorted((folder / "answers").glob("shard-*.pt"))[-1]
+    moved = last.with_suffix(".later")
+    last.rename(moved)  # the first pack holds the shards made so far
+    assert write_pack(folder, packs, log=lambda m: None) is not None
+    moved.rename(last)
+    assert write_pack(folder, packs, log=lambda m: None) is not None and write_pack(folder, packs) is None
+    assert len(pack_files(packs)) == 2
+    _, back = _make(tmp_path, monkeypatch, "fresh", None)  # no target: nothing is made again
+    assert [r["id"] for r in back] == [r["id"] for r in whole]
+    assert all(torch.equal(a["ids"], b["ids"]) and a["prompt_len"] == b["prompt_len"] and "topk_ids" not in b
+               for a, b in zip(whole, back))
+    pack_files(packs)[-1].unlink()  # only the first pack: the rest is made here, as after an interruption
+    _, rest = _make(tmp_path, monkeypatch, "partial", target)
+    assert [r["id"] for r in rest] == [r["id"] for r in whole] and "topk_ids" in rest[-1]
+    stream = distill_stream("d", 1.0, back[:3] + rest[-3:])  # packed rows train on hard labels alone
+    known = torch.isfinite(stream.soft_logp[:, 0])
+    n_back = sum(len(r["ids"]) for r in back[:3])
+    assert not known[:n_back].any() and known[n_back:].any()

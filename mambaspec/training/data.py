@@ -169,6 +169,7 @@ def distill_stream(name: str, weight: float, rows: list[dict]) -> Stream:
     """Rows of a distillation set concatenated: ids, answer marks, soft targets aligned to the tokens they predict."""
     ids, answer, s_ids, s_logp, starts = [], [], [], [], []
     pos = 0
+    k = next((r["topk_ids"].shape[1] for r in rows if "topk_ids" in r), 1)  # rows from a pack have none
     for r in rows:
         n, p = len(r["ids"]), r["prompt_len"]
         starts.append(pos)
@@ -176,11 +177,11 @@ def distill_stream(name: str, weight: float, rows: list[dict]) -> Stream:
         mark = torch.zeros(n, dtype=torch.bool)
         mark[p:] = True
         answer.append(mark)
-        k = r["topk_ids"].shape[1]
         si = torch.zeros(n, k, dtype=torch.int32)
-        sl = torch.full((n, k), float("-inf"), dtype=torch.float16)
-        m = min(len(r["topk_ids"]), n - p)  # answer token p + j was predicted by the target's step j
-        si[p:p + m], sl[p:p + m] = r["topk_ids"][:m], r["topk_logp"][:m]
+        sl = torch.full((n, k), float("-inf"), dtype=torch.float16)  # -inf: no soft target (the KL leaves it out)
+        if "topk_ids" in r:
+            m = min(len(r["topk_ids"]), n - p)  # answer token p + j was predicted by the target's step j
+            si[p:p + m], sl[p:p + m] = r["topk_ids"][:m], r["topk_logp"][:m]
         s_ids.append(si)
         s_logp.append(sl)
         pos += n

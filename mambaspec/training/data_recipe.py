@@ -154,6 +154,11 @@ class DataRecipe:
     def folder(self) -> Path:
         return cache_dir() / "data" / self.name
 
+    @property
+    def packs(self) -> Path:
+        """Where packs of this data set made on earlier machines are committed (``training.datapack``)."""
+        return recipes_dir() / "data" / "packs" / self.name
+
     def settings_key(self) -> str:
         """A fingerprint of everything that decides the prompts, the plan and the answers: what the recipe states
         but ``answers.batches`` (a budget: how much of the plan to answer)."""

@@ -34,6 +34,7 @@ from ..errors import MambaspecError
 from ..hf_compat import with_cache
 from .corpus import stdlib_function_prompts
 from .data_recipe import DataRecipe, MagpieSettings, MultiturnSettings
+from .datapack import restore_packs
 from .sources import document_prompts, template_prompts
 
 Log = Callable[[str], None]
@@ -331,6 +332,7 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     ``$MAMBASPEC_DATA_UNTIL``): stop starting passes then; the data set is the finished prefix until a rerun.
     """
     folder = recipe.folder
+    restore_packs(recipe.packs, folder, recipe.settings_key(), log)
     plan_file = folder / "plan.json"
     budget = recipe.answers.batches
     deadline = deadline or float(os.environ.get("MAMBASPEC_DATA_UNTIL", 0)) or None

@@ -1,0 +1,121 @@
+"""Packs of a distillation data set committed with the project (``recipes/data/packs/NAME/``, ``DataRecipe.packs``), so that what one
+machine spent hours making is not made again on the next.
+
+A pack file holds a run of consecutive shards (the target's answers: every row's token ids and fields, not the
+top-k log-probabilities, which the shipped recipes do not train on: ``kd_weight`` 0; a KD run leaves such rows out
+of its KL term), and the first one also the prompts (``prompts.jsonl``, ``magpie-raw.jsonl``) and the plan.
+Packs only add: ``write_pack`` packs the shards made since the last pack into a new file, so the repository never
+holds a shard twice. ``restore_packs`` (called by ``datagen.make_data``) writes every packed shard a data set's
+folder lacks; the run then goes on with the rest of the plan, as after an interruption. Packs of a recipe with other
+settings (its fingerprint) are refused.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import lzma
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import write_atomically
+from ..errors import MambaspecError
+
+FORMAT = 1
+SIDE_FILES = ("plan.json", "prompts.jsonl", "magpie-raw.jsonl")
+
+
+def pack_files(packs: Path) -> list[Path]:
+    return sorted(Path(packs).glob("shards-*.xz"))
+
+
+def _span(path: Path) -> tuple[int, int]:
+    """Shards [first, last] a pack file holds, from its name ``shards-FIRST-LAST.xz``."""
+    _, first, last = path.name.removesuffix(".xz").split("-")
+    return int(first), int(last)
+
+
+def _shard(folder: Path, index: int) -> Path:
+    return folder / "answers" / f"shard-{index:05d}.pt"
+
+
+def _compact(row: dict) -> dict:
+    out = {k: v for k, v in row.items() if k not in ("topk_ids", "topk_logp")}
+    ids = row["ids"]
+    if int(ids.max()) >= 2 ** 16:
+        raise MambaspecError("this data set's vocabulary is wider than 65,536 tokens; packs hold 16-bit ids")
+    out["ids"] = ids.numpy().astype(np.uint16).tobytes()
+    return out
+
+
+def _expand(row: dict) -> dict:
+    return {**row, "ids": torch.from_numpy(np.frombuffer(row["ids"], dtype=np.uint16).astype(np.int32))}
+
+
+def write_pack(folder: Path, packs: Path, log: Callable[[str], None] = print) -> Path | None:
+    """Pack the shards of the data set in ``folder`` made since the last pack file in ``packs``, up to the first one
+    missing; None when there is nothing new."""
+    folder = Path(folder)
+    plan_file = folder / "plan.json"
+    if not plan_file.exists():
+        raise MambaspecError(f"{folder} holds no data set (no plan.json); make it first (pretrain-drafter --data-only)")
+    existing = pack_files(packs)
+    start = _span(existing[-1])[1] + 1 if existing else 0
+    end = start
+    while _shard(folder, end).exists():
+        end += 1
+    if end == start:
+        return None
+    blob: dict = {"format": FORMAT, "settings": json.loads(plan_file.read_text()).get("settings"),
+                  "shards": {i: [_compact(r) for r in torch.load(_shard(folder, i), weights_only=False)]
+                             for i in range(start, end)}}
+    if not existing:
+        blob["files"] = {f: (folder / f).read_text() for f in SIDE_FILES if (folder / f).exists()}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    out = Path(packs) / f"shards-{start:05d}-{end - 1:05d}.xz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out, lambda tmp: tmp.write_bytes(lzma.compress(buf.getvalue(), preset=9)))
+    log(f"packed shards {start}-{end - 1} of {folder.name} into {out} ({out.stat().st_size / 2 ** 20:.1f} MiB)")
+    return out
+
+
+def _write_text(path: Path, text: str) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    write_atomically(path, lambda tmp: torch.save(rows, tmp))
+
+
+def _read(path: Path) -> dict:
+    return torch.load(io.BytesIO(lzma.decompress(path.read_bytes())), weights_only=False)
+
+
+def restore_packs(packs: Path, folder: Path, settings: str, log: Callable[[str], None] = print) -> int:
+    """Write into ``folder`` (a data set with the fingerprint ``settings``) every shard packed in ``packs`` (and the prompts and plan, when the folder has none) that it lacks;
+    the number of shards written."""
+    folder = Path(folder)
+    written = 0
+    for path in pack_files(packs):
+        first, last = _span(path)
+        if all(_shard(folder, i).exists() for i in range(first, last + 1)) and (first or (folder / "plan.json").exists()):
+            continue
+        blob = _read(path)
+        if blob.get("format") != FORMAT or blob.get("settings") != settings:
+            raise MambaspecError(f"{path} was made with other settings than the data recipe has now; restore "
+                                 f"the recipe, or delete {path.parent} to make the data set anew")
+        (folder / "answers").mkdir(parents=True, exist_ok=True)
+        for f, text in blob.get("files", {}).items():
+            if not (folder / f).exists():
+                _write_text(folder / f, text)
+        for i, rows in blob["shards"].items():
+            if not _shard(folder, i).exists():
+                _write_rows(_shard(folder, i), [_expand(r) for r in rows])
+                written += 1
+    if written:
+        log(f"data set {folder.name}: {written} shards restored from {packs} (made on an earlier machine)")
+    return written

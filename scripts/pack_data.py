@@ -1,0 +1,30 @@
+"""Pack the shards of a distillation data set made on this machine since its last committed pack, so that the next
+machine restores them instead of making them again (``mambaspec/training/datapack.py``). Commit what it writes:
+
+    python scripts/pack_data.py broad-v1 && git add recipes/data/packs/broad-v1 && git commit -m "..."
+"""
+
+import argparse
+import sys
+
+from mambaspec.errors import MambaspecError
+from mambaspec.training.data_recipe import DataRecipe
+from mambaspec.training.datapack import write_pack
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="data set (recipes/data/NAME.yaml), e.g. broad-v1")
+    args = parser.parse_args()
+    try:
+        recipe = DataRecipe.named(args.name)
+        if write_pack(recipe.folder, recipe.packs) is None:
+            print(f"nothing new to pack in {recipe.folder}")
+    except MambaspecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
