@@ -199,29 +199,60 @@ class ModelArgs:
 MODEL_OPTIONS = ModelArgs()  # a command's ``model`` parameter: where ``_model_command`` puts the model options
 
 
-def _model_command(device_map: bool = False) -> Callable[[Callable], Callable]:
-    """Give a command the model options (``--device``, ``--dtype``, ``--device-map`` when ``device_map``, ``--linear``,
-    ``--quantize``, ``--compile``, ``--threads``) in place of its ``model`` parameter, which receives a ``ModelArgs``."""
+def _option_group(param: str, params: tuple, make: Callable) -> Callable[[Callable], Callable]:
+    """Give a command the options ``params`` ((parameter, type, typer option), ...) in place of its parameter
+    ``param``, which receives ``make(**their values)``: options shared by several commands, declared once."""
 
     def wrap(func: Callable) -> Callable:
         sig = inspect.signature(func, eval_str=True)
         added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=kind)
-                 for name, kind, option in MODEL_PARAMS if device_map or name != "device_map"]
-        params = []
+                 for name, kind, option in params]
+        new_params = []
         for p in sig.parameters.values():
-            params.extend(added if p.name == "model" else [p])
+            new_params.extend(added if p.name == param else [p])
 
         @functools.wraps(func)
         def command(**kwargs):
-            given = {name: kwargs.pop(name) for name, *_ in MODEL_PARAMS if name in kwargs}
-            given["compile"] = given.pop("compile_")
-            return func(**kwargs, model=ModelArgs(**given))
+            given = {name: kwargs.pop(name) for name, *_ in params if name in kwargs}
+            return func(**kwargs, **{param: make(**given)})
 
-        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params} | {"return": sig.return_annotation}
+        command.__signature__ = sig.replace(parameters=new_params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in new_params} | {"return": sig.return_annotation}
         return command
 
     return wrap
+
+
+def _model_command(device_map: bool = False) -> Callable[[Callable], Callable]:
+    """Give a command the model options (``--device``, ``--dtype``, ``--device-map`` when ``device_map``, ``--linear``,
+    ``--quantize``, ``--compile``, ``--threads``) in place of its ``model`` parameter, which receives a ``ModelArgs``."""
+    params = tuple(p for p in MODEL_PARAMS if device_map or p[0] != "device_map")
+    return _option_group("model", params, lambda compile_, **given: ModelArgs(compile=compile_, **given))
+
+
+@dataclass(frozen=True)
+class BanditArgs:
+    """The tree bandit's options of a command as given (``--ucb-c``, ``--reward``, ``--confidence-buckets``)."""
+
+    c: float = DEFAULT_C
+    reward: str = "replayed"
+    edges: str = EDGES
+
+    def check(self) -> None:
+        """Each value checked on its own, so that an error names its flag."""
+        _option("--ucb-c", lambda: check_options(self.c, "replayed", EDGES))
+        _option("--reward", lambda: check_options(DEFAULT_C, self.reward, EDGES))
+        _option("--confidence-buckets", lambda: check_options(DEFAULT_C, "replayed", self.edges))
+
+
+BANDIT_PARAMS = (("c", float, typer.Option(DEFAULT_C, "--ucb-c", help="The tree bandit's UCB exploration constant c (--tree auto, tune --policy ucb): arm values are divided by the largest one first; larger explores more.")),
+                 ("reward", str, typer.Option("replayed", "--reward", help=RewardHelp)),
+                 ("edges", str, typer.Option(EDGES, "--confidence-buckets", help=EdgesHelp)))
+BANDIT_OPTIONS = BanditArgs()  # a command's ``bandit`` parameter: where ``_bandit_command`` puts the options above
+
+
+def _bandit_command() -> Callable[[Callable], Callable]:
+    return _option_group("bandit", BANDIT_PARAMS, BanditArgs)
 
 
 def _sampling_options(temperature: float, top_p: float = 1.0, top_k: int = 0) -> SamplingConfig:
@@ -232,24 +263,17 @@ def _sampling_options(temperature: float, top_p: float = 1.0, top_k: int = 0) ->
     return SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k)
 
 
-def _bandit_options(c: float, reward: str = "replayed", edges: str = EDGES) -> None:
-    """``--ucb-c``, ``--reward`` and ``--confidence-buckets``, each checked on its own so that an error names its flag."""
-    _option("--ucb-c", lambda: check_options(c, "replayed", EDGES))
-    _option("--reward", lambda: check_options(DEFAULT_C, reward, EDGES))
-    _option("--confidence-buckets", lambda: check_options(DEFAULT_C, "replayed", edges))
-
-
-def _tree_option(tree: str, arms: str | None, c: float, reward: str, edges: str):
+def _tree_option(tree: str, arms: str | None, bandit: BanditArgs):
     """``--tree``: a fixed TreeShape, ``dynamic`` (the name: the pipeline keeps its policy), or for ``auto`` a UCB
     policy over the arms file (``loading.trees.resolve_tree``)."""
-    _bandit_options(c, reward, edges)
+    bandit.check()
     name = policy_name(tree)
     if arms is not None and name != "auto":
         raise MambaspecError("--arms is only used with --tree auto")
     if name == "dynamic":
         return name
     if name == "auto":
-        return _option("--arms", lambda: resolve_tree(name, arms=arms, c=c, reward=reward, edges=edges))
+        return _option("--arms", lambda: resolve_tree(name, arms=arms, c=bandit.c, reward=bandit.reward, edges=bandit.edges))
     if tree.strip().strip("()[]").replace(" ", "") in ("", "0"):
         raise MambaspecError(f"--tree {tree.strip() or repr(tree)} drafts nothing; give a tree such as 2,1,1, or for "
                              f"plain decoding pass --drafter none")
@@ -295,6 +319,7 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
 
 @app.command()
 @_model_command(device_map=True)
+@_bandit_command()
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="The text to continue (wrapped in the chat template unless --raw). Or use --prompt-file."),
     prompt_file: Optional[str] = typer.Option(None, "--prompt-file", "-f", help="Read the prompt from FILE (`-` = stdin)."),
@@ -306,9 +331,7 @@ def generate(
     cross_tokenizer: str = typer.Option("auto", "--cross-tokenizer", help="A drafter with another tokenizer than the target's: `auto` translates its drafts through text when the tokenizers differ (greedy only), `on` always does, `off` refuses such a drafter."),
     tree: str = typer.Option(DEFAULT_TREE, "--tree", help=TreeHelp),
     arms: Optional[str] = typer.Option(None, "--arms", help="With --tree auto: the arms file (default recipes/trees.yaml; a `tune` output warm-starts the bandit)."),
-    ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="With --tree auto: the UCB exploration constant c."),
-    reward: str = typer.Option("replayed", "--reward", help=RewardHelp),
-    edges: str = typer.Option(EDGES, "--confidence-buckets", help=EdgesHelp),
+    bandit: BanditArgs = BANDIT_OPTIONS,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate (fewer only at EOS, a --stop string or the context limit)."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples, losslessly."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold (1 = off)."),
@@ -321,7 +344,7 @@ def generate(
 ) -> None:
     """Generate text with speculative decoding: the text on stdout, the stats on stderr."""
     with _errors():
-        tree_plan = _tree_option(tree, arms, ucb_c, reward, edges)
+        tree_plan = _tree_option(tree, arms, bandit)
         sampling = _sampling_options(temperature, top_p, top_k)
         _at_least("--max-new-tokens", max_new_tokens)
         _option("--cross-tokenizer", lambda: check_cross_tokenizer(cross_tokenizer))
@@ -348,7 +371,7 @@ def generate(
         err.print(stats_table(result.stats))
         if "arms" in result.stats.policy_report:
             err.print(arms_table(result.stats.policy_report["arms"], f"tree arms: {result.stats.tree_policy}",
-                                 reward=reward))
+                                 reward=bandit.reward))
 
 
 def _check_drafter_tokenizer(target: str, drafter: str | None, cross_tokenizer: str, sampling: SamplingConfig,
@@ -471,7 +494,7 @@ def bench(
         _at_least("--limit", limit)
         _sampling_options(temperature)
         _option("--tree", lambda: policy_name(tree) or TreeShape.parse(tree))
-        _bandit_options(ucb_c, edges=edges)
+        BanditArgs(c=ucb_c, edges=edges).check()
         from .bench.datasets import parse_lengths
 
         parsed = _option("--lengths", lambda: parse_lengths(lengths)) if lengths else None
@@ -498,6 +521,7 @@ def bench(
 
 @app.command()
 @_model_command()
+@_bandit_command()
 def tune(
     arms: Optional[str] = typer.Option(None, "--arms", help="Arms YAML: named tree shapes (default recipes/trees.yaml). A tuned_arms.yaml from an earlier run warm-starts the bandit."),
     dataset: str = typer.Option("humaneval", "--dataset", help="Prompt source, as for bench: humaneval (offline), gsm8k, mt-bench, ... or jsonl with --data."),
@@ -507,9 +531,7 @@ def tune(
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter. Default: generate's for --policy dynamic (e.g. mamba2-smollm2+lookup), the target's model drafter for tree shapes (e.g. mamba2-smollm2)."),
     policy: str = typer.Option("ucb", "--policy", help="ucb: one bandit across all prompts (it learns the workload). fixed: every arm on every prompt (a sweep, the reference). dynamic: dynamic trees across the prompts, as generate runs them (what they drafted, predicted vs measured; the measured costs are kept for generate)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Stop the bandit after this many rounds in all (ucb)."),
-    ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="Exploration constant c of UCB (arm values are divided by the largest one first; larger explores more)."),
-    reward: str = typer.Option("replayed", "--reward", help=RewardHelp),
-    edges: str = typer.Option(EDGES, "--confidence-buckets", help=EdgesHelp),
+    bandit: BanditArgs = BANDIT_OPTIONS,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
     model: ModelArgs = MODEL_OPTIONS,
@@ -521,7 +543,7 @@ def tune(
         from .bench.tune import check_policy
 
         _option("--policy", lambda: check_policy(policy))
-        _bandit_options(ucb_c, reward, edges)
+        bandit.check()
         for flag, value in (("--limit", limit), ("--rounds", rounds), ("--max-new-tokens", max_new_tokens)):
             _at_least(flag, value)
         _sampling_options(temperature)
@@ -534,13 +556,13 @@ def tune(
         with Reporter(err, unit="runs (arm x prompt)" if policy == "fixed" else "prompts") as report:
             result, _, _ = tune_dataset(
                 arms, dataset=dataset, data=data, limit=limit, target=target, drafter=drafter, policy=policy,
-                rounds=rounds, c=ucb_c, reward=reward, edges=edges, max_new_tokens=max_new_tokens,
+                rounds=rounds, c=bandit.c, reward=bandit.reward, edges=bandit.edges, max_new_tokens=max_new_tokens,
                 temperature=temperature, options=options, out=out_dir,
                 progress=lambda done, total: report.update(f"tune ({policy})", done, total), log=report.status)
     if result.summary:
         out.print(dynamic_table(result.summary))
     if result.best is not None:
-        out.print(arms_table(result.rows(), f"tree arms ({result.policy})", best=result.best.name, reward=reward,
+        out.print(arms_table(result.rows(), f"tree arms ({result.policy})", best=result.best.name, reward=bandit.reward,
                              policy=result.policy))
     for line in [*_best_arm_lines(result), result.saved]:
         out.print(line, soft_wrap=True)
@@ -695,6 +717,7 @@ def pretrain_drafter(
 
 @app.command()
 @_model_command(device_map=True)
+@_bandit_command()
 def serve(
     target: str = TargetOpt,
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help=DrafterHelp + " A request may send `\"drafter\": \"none\"` (plain decoding), `lookup`, or this one."),
@@ -702,9 +725,7 @@ def serve(
     cross_tokenizer: str = typer.Option("auto", "--cross-tokenizer", help="A drafter with another tokenizer: auto (translate through text when they differ, greedy only), on, or off (refuse it)."),
     tree: str = typer.Option(DEFAULT_TREE, "--tree", help=TreeHelp + " The default of requests that send no `tree`."),
     arms: Optional[str] = typer.Option(None, "--arms", help="With --tree auto: the arms file (default recipes/trees.yaml)."),
-    ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="With --tree auto: the UCB exploration constant c."),
-    reward: str = typer.Option("replayed", "--reward", help=RewardHelp),
-    edges: str = typer.Option(EDGES, "--confidence-buckets", help=EdgesHelp),
+    bandit: BanditArgs = BANDIT_OPTIONS,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="max_tokens of a request that sends none (capped at the context)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface, e.g. behind a load balancer)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free port, printed at start)."),
@@ -717,7 +738,7 @@ def serve(
     with _errors():
         from .serve import check_installed
 
-        tree_plan = _tree_option(tree, arms, ucb_c, reward, edges)
+        tree_plan = _tree_option(tree, arms, bandit)
         _at_least("--max-new-tokens", max_new_tokens)
         _at_least("--max-queue", max_queue)
         _at_least("--port", port, low=0)

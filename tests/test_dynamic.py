@@ -294,7 +294,8 @@ def test_backoff_follows_what_drafting_really_gained():
     assert [round_(2, 0.013) for _ in range(5)] == [0] * 5  # 2 tokens in 1.3 plain steps: pays
     # three rejections (1 token in 1.3 plain steps) to one success of 3 tokens: a gain on average, never a skip
     assert [round_(t, 0.013) for _ in range(6) for t in (1, 1, 1, 3)] == [0] * 24
-    pol._gains.clear()
+    pol = DynamicTreePolicy(costs=FixedCosts(per_node=1e-3, base=0.01))  # afresh: no gains remembered
+    pol.begin_sequence(None)
     assert [round_(1, 0.013) for _ in range(6)] == [0, 1, 2, 4, 8, 8]  # nothing but losses: back off, doubling
     assert round_(3, 0.013) == 0  # one good round and it drafts every round again
 

@@ -15,25 +15,26 @@ from ..core.stats import GenerationStats
 ROUND_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16)  # tokens committed per round
 DEPTHS = 8  # acceptance counted at draft depths 1..DEPTHS
 
-HELP = {
-    "requests_total": ("counter", "Requests to the generation endpoints, by endpoint and HTTP status."),
-    "requests_cancelled_total": ("counter", "Generations stopped because their client went away."),
-    "prompt_tokens_total": ("counter", "Prompt tokens of the generations run."),
-    "completion_tokens_total": ("counter", "Tokens generated (a cancelled generation's included)."),
-    "rounds_total": ("counter", "Draft-verify rounds: one target forward each."),
-    "tokens_per_round": ("histogram", "Tokens committed per round: accepted draft tokens + the target's own."),
-    "accepted_at_depth_total": ("counter", "Rounds that accepted a draft token at this tree depth; over "
-                                           "drafted_rounds_total: the acceptance rate by depth."),
-    "drafted_rounds_total": ("counter", "Rounds that verified at least one draft token (finished generations)."),
-    "draft_tokens_total": ("counter", "Draft tokens (tree nodes) verified (finished generations)."),
-    "draft_seconds_total": ("counter", "Drafter time: building trees and feeding accepted tokens (finished)."),
-    "verify_seconds_total": ("counter", "Target verification forwards and acceptance (finished generations)."),
-    "prefill_seconds_total": ("counter", "Reading prompts, target and drafter (finished generations)."),
-    "generation_seconds_total": ("counter", "Wall time of generations, prefill included (finished)."),
-    "queue_wait_seconds_total": ("counter", "Time requests waited for the engine before their generation began."),
-    "queue_length": ("gauge", "Requests waiting for the engine."),
-    "engine_busy": ("gauge", "1 while a generation runs (one at a time)."),
-}
+# Every metric: its name (after ``mambaspec_``), Prometheus type and help text, one per line.
+_TABLE = """
+requests_total            counter    Requests to the generation endpoints, by endpoint and HTTP status.
+requests_cancelled_total  counter    Generations stopped because their client went away.
+prompt_tokens_total       counter    Prompt tokens of the generations run.
+completion_tokens_total   counter    Tokens generated (a cancelled generation's included).
+rounds_total              counter    Draft-verify rounds: one target forward each.
+tokens_per_round          histogram  Tokens committed per round: accepted draft tokens + the target's own.
+accepted_at_depth_total   counter    Rounds that accepted a draft token at this tree depth; over drafted_rounds_total: the acceptance rate by depth.
+drafted_rounds_total      counter    Rounds that verified at least one draft token (finished generations).
+draft_tokens_total        counter    Draft tokens (tree nodes) verified (finished generations).
+draft_seconds_total       counter    Drafter time: building trees and feeding accepted tokens (finished).
+verify_seconds_total      counter    Target verification forwards and acceptance (finished generations).
+prefill_seconds_total     counter    Reading prompts, target and drafter (finished generations).
+generation_seconds_total  counter    Wall time of generations, prefill included (finished).
+queue_wait_seconds_total  counter    Time requests waited for the engine before their generation began.
+queue_length              gauge      Requests waiting for the engine.
+engine_busy               gauge      1 while a generation runs (one at a time).
+"""
+HELP = {name: (kind, text) for name, kind, text in (line.split(maxsplit=2) for line in _TABLE.strip().splitlines())}
 
 
 class Metrics:
