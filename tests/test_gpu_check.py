@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # the whole script on the CPU: minutes
 def test_gpu_check_dry_run_runs_every_phase(tmp_path, tiny_dir):
     out = tmp_path / "out"
     env = {**os.environ, "MAMBASPEC_CACHE": str(tmp_path / "cache"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}

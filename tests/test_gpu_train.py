@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tiny import EOS, char_tokenizer, save_tiny, tiny_llama
@@ -14,6 +15,7 @@ from tiny import EOS, char_tokenizer, save_tiny, tiny_llama
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # the whole script on the CPU: minutes
 def test_gpu_train_dry_run_writes_the_drafter_eval_and_metrics(tmp_path):
     model = tiny_llama(0)
     with torch.no_grad():  # a target that ends answers now and then, so conversations get later turns
