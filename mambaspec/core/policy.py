@@ -8,23 +8,23 @@ shapes; ``dynamic.DynamicTreePolicy`` drafts only what its cost model says pays.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import MambaspecError
 from .shape import TreeShape
 from .stats import RoundOutcome
 
 if TYPE_CHECKING:
-    from .drafter import DraftPlan
+    from .drafter import Drafter, DraftPlan
 
 
 class TreePolicy(Protocol):
     name: str  # the shape for a fixed tree, else what picks it: "auto", "dynamic"
 
-    def begin_sequence(self, drafter) -> None:
+    def begin_sequence(self, drafter: Drafter | None) -> None:
         """A new sequence starts (after the prefill)."""
 
-    def choose(self, drafter, context: int, remaining: int) -> DraftPlan:
+    def choose(self, drafter: Drafter | None, context: int, remaining: int) -> DraftPlan:
         """The plan of the next round: a ``TreeShape``, or a ``DynamicPlan`` (dynamic trees).
         ``context``: tokens the target has read; ``remaining``: tokens still to generate."""
 
@@ -38,7 +38,7 @@ class TreePolicy(Protocol):
     def describe(self) -> str:
         """One line: what the policy is, for stats and CSVs."""
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         """The policy's own numbers after a generation (per arm statistics, predictions)."""
 
 
@@ -51,10 +51,10 @@ class FixedTree:
         self.shape = shape
         self.name = str(shape)
 
-    def begin_sequence(self, drafter) -> None:
+    def begin_sequence(self, drafter: Drafter | None) -> None:
         pass
 
-    def choose(self, drafter, context: int, remaining: int) -> TreeShape:
+    def choose(self, drafter: Drafter | None, context: int, remaining: int) -> TreeShape:
         return self.shape.truncated(remaining - 1)
 
     def observe(self, outcome: RoundOutcome) -> None:
@@ -63,7 +63,7 @@ class FixedTree:
     def describe(self) -> str:
         return str(self.shape)
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         return {}
 
 
