@@ -124,9 +124,8 @@ class StepDrafter(Drafter, ReportsRanks):
     @property
     def candidates(self) -> Candidates:
         if self._candidates is None:  # used outside an engine: the vocabulary it was made for
-            width = self.draft_vocab.target_vocab_size if self.draft_vocab else self.own_width
-            self._candidates = Candidates(self.draft_vocab, width, self.own_width)
-        return self._candidates
+            self.bind(self.draft_vocab.target_vocab_size if self.draft_vocab else self.own_width)
+        return cast(Candidates, self._candidates)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Target ids -> the model's input ids."""

@@ -34,7 +34,7 @@ from ..errors import MambaspecError
 from ..hf_compat import with_cache
 from .corpus import stdlib_function_prompts
 from .data_recipe import DataRecipe, MagpieSettings, MultiturnSettings
-from .datapack import restore_packs
+from .datapack import restore_packs, shard_path
 from .sources import document_prompts, template_prompts
 
 Log = Callable[[str], None]
@@ -315,10 +315,6 @@ def _decode(model, prompts: list[list[int]], limits: list[int], groups: list[int
     top_ids = torch.cat([i for i, _ in steps]).cpu().float()
     top_logp = torch.cat([v for _, v in steps]).cpu()
     return answers, [torch.stack([top_ids[w], top_logp[w]], dim=1) for w in map(torch.tensor, where)]
-
-
-def shard_path(folder: Path, index: int) -> Path:
-    return folder / "answers" / f"shard-{index:05d}.pt"
 
 
 def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_batches: int | None = None,

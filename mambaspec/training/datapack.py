@@ -38,7 +38,8 @@ def _span(path: Path) -> tuple[int, int]:
     return int(first), int(last)
 
 
-def _shard(folder: Path, index: int) -> Path:
+def shard_path(folder: Path, index: int) -> Path:
+    """The file of a data set's shard ``index`` (one answered batch of its plan)."""
     return folder / "answers" / f"shard-{index:05d}.pt"
 
 
@@ -65,12 +66,12 @@ def write_pack(folder: Path, packs: Path, log: Callable[[str], None] = print) ->
     existing = pack_files(packs)
     start = _span(existing[-1])[1] + 1 if existing else 0
     end = start
-    while _shard(folder, end).exists():
+    while shard_path(folder, end).exists():
         end += 1
     if end == start:
         return None
     blob: dict = {"format": FORMAT, "settings": json.loads(plan_file.read_text()).get("settings"),
-                  "shards": {i: [_compact(r) for r in torch.load(_shard(folder, i), weights_only=False)]
+                  "shards": {i: [_compact(r) for r in torch.load(shard_path(folder, i), weights_only=False)]
                              for i in range(start, end)}}
     if not existing:
         blob["files"] = {f: (folder / f).read_text() for f in SIDE_FILES if (folder / f).exists()}
@@ -102,7 +103,7 @@ def restore_packs(packs: Path, folder: Path, settings: str, log: Callable[[str],
     written = 0
     for path in pack_files(packs):
         first, last = _span(path)
-        if all(_shard(folder, i).exists() for i in range(first, last + 1)) and (first or (folder / "plan.json").exists()):
+        if all(shard_path(folder, i).exists() for i in range(first, last + 1)) and (first or (folder / "plan.json").exists()):
             continue
         blob = _read(path)
         if blob.get("format") != FORMAT or blob.get("settings") != settings:
@@ -113,8 +114,8 @@ def restore_packs(packs: Path, folder: Path, settings: str, log: Callable[[str],
             if not (folder / f).exists():
                 _write_text(folder / f, text)
         for i, rows in blob["shards"].items():
-            if not _shard(folder, i).exists():
-                _write_rows(_shard(folder, i), [_expand(r) for r in rows])
+            if not shard_path(folder, i).exists():
+                _write_rows(shard_path(folder, i), [_expand(r) for r in rows])
                 written += 1
     if written:
         log(f"data set {folder.name}: {written} shards restored from {packs} (made on an earlier machine)")

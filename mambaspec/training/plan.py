@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from ..config import cache_dir
+from .datapack import shard_path
 from .recipe import DrafterRecipe
 
 # Batched generation by the target: seconds per (row x new token) slot. broad-v1's answers took about 1.3 h for
@@ -80,7 +81,7 @@ def _data_set(data) -> tuple[str, float]:
     if plan_file.exists():
         info = json.loads(plan_file.read_text())
         wanted = budget or info.get("planned") or info["batches"]
-        made = sum((folder / "answers" / f"shard-{i:05d}.pt").exists() for i in range(wanted))
+        made = sum(shard_path(folder, i).exists() for i in range(wanted))
         if made >= wanted:
             return f"{name}: made", 0.0
         seconds = (wanted - made) * slot
