@@ -50,7 +50,8 @@ def test_padded_steps_are_lossless_and_draft_the_same(tiny_target, shape):
     plain = SpeculativeGenerator(tiny_target, MambaDrafter(tiny_mamba2(2), padded_steps=False))
     padded = SpeculativeGenerator(tiny_target, MambaDrafter(tiny_mamba2(2), padded_steps=True), static_kv=True,
                                   cuda_graphs=False)
-    assert isinstance(padded.drafter._step, BatchedStep) and not padded.drafter._step.graphs
+    step = padded.drafter.batched_step
+    assert step is not None and not step.graphs
     for prompt in PROMPTS:
         ref = reference_greedy(tiny_target, prompt, MAX_NEW)
         a = plain.generate(prompt, MAX_NEW, tree=_tree(shape))
@@ -90,7 +91,7 @@ def test_the_cuda_kernels_and_graphs_draft_the_same_and_stay_lossless():
     target = tiny_llama(0).cuda()
     torch_path = MambaDrafter(tiny_mamba2(2).cuda(), padded_steps=False)
     graphed = MambaDrafter(tiny_mamba2(2).cuda())  # CUDA: kernels, padded, CUDA graphs
-    assert isinstance(graphed._step, BatchedStep) and graphed._step.graphs
+    assert graphed.batched_step is not None and graphed.batched_step.graphs
     a_gen, b_gen = SpeculativeGenerator(target, torch_path), SpeculativeGenerator(target, graphed)
     for prompt in PROMPTS:
         ref = reference_greedy(target.cpu(), prompt, MAX_NEW)

@@ -85,6 +85,11 @@ class StaticKVCache(DynamicCache):
         self.write_index: torch.Tensor | None = None
         self._graphs: dict[int, _BucketStep] = {}
 
+    @property
+    def buckets_built(self) -> frozenset[int]:
+        """The node-count buckets whose padded step has run (captured as CUDA graphs when ``graphs``)."""
+        return frozenset(self._graphs)
+
     def reset(self) -> None:
         """Empty (the buffers and graphs stay: the next sequence reuses them)."""
         self.length = 0

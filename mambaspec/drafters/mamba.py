@@ -73,6 +73,11 @@ class MambaDrafter(RewindableStep):
         self._depth_states: list[MambaState] = []  # [d] = after feeding each node fed at depth d
         self._fed: dict[int, tuple[int, int]] = {}  # tree node -> (depth, row) of its state this round
 
+    @property
+    def batched_step(self) -> BatchedStep | None:
+        """The padded, bucketed step the drafter's steps run through (CUDA graphs on CUDA); None: unpadded."""
+        return self._step if isinstance(self._step, BatchedStep) else None
+
     @torch.inference_mode()
     def _run(self, state: MambaState | None, tokens: torch.Tensor, n_logits: int = 1
              ) -> tuple[torch.Tensor, MambaState]:
