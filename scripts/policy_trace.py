@@ -5,7 +5,8 @@
 
 Runs ``bench jsonl`` (``ar`` and ``mamba-dynamic``) with every ``DynamicTreePolicy.observe`` logged to OUT/rounds.jsonl:
 the round's nodes and accepted tokens, whether it drafted, the backoff's plain rounds still to come, and the policy's
-estimates then (a plain round's time ``base_s``, one drafter step ``step_s``, the realized gain in plain steps).
+estimates then (a drafted round's base time ``base_s``, one drafter step ``step_s``, its read of the committed tokens
+``read_s``, the realized gain in plain steps).
 Prints the share of undrafted rounds, how many of them were the backoff's, and the step estimate over the run.
 """
 
@@ -36,7 +37,7 @@ def main() -> None:
         row = {"nodes": outcome.nodes, "accepted": outcome.accepted, "drafted": plan is not None,
                "backoff": skipping > 0, "skip_after": self._skip, "context": outcome.context}
         if plan is not None:
-            row.update(base_s=plan.base_time(), step_s=plan.costs.step, gain=self._gains[-1] if self._gains else None)
+            row.update(base_s=plan.base_time(), step_s=plan.costs.step, read_s=plan.costs.read, gain=self._gains[-1] if self._gains else None)
         rounds.append(row)
 
     dynamic.DynamicTreePolicy.observe = logged

@@ -24,10 +24,11 @@ PROMPTS = prompts(14)
 class FixedCosts(CostModel):
     """Verification nearly free per node: the policy drafts deep trees (what the tests want to exercise)."""
 
+    step, read, overhead = 2e-4, 0.0, 0.0
+
     def __init__(self, per_node: float = 1e-4, base: float = 0.01) -> None:
         super().__init__()
         self.per_node, self.base = per_node, base
-        self.step = 2e-4
 
     def verify(self, nodes, context):
         return self.base + self.per_node * nodes
@@ -271,6 +272,46 @@ def test_calibration_round_trips_and_is_capped():
     assert sum(AcceptanceModel.from_dict({"hits": [1], "seen": "x"}).seen) == 0
 
 
+def test_a_slow_spell_does_not_price_the_drafter_out():
+    """The drafter's step, read and a round's overhead follow the machine through a slow spell (every part 5x slower)
+    and come back with it, even when the rounds after the spell are too shallow to time a step: the step is priced
+    relative to the read, which every drafted round measures. Isolated slow samples move nothing."""
+    costs = CostModel()
+
+    def round_(speed: float, steps: int) -> None:
+        read, step = 0.003 * speed, 0.003 * speed
+        costs.observe(RoundOutcome(tokens=2, seconds=0.05 * speed + read + steps * step, draft_s=read + steps * step,
+                                   forward_s=0.045 * speed, nodes=4, depth=2, context=100), steps=steps, read_s=read)
+
+    for _ in range(40):
+        round_(1.0, 2)
+    assert costs.step == pytest.approx(0.003) and costs.read == pytest.approx(0.003)
+    assert costs.overhead == pytest.approx(0.005)
+    for i in range(40):  # one round in four 5x slower: no change
+        round_(5.0 if i % 4 == 0 else 1.0, 2)
+    assert costs.step == pytest.approx(0.003) and costs.overhead == pytest.approx(0.005)
+    for _ in range(40):  # a long slow spell: the machine is slower, and the estimates say so
+        round_(5.0, 2)
+    assert costs.step == pytest.approx(0.015) and costs.read == pytest.approx(0.015)
+    for _ in range(40):  # back to speed, in rounds that take no drafter step (as a pricey step makes them)
+        round_(1.0, 0)
+    assert costs.step == pytest.approx(0.003) and costs.read == pytest.approx(0.003)
+
+
+def test_a_slow_round_is_not_a_lost_round():
+    """The backoff prices a plain step at the machine's speed during the round (its forward against the prediction):
+    rounds that gain at any speed never back off, however slow the machine became."""
+    pol = DynamicTreePolicy(costs=FixedCosts(per_node=1e-3, base=0.01))
+    pol.begin_sequence(None)
+    tree = DraftTree.root_only(0)
+    tree.add(1, 0, prob=0.9)
+    for speed in [1.0] * 4 + [3.0] * 16:  # 2 tokens for 1.3 plain steps of the machine's speed then
+        assert pol.choose(None, 100, 50) is not None
+        pol.observe(RoundOutcome(tokens=2, seconds=0.013 * speed, draft_s=0.001 * speed, forward_s=0.011 * speed,
+                                 nodes=1, depth=1, context=100, accepted=1, tree=tree, path=[1]))
+        assert not pol.skipping
+
+
 def test_backoff_follows_what_drafting_really_gained():
     """Rounds that commit enough tokens for their time keep the drafter engaged, through runs of rejections too
     when it pays on average; rounds that keep losing leave it alone for 1, 2, 4 ... rounds; a good round later it
@@ -330,7 +371,7 @@ class _FixedRoot(StepDrafter):
 class _LinearCosts(FixedCosts):
     def __init__(self, per_node: float) -> None:
         super().__init__(per_node=per_node, base=0.01)
-        self.step = self.overhead = 0.0
+        self.step = 0.0
 
 
 @pytest.mark.parametrize("q,p,per_node,children", [

@@ -7,13 +7,16 @@ grown from the drafter's own probabilities (``drafters.growth.grow_dynamic``, as
 per second of the round:
 
     E[tokens] = 1 + Σ_nodes Π_{ancestors a, and the node} acc(a)         (greedy: a node is committed
-    E[time]   = verify(n, L) + steps · step + overhead                    exactly when its whole path is)
+    E[time]   = verify(n, L) + read + steps · step + overhead             exactly when its whole path is)
     add node x  iff  (E + v_x) / (T + Δverify) > E / T
 
 ``acc`` is learnt online: a calibration of the drafter's probability (and, for nodes copied from the
 context, of the match's length and agreement) against what the target accepted, over every node
 whose parent was accepted. ``verify(n, L)`` is a least-squares fit of the rounds' forward times on
-``1, n, L, n·L`` centred on the round's context, nearer rounds weighing more (``CostModel``). Nothing is
+``1, n, L, n·L`` centred on the round's context, nearer rounds weighing more (``CostModel``); the drafter's read of the
+committed tokens and its step, and a round's overhead, are medians of recent rounds, a step priced relative to
+the read that every drafted round measures (timing noise on a shared machine only adds time, and comes in
+spells: a slow spell must not price the drafter out for good). Nothing is
 probed: where no round was measured near the context yet, the first round there is a plain step and
 the next ones draft at most ``EXPLORE_NODES`` nodes until a drafted round has been measured; all of
 them are real rounds that commit tokens. When not even the best first node pays, the round verifies
@@ -42,6 +45,7 @@ BINS = 20  # calibration bins of the drafter's probability
 PRIOR = 2.0  # pseudo-observations at the bin's own probability (an uncalibrated drafter is taken at its word)
 KEPT_COUNTS = 20.0  # observations per calibration bin kept from earlier runs at most
 HISTORY = 256  # rounds the cost fit remembers
+RECENT = 32  # samples the drafter's step, read and a round's overhead are medians of
 GAIN_WINDOW = 16  # the engaged rounds whose realized gain says whether drafting pays
 WIDE_NODES = 64  # the node cap where verification is flat (a GPU): the paper's wide arms, e.g. 3,2,2,1,1 (45 nodes)
 FLAT_RATIO = 1.2  # "flat": verifying WIDE_NODES nodes predicted within this factor of one node
@@ -122,22 +126,53 @@ class AcceptanceModel:
 
 class CostModel:
     """Seconds of a round's parts, measured from the rounds themselves (and from ``known`` samples: earlier runs on
-    this machine and target, e.g. ``loading.costs.CostStore``)."""
+    this machine and target, e.g. ``loading.costs.CostStore``).
+
+    Timing noise on a shared machine only ever adds time, and comes in spells: the drafter's costs are medians of
+    recent samples, not running means, and a drafter step is priced relative to the drafter's reading of the committed
+    tokens (a forward of its own, measured every round that engages it): after a slow spell the step's price comes
+    back with the next read, even in rounds too shallow to take a step (a step is only measured when one is taken)."""
 
     def __init__(self, known: list[tuple[int, int, float]] | None = None) -> None:
         self.rounds: deque[tuple[int, int, float]] = deque(maxlen=HISTORY)  # (nodes, context, forward seconds)
         self.known = list(known or [])
-        self.step = 0.0  # one drafter step (a batched forward of a tree level), exponential average
-        self.overhead = 0.0  # a round's time outside the target's forward and the drafting
+        self._reads: deque[float] = deque(maxlen=RECENT)  # the drafter's reading of what was committed, per round
+        self._steps: deque[float] = deque(maxlen=RECENT)  # one tree step (a batched forward of a level) ...
+        self._ratios: deque[float] = deque(maxlen=RECENT)  # ... and its ratio to the same round's read
+        self._overheads: deque[float] = deque(maxlen=RECENT)  # a round's time outside the forward and the drafting
         self._theta: dict[int, torch.Tensor | None] = {}  # fit by the context it was made for
 
     def observe(self, outcome: RoundOutcome, steps: int, read_s: float = 0.0) -> None:
-        """Learn from a round whose drafter ran ``steps`` tree steps after ``read_s`` seconds of reading."""
+        """Learn from a round whose drafter ran ``steps`` tree steps after ``read_s`` seconds of reading (0: it was
+        not asked for a tree)."""
         self.rounds.append((outcome.nodes, outcome.context, outcome.forward_s))
+        if read_s > 0:
+            self._reads.append(read_s)
         if steps:
-            self.step = _ema(self.step, max(outcome.draft_s - read_s, 0.0) / steps)
-        self.overhead = _ema(self.overhead, max(outcome.seconds - outcome.forward_s - outcome.draft_s, 0.0))
+            step = max(outcome.draft_s - read_s, 0.0) / steps
+            self._steps.append(step)
+            if read_s > 0:
+                self._ratios.append(step / read_s)
+        self._overheads.append(max(outcome.seconds - outcome.forward_s - outcome.draft_s, 0.0))
         self._theta = {}
+
+    @property
+    def read(self) -> float:
+        """The drafter's reading of a round's committed tokens (about one of its steps): the median of recent rounds."""
+        return _median(self._reads)
+
+    @property
+    def step(self) -> float:
+        """One drafter tree step: the recent steps' median ratio to their round's read, times the recent reads' median
+        (the recent steps' median where no read was timed)."""
+        if len(self._ratios) >= 3 and self._reads:
+            return _median(self._ratios) * self.read
+        return _median(self._steps)
+
+    @property
+    def overhead(self) -> float:
+        """A round's time outside the target's forward and the drafting: the median of recent rounds."""
+        return _median(self._overheads)
 
     def samples(self) -> list[tuple[int, int, float]]:
         """What was measured, the known samples first: (nodes, context, seconds)."""
@@ -183,8 +218,9 @@ class CostModel:
         return torch.linalg.solve(x.T @ xw + torch.diag(ridge), xw.T @ t)
 
 
-def _ema(old: float, new: float, weight: float = 0.1) -> float:
-    return new if old == 0.0 else (1 - weight) * old + weight * new
+def _median(values) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else 0.0
 
 
 @dataclass
@@ -200,8 +236,8 @@ class DynamicPlan:
     top_accept: float  # expected acceptance of a node's first child (before the drafter is asked)
 
     def base_time(self) -> float:
-        """A round that drafts: a plain step's time, and the drafter's feeding of what it commits (about a step)."""
-        return self.costs.verify(0, self.context) + self.costs.overhead + self.costs.step
+        """A round that drafts: a plain step's time, and the drafter's reading of what it commits."""
+        return self.costs.verify(0, self.context) + self.costs.overhead + (self.costs.read or self.costs.step)
 
     def node_cost(self, n: int) -> float:
         """The extra verification time of the n-th node."""
@@ -284,10 +320,14 @@ class DynamicTreePolicy:
                 self._top = [self._top[0] + (first == top), self._top[1] + 1]
             self.acceptance.update(tree, outcome.path)
         # What engaging the drafter really gained, in plain steps: the tokens committed against the plain steps they
-        # would have taken, less this round's time (reading tokens skipped earlier aside, feeding its commit in).
+        # would have taken, less this round's time (reading tokens skipped earlier aside, feeding its commit in) -- a
+        # plain step priced at the machine's speed during this round (its forward against the fit's prediction), so
+        # that a slow spell of a shared machine does not read as drafting losing.
         plain = self.costs.verify(0, outcome.context) + self.costs.overhead
-        spent = outcome.seconds - tree.read_s + self.costs.step
-        self._gains.append((outcome.tokens * plain - spent) / plain if plain > 0 else 0.0)
+        predicted = self.costs.verify(outcome.nodes, outcome.context)
+        speed = min(max(outcome.forward_s / predicted, 0.25), 4.0) if predicted > 0 and outcome.forward_s > 0 else 1.0
+        spent = outcome.seconds - tree.read_s + (self.costs.read or self.costs.step)
+        self._gains.append((outcome.tokens * plain * speed - spent) / (plain * speed) if plain > 0 else 0.0)
         if not self._losing():
             self._backoff = 0
         else:  # drafting has lost lately: leave the drafter alone for a while
