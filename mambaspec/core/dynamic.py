@@ -13,13 +13,12 @@ per second of the round:
 ``acc`` is learnt online: a calibration of the drafter's probability (and, for nodes copied from the
 context, of the match's length and agreement) against what the target accepted, over every node
 whose parent was accepted. ``verify(n, L)`` is a least-squares fit of the rounds' forward times on
-``1, n, L, n·L`` centred on the round's context, nearer rounds weighing more (``CostModel``); the drafter's read of the
-committed tokens and its step, and a round's overhead, are medians of recent rounds, a step priced relative to
-the read that every drafted round measures (timing noise on a shared machine only adds time, and comes in
-spells: a slow spell must not price the drafter out for good). Nothing is
-probed: where no round was measured near the context yet, the first round there is a plain step and
-the next ones draft at most ``EXPLORE_NODES`` nodes until a drafted round has been measured; all of
-them are real rounds that commit tokens. When not even the best first node pays, the round verifies
+``1, n, L, n·L`` centred on the round's context, nearer rounds weighing more (``CostModel``); the drafter's
+read of the committed tokens and its step, and a round's overhead, are medians of recent rounds in the fit's
+units (divided by how slow the machine ran lately against the fit), since timing noise on a shared machine
+only adds time and comes in spells. Nothing is probed: where no round was measured near the context yet, the
+first round there is a plain step and the next ones draft at most ``EXPLORE_NODES`` nodes until a drafted round
+has been measured; all of them are real rounds that commit tokens. When not even the best first node pays, the round verifies
 the pending token alone — a plain step. When drafting has lost lately, with some confidence (what the
 last ``GAIN_WINDOW`` rounds that engaged the drafter really gained, in plain steps: committed tokens
 against their time — its mean plus one standard error below zero), the drafter is left alone for a few
@@ -46,6 +45,7 @@ PRIOR = 2.0  # pseudo-observations at the bin's own probability (an uncalibrated
 KEPT_COUNTS = 20.0  # observations per calibration bin kept from earlier runs at most
 HISTORY = 256  # rounds the cost fit remembers
 RECENT = 32  # samples the drafter's step, read and a round's overhead are medians of
+SPEED_WINDOW = 8  # rounds whose forward times against the fit say how slow the machine runs lately
 GAIN_WINDOW = 16  # the engaged rounds whose realized gain says whether drafting pays
 WIDE_NODES = 64  # the node cap where verification is flat (a GPU): the paper's wide arms, e.g. 3,2,2,1,1 (45 nodes)
 FLAT_RATIO = 1.2  # "flat": verifying WIDE_NODES nodes predicted within this factor of one node
@@ -128,50 +128,56 @@ class CostModel:
     """Seconds of a round's parts, measured from the rounds themselves (and from ``known`` samples: earlier runs on
     this machine and target, e.g. ``loading.costs.CostStore``).
 
-    Timing noise on a shared machine only ever adds time, and comes in spells: the drafter's costs are medians of
-    recent samples, not running means, and a drafter step is priced relative to the drafter's reading of the committed
-    tokens (a forward of its own, measured every round that engages it): after a slow spell the step's price comes
-    back with the next read, even in rounds too shallow to take a step (a step is only measured when one is taken)."""
+    Timing noise on a shared machine only ever adds time, and comes in spells. Every round's target forward is
+    timed against what the fit predicted for it before the round: the median of the last ``SPEED_WINDOW`` ratios is
+    the machine's ``speed`` lately (1: as fitted). The drafter's read and step and a round's overhead are kept in the
+    fit's units (divided by the speed when measured) and priced as medians of recent samples, so a slow spell
+    neither inflates the drafter's price after it (a step is only timed when one is taken: an inflated price used to
+    keep trees too shallow to ever time one again) nor reads as drafting losing (``DynamicTreePolicy.observe``)."""
 
     def __init__(self, known: list[tuple[int, int, float]] | None = None) -> None:
         self.rounds: deque[tuple[int, int, float]] = deque(maxlen=HISTORY)  # (nodes, context, forward seconds)
         self.known = list(known or [])
-        self._reads: deque[float] = deque(maxlen=RECENT)  # the drafter's reading of what was committed, per round
-        self._steps: deque[float] = deque(maxlen=RECENT)  # one tree step (a batched forward of a level) ...
-        self._ratios: deque[float] = deque(maxlen=RECENT)  # ... and its ratio to the same round's read
-        self._overheads: deque[float] = deque(maxlen=RECENT)  # a round's time outside the forward and the drafting
+        self._speeds: deque[float] = deque(maxlen=SPEED_WINDOW)  # forward seconds / the fit's prediction, per round
+        self._reads: deque[float] = deque(maxlen=RECENT)  # the drafter's reading of what was committed (fit units)
+        self._steps: deque[float] = deque(maxlen=RECENT)  # one tree step, a batched forward of a level (fit units)
+        self._overheads: deque[float] = deque(maxlen=RECENT)  # a round outside the forward and the drafting (fit units)
         self._theta: dict[int, torch.Tensor | None] = {}  # fit by the context it was made for
 
     def observe(self, outcome: RoundOutcome, steps: int, read_s: float = 0.0) -> None:
-        """Learn from a round whose drafter ran ``steps`` tree steps after ``read_s`` seconds of reading (0: it was
-        not asked for a tree)."""
+        """Learn from a round whose drafter ran ``steps`` tree steps after ``read_s`` seconds of reading (0: nothing
+        was read)."""
+        predicted = self.verify(outcome.nodes, outcome.context) if self.rounds or self.known else 0.0
+        if predicted > 0 and outcome.forward_s > 0:
+            self._speeds.append(outcome.forward_s / predicted)
+        speed = self.speed
         self.rounds.append((outcome.nodes, outcome.context, outcome.forward_s))
         if read_s > 0:
-            self._reads.append(read_s)
+            self._reads.append(read_s / speed)
         if steps:
-            step = max(outcome.draft_s - read_s, 0.0) / steps
-            self._steps.append(step)
-            if read_s > 0:
-                self._ratios.append(step / read_s)
-        self._overheads.append(max(outcome.seconds - outcome.forward_s - outcome.draft_s, 0.0))
+            self._steps.append(max(outcome.draft_s - read_s, 0.0) / steps / speed)
+        self._overheads.append(max(outcome.seconds - outcome.forward_s - outcome.draft_s, 0.0) / speed)
         self._theta = {}
 
     @property
+    def speed(self) -> float:
+        """How slow the machine ran lately against the fit: the median ratio of the last rounds' forward times to
+        their prediction (2: twice as slow), within [1/4, 4]."""
+        return min(max(_median(self._speeds), 0.25), 4.0) if self._speeds else 1.0
+
+    @property
     def read(self) -> float:
-        """The drafter's reading of a round's committed tokens (about one of its steps): the median of recent rounds."""
+        """The drafter's reading of a round's committed tokens (the fit's units): the median of recent rounds."""
         return _median(self._reads)
 
     @property
     def step(self) -> float:
-        """One drafter tree step: the recent steps' median ratio to their round's read, times the recent reads' median
-        (the recent steps' median where no read was timed)."""
-        if len(self._ratios) >= 3 and self._reads:
-            return _median(self._ratios) * self.read
+        """One drafter tree step (the fit's units): the median of recent steps."""
         return _median(self._steps)
 
     @property
     def overhead(self) -> float:
-        """A round's time outside the target's forward and the drafting: the median of recent rounds."""
+        """A round's time outside the target's forward and the drafting (the fit's units): the median of recent rounds."""
         return _median(self._overheads)
 
     def samples(self) -> list[tuple[int, int, float]]:
@@ -320,14 +326,11 @@ class DynamicTreePolicy:
                 self._top = [self._top[0] + (first == top), self._top[1] + 1]
             self.acceptance.update(tree, outcome.path)
         # What engaging the drafter really gained, in plain steps: the tokens committed against the plain steps they
-        # would have taken, less this round's time (reading tokens skipped earlier aside, feeding its commit in) -- a
-        # plain step priced at the machine's speed during this round (its forward against the fit's prediction), so
-        # that a slow spell of a shared machine does not read as drafting losing.
+        # would have taken, less this round's time (reading tokens skipped earlier aside, feeding its commit in), at
+        # the machine's speed lately (``CostModel.speed``), so that a slow spell does not read as drafting losing.
         plain = self.costs.verify(0, outcome.context) + self.costs.overhead
-        predicted = self.costs.verify(outcome.nodes, outcome.context)
-        speed = min(max(outcome.forward_s / predicted, 0.25), 4.0) if predicted > 0 and outcome.forward_s > 0 else 1.0
-        spent = outcome.seconds - tree.read_s + (self.costs.read or self.costs.step)
-        self._gains.append((outcome.tokens * plain * speed - spent) / (plain * speed) if plain > 0 else 0.0)
+        spent = (outcome.seconds - tree.read_s) / self.costs.speed + (self.costs.read or self.costs.step)
+        self._gains.append((outcome.tokens * plain - spent) / plain if plain > 0 else 0.0)
         if not self._losing():
             self._backoff = 0
         else:  # drafting has lost lately: leave the drafter alone for a while

@@ -26,6 +26,7 @@ import torch
 
 from ..core.drafter import Drafter, DraftPlan, ReportsRanks, Rewindable
 from ..core.sampling import GumbelNoise, SamplingConfig
+from ..core.stats import sync
 from ..core.tree import DraftTree
 from .growth import grow_tree
 from .vocab import Candidates, DraftVocab
@@ -90,11 +91,13 @@ class StepDrafter(Drafter, ReportsRanks):
         return None if self._reading is None else self._reading.root
 
     def start_tree(self, tree: DraftTree) -> torch.Tensor:
-        """The root logits of a new tree (``tree.read_s``: how long reading what was committed took), then
-        ``begin_tree``."""
-        t0 = time.perf_counter()
-        self.flush()
-        tree.read_s = time.perf_counter() - t0
+        """The root logits of a new tree (``tree.read_s``: how long reading what was committed took, 0 if nothing was
+        pending), then ``begin_tree``."""
+        if self._pending is not None:  # (after the prefill, nothing is: no read to time)
+            t0 = time.perf_counter()
+            self.flush()
+            sync(self.model.device)
+            tree.read_s = time.perf_counter() - t0
         if self._reading is None:
             raise RuntimeError(f"{self.name}: a tree was asked for before the prompt was read (prefill)")
         self._reading = Reading(self._reading.root)  # the last round's bonus logits rank nothing in this one
