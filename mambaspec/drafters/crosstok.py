@@ -117,7 +117,9 @@ class CrossTokenizerDrafter(Drafter, Composite):
                 paths.append(ids[len(window_ids):][: shape.depth])
             else:  # the text merges with the last committed token: continue from that token as it is
                 paths.append(_encode(self.tokenizer, text)[: shape.depth])
-        return _trie(root_token, paths, shape.num_nodes)
+        tree = _trie(root_token, paths, shape.num_nodes)
+        tree.steps, tree.read_s = inner_tree.steps, inner_tree.read_s  # what the dynamic policy's cost model times
+        return tree
 
     def commit(self, tree: DraftTree, path: list[int], bonus: int) -> None:
         self._tids += [tree.tokens[i] for i in path] + [bonus]
