@@ -661,7 +661,7 @@ def verify_cost_table(rows, settings: dict, target: str):
 def pretrain_drafter(
     target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target whose tokenizer the drafter speaks; also the teacher for distillation."),
     arch: Optional[str] = typer.Option(None, "--arch", help="mamba2, mamba, llama (the Transformer baseline) or eagle (a head over the target's hidden states; see recipes/drafters/eagle-smollm2.yaml). Default: the recipe's."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2.yaml, the shipped drafter's (hours on a CPU: data made by the target, then training); recipes/drafters/quickstart.yaml runs in minutes. The plan and its rough times are printed first."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2-long.yaml, the shipped drafter's (hours on a CPU: data made by the target, then 6,000 steps); recipes/drafters/quickstart.yaml runs in minutes. The plan and its rough times are printed first."),
     data: Optional[list[str]] = typer.Option(None, "--data", help="Extra training text: .txt/.md/.py/.rst/.jsonl/.parquet files or folders (repeatable)."),
     out_dir_opt: Optional[str] = typer.Option(None, "--out", help="Output folder (checkpoints, metrics.csv, the model, eval.json, README.md). Default: runs/ARCH-TARGET."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -683,7 +683,7 @@ def pretrain_drafter(
         if arch is not None and arch not in ARCHS:
             raise MambaspecError(f"--arch: unknown arch '{arch}'; use one of {', '.join(ARCHS)}")
         _at_least("--steps", steps)
-        recipe_path = recipe or recipes_dir() / "drafters" / "mamba2-smollm2.yaml"
+        recipe_path = recipe or recipes_dir() / "drafters" / "mamba2-smollm2-long.yaml"
         r = DrafterRecipe.load(recipe_path)
         r = replace(r, **{k: v for k, v in (("arch", arch), ("steps", steps)) if v is not None})
         r.validate(str(recipe_path))
