@@ -1,7 +1,7 @@
 """What the dynamic tree policy decided, round by round, in one `bench` run: a diagnostic for its cost estimates
 (a fresh OUT: bench resumes the rows already there, and a resumed run traces nothing).
 
-    python scripts/policy_trace.py --drafter carry/long-mamba2-smollm2 --out runs/trace [--data recipes/eval/chat.jsonl]
+    python scripts/policy_trace.py [--drafter FOLDER] --out runs/trace [--data recipes/eval/chat.jsonl]
 
 Runs ``bench jsonl`` (``ar`` and ``mamba-dynamic``) with every ``DynamicTreePolicy.observe`` logged to OUT/rounds.jsonl:
 the round's nodes and accepted tokens, whether it drafted, the backoff's plain rounds still to come, and the policy's
