@@ -421,3 +421,29 @@ def test_bad_data_and_greedy_only_drafters_are_refused_before_any_model_loads(fi
         run_bench(config(files, tmp_path / "out", temperature=0.7, transformer_drafter=files["llama_other"]),
                   log=said.append)
     assert any(m.startswith("skipping transformer:") and "greedy only" in m for m in said), said
+
+
+def test_a_drafter_retrained_under_the_same_folder_is_a_new_configuration(files, tmp_path):
+    """A folder (or a shipped name) whose weights changed is another drafter: its rows are measured again, not
+    resumed from its predecessor's (``weights_id`` in the config_id)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mambaspec.loading.models import weights_id
+
+    drafter = tmp_path / "drafter"
+    shutil.copytree(files["mamba2"], drafter)
+    same = weights_id(str(drafter))
+    assert same and same == weights_id(files["mamba2"])  # content, not path
+    first = run_bench(config(files, tmp_path / "out", drafter=str(drafter), methods=["ar", "mamba"]))
+    assert run_bench(config(files, tmp_path / "out", drafter=str(drafter), methods=["ar", "mamba"])).resumed == 2
+    weights = next(drafter.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = tensors[name] * 1.01  # "retrained"
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert weights_id(str(drafter)) != same
+    again = run_bench(config(files, tmp_path / "out", drafter=str(drafter), methods=["ar", "mamba"]))
+    assert again.resumed == 0 and again.rows[0]["config_id"] != first.rows[0]["config_id"]
+    assert weights_id("someone/some-model") == ""  # a hub id: nothing is downloaded to fingerprint it

@@ -259,6 +259,21 @@ def test_costs_carry_over_between_processes(tiny_target, references, tmp_path, m
     assert fresh.costs.known == [] and sum(fresh.acceptance.seen) == 0
 
 
+def test_calibration_is_kept_per_drafter_weights(tiny_dir, tmp_path):
+    """A drafter retrained under the same name or folder does not inherit its predecessor's calibration."""
+    import shutil
+
+    from mambaspec.loading.pipeline import calibration_key
+
+    folder = tmp_path / "drafter"
+    shutil.copytree(tiny_dir["mamba2"], folder)
+    key = calibration_key(f"{folder}+lookup", f"{folder}+lookup")
+    assert key.startswith(f"{folder}+lookup@") and calibration_key("lookup", "lookup") == "lookup"
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + bytes(4))  # other weights, same size
+    assert calibration_key(f"{folder}+lookup", f"{folder}+lookup") != key
+
+
 def test_calibration_round_trips_and_is_capped():
     acc = AcceptanceModel()
     tree = DraftTree.root_only(0)

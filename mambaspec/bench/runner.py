@@ -31,7 +31,7 @@ from ..core.shape import TreeShape
 from ..drafters.eagle import EagleDrafter
 from ..drafters.mamba import MAMBA_TYPES
 from ..errors import MambaspecError
-from ..loading.models import default_bench_drafter, load_model, resolve_device, resolve_dtype
+from ..loading.models import default_bench_drafter, load_model, resolve_device, resolve_dtype, weights_id
 from ..loading.options import ModelOptions
 from ..loading.pipeline import check_drafter_for, load_drafter
 from ..loading.trees import BENCH_TREE, policy_name
@@ -229,10 +229,13 @@ def _kind_of(drafter) -> str:
 
 
 def _config_id(config: dict, cfg: BenchConfig, measured_on: dict) -> str:
-    """What makes rows comparable, and a rerun's rows skippable: the settings, the thread count and versions, and the
-    content of a --data file (the same path with other prompts is another workload). Not the git commit: an
+    """What makes rows comparable, and a rerun's rows skippable: the settings, the thread count and versions, the
+    content of a --data file (the same path with other prompts is another workload) and the models' weights (a
+    drafter retrained under the same name or folder is another drafter: ``weights_id``). Not the git commit: an
     interrupted run resumes after a commit; measure changed code into another --out."""
     basis = {**config, **{k: measured_on[k] for k in ("threads", "torch", "transformers", "mambaspec")}}
+    basis["weights"] = {k: weights_id(config[k]) for k in ("target", "drafter", "transformer_drafter", "eagle_drafter")
+                        if config.get(k)}
     if cfg.data and Path(cfg.data).is_file():
         basis["data_sha1"] = hashlib.sha1(Path(cfg.data).read_bytes()).hexdigest()
     return hashlib.sha1(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:10]

@@ -240,6 +240,45 @@ def locate(name_or_path: str) -> str:
         f"download it to a folder and pass the folder (known names: `mambaspec models`)")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+WHOLE_FILE_BYTES = 64 << 20  # files up to this size are hashed whole; larger ones by size and their two ends
+
+
+def weights_id(name_or_path: str) -> str:
+    """A short fingerprint of a local model's weights and config, so that a drafter retrained under the same name
+    (a new shipped ``mamba2-smollm2``, a folder trained again) is told apart: ``bench`` keys its rows by it and the
+    dynamic policy its kept calibration. "" for a model that is not on this machine in a form read here (a hub id,
+    a known name not converted yet): nothing is downloaded or converted to compute it."""
+    kind = model_kind(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if kind == "known":
+        entry = registry()[name_or_path]
+        path = entry.shipped_path if entry.shipped_path is not None else cache_dir() / "models" / entry.name
+    elif kind not in ("folder", "gguf"):
+        return ""
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(f for f in path.iterdir()
+                       if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name == "config.json"))
+    else:
+        files = []
+    if not files:
+        return ""
+    digest = hashlib.sha1()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.name}:{size}:".encode())
+        with f.open("rb") as fh:
+            if size <= WHOLE_FILE_BYTES:
+                digest.update(fh.read())
+            else:
+                digest.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), 2)
+                digest.update(fh.read())
+    return digest.hexdigest()[:12]
+
+
 def _looks_like_hub_id(s: str) -> bool:
     parts = s.split("/")
     return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))

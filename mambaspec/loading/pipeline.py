@@ -26,7 +26,8 @@ from ..drafters.lookup import LookupDrafter
 from ..drafters.vocab import read_meta, vocab_from_meta
 from ..errors import MambaspecError
 from .costs import cost_store
-from .models import MERGED, NO_MODEL_DRAFTERS, LoadedModel, default_drafter, load_model, load_tokenizer, locate
+from .models import (MERGED, NO_MODEL_DRAFTERS, LoadedModel, default_drafter, load_model, load_tokenizer, locate,
+                     weights_id)
 from .options import ModelOptions, check_cross_tokenizer
 from .selfcheck import check_drafter
 from .trees import DEFAULT_TREE, policy_name, resolve_tree
@@ -173,6 +174,7 @@ class Pipeline:
     drafter: Drafter
     generator: SpeculativeGenerator
     policies: dict = field(default_factory=dict)
+    calibration_key: str = ""  # the drafter's kept calibration is stored under it (default: the drafter's name)
 
     def policy(self, tree):
         """The tree policy for ``tree`` (a shape, ``"dynamic"``, ``"auto"``, or a policy object)."""
@@ -187,11 +189,15 @@ class Pipeline:
         """Dynamic trees starting from this machine's kept costs and the drafter's kept calibration."""
         store = cost_store(self.target)
         return DynamicTreePolicy(costs=CostModel(known=store.load()),
-                                 acceptance=AcceptanceModel.from_dict(store.calibration(self.drafter.name)))
+                                 acceptance=AcceptanceModel.from_dict(store.calibration(self._calibration_key)))
 
     def _remember_costs(self, policy) -> None:
         if isinstance(policy, DynamicTreePolicy) and policy is self.policies.get("dynamic"):
-            cost_store(self.target).save(policy.costs.samples(), self.drafter.name, policy.acceptance.as_dict())
+            cost_store(self.target).save(policy.costs.samples(), self._calibration_key, policy.acceptance.as_dict())
+
+    @property
+    def _calibration_key(self) -> str:
+        return self.calibration_key or self.drafter.name
 
     def encode(self, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
         return encode_prompt(self.target.tokenizer, prompt, chat=chat, system=system)
@@ -223,7 +229,16 @@ def load_pipeline(target: str = DEFAULT_TARGET, drafter: str | None = None, opti
     options = options or ModelOptions()
     check_cross_tokenizer(cross_tokenizer)
     tgt = load_model(target, options, role="target")
-    d = load_drafter(default_drafter(target) if drafter is None else drafter, tgt, options, cross_tokenizer,
-                     lookup_global)
+    spec = default_drafter(target) if drafter is None else drafter
+    d = load_drafter(spec, tgt, options, cross_tokenizer, lookup_global)
     gen = SpeculativeGenerator(tgt.model, d, tokenizer=tgt.tokenizer, target_options=tgt.optimized)
-    return Pipeline(target=tgt, drafter=d, generator=gen)
+    return Pipeline(target=tgt, drafter=d, generator=gen, calibration_key=calibration_key(spec, d.name))
+
+
+def calibration_key(spec: str, name: str) -> str:
+    """Where the dynamic policy keeps the calibration of the drafter loaded from ``spec`` (named ``name``): the name
+    and its model's weights (``weights_id``), so that a drafter retrained under the same name or folder starts
+    afresh instead of from its predecessor's counts."""
+    model = spec.removesuffix(MERGED)
+    wid = "" if model in (*NO_MODEL_DRAFTERS, "") else weights_id(model)
+    return f"{name}@{wid}" if wid else name

@@ -145,7 +145,8 @@ class GenerationQueue:
         job.queue_s = time.perf_counter() - job.enqueued
         self.metrics.started(len(req.prompt_ids), job.queue_s)
         pipe = Pipeline(base.target, base.drafter, WatchedRounds(base.generator, self.metrics.round,
-                                                                 job.cancelled.is_set), policies=base.policies)
+                                                                 job.cancelled.is_set), policies=base.policies,
+                        calibration_key=base.calibration_key)
         try:
             stream = pipe.stream(req.prompt_ids, max_new_tokens=req.max_new_tokens, tree=self.tree(req.tree),
                                  sampling=req.sampling, seed=req.seed, stop=req.stop)
