@@ -1,5 +1,6 @@
-"""Pack the shards of a distillation data set made on this machine since its last committed pack, so that the next
-machine restores them instead of making them again (``mambaspec/training/datapack.py``). Commit what it writes:
+"""Pack the shards of a distillation data set made on this machine since its last committed pack (or, before it
+has a plan, the Magpie turns made so far), so that the next machine restores them instead of making them again
+(``mambaspec/training/datapack.py``). Commit what it writes (``git add`` of the folder also stages a removed file):
 
     python scripts/pack_data.py broad-v1 && git add recipes/data/packs/broad-v1 && git commit -m "..."
 """
@@ -18,7 +19,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         recipe = DataRecipe.named(args.name)
-        if write_pack(recipe.folder, recipe.packs) is None:
+        if write_pack(recipe.folder, recipe.packs, recipe.settings_key()) is None:
             print(f"nothing new to pack in {recipe.folder}")
     except MambaspecError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -213,3 +213,35 @@ def test_a_pack_carries_the_data_to_a_new_machine(tmp_path, monkeypatch, recipes
     known = torch.isfinite(stream.soft_logp[:, 0])
     n_back = sum(len(r["ids"]) for r in back[:3])
     assert not known[:n_back].any() and known[n_back:].any()
+
+
+def test_magpie_turns_made_before_the_plan_carry_to_a_new_machine(tmp_path):
+    """A data set still writing its Magpie turns (no plan yet) packs them; a fresh machine gets them back (keeping
+    its own), other settings are refused, and the first shards' pack, which carries the turns, removes the file."""
+    from mambaspec.errors import MambaspecError
+    from mambaspec.training.datapack import PROGRESS, restore_packs, shard_path, write_pack
+
+    made, packs = tmp_path / "made", tmp_path / "packs"
+    made.mkdir()
+    line = lambda b: json.dumps({"batch": b, "system": 0, "texts": [f"turn {b}"]})  # noqa: E731
+    (made / "magpie-raw.jsonl").write_text(line(0) + "\n" + line(1) + "\n")
+    with pytest.raises(MambaspecError, match="no plan.json"):
+        write_pack(made, packs, log=lambda m: None)  # no fingerprint: nothing to pack by
+    assert write_pack(made, packs, "key", log=lambda m: None) == packs / PROGRESS
+    assert write_pack(made, packs, "key", log=lambda m: None) is None  # nothing new
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "magpie-raw.jsonl").write_text(line(2) + "\n")
+    said: list[str] = []
+    assert restore_packs(packs, fresh, "key", said.append) == 0
+    assert [json.loads(x)["batch"] for x in (fresh / "magpie-raw.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert any("2 batches of Magpie turns restored" in s for s in said)
+    with pytest.raises(MambaspecError, match="other settings"):
+        restore_packs(packs, tmp_path / "other", "another key", lambda m: None)
+
+    (fresh / "plan.json").write_text(json.dumps({"batches": 1, "settings": "key"}))
+    shard_path(fresh, 0).parent.mkdir()
+    torch.save([{"id": "a", "ids": torch.tensor([1, 2, 3])}], shard_path(fresh, 0))
+    assert write_pack(fresh, packs, "key", log=lambda m: None) is not None
+    assert not (packs / PROGRESS).exists()

@@ -4,6 +4,9 @@ machine spent hours making is not made again on the next.
 A pack file holds a run of consecutive shards (the target's answers: every row's token ids and fields, not the
 top-k log-probabilities, which the shipped recipes do not train on: ``kd_weight`` 0; a KD run leaves such rows out
 of its KL term), and the first one also the prompts (``prompts.jsonl``, ``magpie-raw.jsonl``) and the plan.
+Before there is a plan (the target still writes Magpie's user turns, an hour and more on a CPU for broad-v2), the
+turns made so far are packed alone into ``PROGRESS``, replaced at each pack and removed once the first shards are
+packed (they then carry the turns), so that a data set begun on one machine goes on from there on the next.
 Packs only add: ``write_pack`` packs the shards made since the last pack into a new file, so the repository never
 holds a shard twice. ``restore_packs`` (called by ``datagen.make_data``) writes every packed shard a data set's
 folder lacks; the run then goes on with the rest of the plan, as after an interruption. Packs of a recipe with other
@@ -26,6 +29,8 @@ from ..errors import MambaspecError
 
 FORMAT = 1
 SIDE_FILES = ("plan.json", "prompts.jsonl", "magpie-raw.jsonl")
+MAGPIE_RAW = "magpie-raw.jsonl"
+PROGRESS = "prompts-progress.xz"  # the Magpie turns made so far, while the data set has no plan yet
 
 
 def pack_files(packs: Path) -> list[Path]:
@@ -56,12 +61,15 @@ def _expand(row: dict) -> dict:
     return {**row, "ids": torch.from_numpy(np.frombuffer(row["ids"], dtype=np.uint16).astype(np.int32))}
 
 
-def write_pack(folder: Path, packs: Path, log: Callable[[str], None] = print) -> Path | None:
+def write_pack(folder: Path, packs: Path, settings: str | None = None, log: Callable[[str], None] = print) -> Path | None:
     """Pack the shards of the data set in ``folder`` made since the last pack file in ``packs``, up to the first one
-    missing; None when there is nothing new."""
+    missing; None when there is nothing new. Before the data set has a plan, pack the Magpie turns made so far
+    (``PROGRESS``; ``settings``: the recipe's fingerprint, which that file carries)."""
     folder = Path(folder)
     plan_file = folder / "plan.json"
     if not plan_file.exists():
+        if settings is not None and (folder / MAGPIE_RAW).exists():
+            return _write_progress(folder, Path(packs), settings, log)
         raise MambaspecError(f"{folder} holds no data set (no plan.json); make it first (pretrain-drafter --data-only)")
     existing = pack_files(packs)
     start = _span(existing[-1])[1] + 1 if existing else 0
@@ -81,6 +89,28 @@ def write_pack(folder: Path, packs: Path, log: Callable[[str], None] = print) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out, lambda tmp: tmp.write_bytes(lzma.compress(buf.getvalue(), preset=9)))
     log(f"packed shards {start}-{end - 1} of {folder.name} into {out} ({out.stat().st_size / 2 ** 20:.1f} MiB)")
+    if (Path(packs) / PROGRESS).exists():  # the first shards' pack carries the turns now
+        (Path(packs) / PROGRESS).unlink()
+        log(f"removed {Path(packs) / PROGRESS} (the shards' pack holds its turns)")
+    return out
+
+
+def _raw_lines(text: str) -> dict[int, str]:
+    """Magpie's raw turns by batch (``datagen.magpie_prompts`` writes one line a batch)."""
+    return {json.loads(line)["batch"]: line for line in text.splitlines() if line.strip()}
+
+
+def _write_progress(folder: Path, packs: Path, settings: str, log: Callable[[str], None]) -> Path | None:
+    text = (folder / MAGPIE_RAW).read_text()
+    out = packs / PROGRESS
+    if out.exists() and _raw_lines(_read(out)["files"][MAGPIE_RAW]).keys() >= _raw_lines(text).keys():
+        return None
+    blob = {"format": FORMAT, "settings": settings, "files": {MAGPIE_RAW: text}}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out, lambda tmp: tmp.write_bytes(lzma.compress(buf.getvalue(), preset=9)))
+    log(f"packed {len(_raw_lines(text))} batches of Magpie turns of {folder.name} into {out} (no plan yet)")
     return out
 
 
@@ -100,15 +130,13 @@ def restore_packs(packs: Path, folder: Path, settings: str, log: Callable[[str],
     """Write into ``folder`` (a data set with the fingerprint ``settings``) every shard packed in ``packs`` (and the prompts and plan, when the folder has none) that it lacks;
     the number of shards written."""
     folder = Path(folder)
+    _restore_progress(Path(packs) / PROGRESS, folder, settings, log)
     written = 0
     for path in pack_files(packs):
         first, last = _span(path)
         if all(shard_path(folder, i).exists() for i in range(first, last + 1)) and (first or (folder / "plan.json").exists()):
             continue
-        blob = _read(path)
-        if blob.get("format") != FORMAT or blob.get("settings") != settings:
-            raise MambaspecError(f"{path} was made with other settings than the data recipe has now; restore "
-                                 f"the recipe, or delete {path.parent} to make the data set anew")
+        blob = _checked(path, settings)
         (folder / "answers").mkdir(parents=True, exist_ok=True)
         for f, text in blob.get("files", {}).items():
             if not (folder / f).exists():
@@ -120,3 +148,27 @@ def restore_packs(packs: Path, folder: Path, settings: str, log: Callable[[str],
     if written:
         log(f"data set {folder.name}: {written} shards restored from {packs} (made on an earlier machine)")
     return written
+
+
+def _checked(path: Path, settings: str) -> dict:
+    blob = _read(path)
+    if blob.get("format") != FORMAT or blob.get("settings") != settings:
+        raise MambaspecError(f"{path} was made with other settings than the data recipe has now; restore "
+                             f"the recipe, or delete {path.parent} to make the data set anew")
+    return blob
+
+
+def _restore_progress(path: Path, folder: Path, settings: str, log: Callable[[str], None]) -> None:
+    """Add to ``folder``'s Magpie turns the batches packed in ``path`` (``PROGRESS``) that it lacks."""
+    if not path.exists() or (folder / "plan.json").exists():
+        return
+    packed = _raw_lines(_checked(path, settings)["files"][MAGPIE_RAW])
+    raw = folder / MAGPIE_RAW
+    have = _raw_lines(raw.read_text()) if raw.exists() else {}
+    if packed.keys() <= have.keys():
+        return
+    lines = {**packed, **have}
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_text(raw, "".join(lines[b] + "\n" for b in sorted(lines)))
+    log(f"data set {folder.name}: {len(packed.keys() - have.keys())} batches of Magpie turns restored from {path} "
+        f"(made on an earlier machine)")
