@@ -660,7 +660,7 @@ def verify_cost_table(rows, settings: dict, target: str):
 @app.command("pretrain-drafter")
 def pretrain_drafter(
     target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target whose tokenizer the drafter speaks; also the teacher for distillation."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="mamba2, mamba, llama (the Transformer baseline) or eagle (a head over the target's hidden states; see recipes/drafters/eagle-smollm2.yaml). Default: the recipe's."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="mamba2, mamba, llama (the Transformer baseline) or eagle (a head over the target's hidden states; see recipes/drafters/eagle-smollm2-long.yaml). Default: the recipe's."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2-long.yaml, the shipped drafter's (hours on a CPU: data made by the target, then 6,000 steps); recipes/drafters/quickstart.yaml runs in minutes. The plan and its rough times are printed first."),
     data: Optional[list[str]] = typer.Option(None, "--data", help="Extra training text: .txt/.md/.py/.rst/.jsonl/.parquet files or folders (repeatable)."),
     out_dir_opt: Optional[str] = typer.Option(None, "--out", help="Output folder (checkpoints, metrics.csv, the model, eval.json, README.md). Default: runs/ARCH-TARGET."),

@@ -7,9 +7,6 @@ OUT=${1:-runs/final}
 for name in mamba2-smollm2 llama-smollm2 eagle-smollm2; do
   if [ -f "$OUT/$name/model.safetensors" ]; then continue; fi
   resume=""; [ -f "$OUT/$name/checkpoint.pt" ] && resume="--resume"
-  case $name in
-    eagle-smollm2) recipe=recipes/drafters/eagle-smollm2.yaml ;;  # eagle-smollm2-long.yaml: not trained yet
-    *) recipe=recipes/drafters/$name-long.yaml ;;
-  esac
+  recipe=recipes/drafters/$name-long.yaml
   mambaspec pretrain-drafter --recipe "$recipe" --out "$OUT/$name" $resume
 done
