@@ -426,3 +426,26 @@ def test_dynamic_keep_rule_does_not_bias_sampling(q, p, per_node, children):
         counts[tree.tokens[path[0]] if path else bonus] += 1
     assert sizes - {0}, "the tree drafted nothing: the test would not exercise the keep rule"
     assert _pvalue(counts, p) > ALPHA, (counts / counts.sum()).tolist()
+
+
+def test_a_cold_first_step_does_not_keep_trees_shallow():
+    """The first drafter step of a run pays one-time costs (here 6x a warm one). Priced from it alone, a step would
+    never pay again and never be timed again (seen on the chat mix: every later tree one level deep). Until a few
+    steps are timed a step costs at most the drafter's read; then their median, where the cold one is outvoted."""
+    costs = CostModel()
+
+    def round_(steps: int, step: float) -> None:
+        read = 0.003
+        costs.observe(RoundOutcome(tokens=2, seconds=0.05 + read + steps * step, draft_s=read + steps * step,
+                                   forward_s=0.045, nodes=3, depth=max(steps, 1), context=100), steps=steps, read_s=read)
+
+    round_(1, 0.018)  # cold
+    for _ in range(10):  # one level, no step to time
+        round_(0, 0.0)
+    assert costs.step == pytest.approx(0.003)
+    for _ in range(3):
+        round_(2, 0.003)
+    assert costs.step == pytest.approx(0.003)
+    for _ in range(4):  # steps that really are dear are priced as such once timed
+        round_(2, 0.02)
+    assert costs.step == pytest.approx(0.02)

@@ -45,6 +45,7 @@ PRIOR = 2.0  # pseudo-observations at the bin's own probability (an uncalibrated
 KEPT_COUNTS = 20.0  # observations per calibration bin kept from earlier runs at most
 HISTORY = 256  # rounds the cost fit remembers
 RECENT = 32  # samples the drafter's step, read and a round's overhead are medians of
+STEP_SAMPLES = 4  # drafter steps timed before their median prices a step (till then: the cheapest seen, at most a read)
 SPEED_WINDOW = 8  # rounds whose forward times against the fit say how slow the machine runs lately
 GAIN_WINDOW = 16  # the engaged rounds whose realized gain says whether drafting pays
 WIDE_NODES = 64  # the node cap where verification is flat (a GPU): the paper's wide arms, e.g. 3,2,2,1,1 (45 nodes)
@@ -172,8 +173,14 @@ class CostModel:
 
     @property
     def step(self) -> float:
-        """One drafter tree step (the fit's units): the median of recent steps."""
-        return _median(self._steps)
+        """One drafter tree step (the fit's units): the median of recent steps. Until ``STEP_SAMPLES`` steps were
+        timed, the cheapest of them and at most the drafter's read (a step and a read are the same forward of the
+        drafter, a token a row against a few tokens of one row): the first steps of a process, or of a new batch
+        shape, pay one-time costs, and a price taken from one such step (3-6x a warm one, measured) kept every later
+        tree one level deep, where no step is taken to time one again."""
+        if len(self._steps) >= STEP_SAMPLES:
+            return _median(self._steps)
+        return min([*self._steps, *([self.read] if self._reads else [])], default=0.0)
 
     @property
     def overhead(self) -> float:
