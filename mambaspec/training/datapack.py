@@ -28,8 +28,8 @@ from ..config import write_atomically
 from ..errors import MambaspecError
 
 FORMAT = 1
-SIDE_FILES = ("plan.json", "prompts.jsonl", "magpie-raw.jsonl")
 MAGPIE_RAW = "magpie-raw.jsonl"
+SIDE_FILES = ("plan.json", "prompts.jsonl", MAGPIE_RAW)
 PROGRESS = "prompts-progress.xz"  # the Magpie turns made so far, while the data set has no plan yet
 
 
@@ -83,11 +83,7 @@ def write_pack(folder: Path, packs: Path, settings: str | None = None, log: Call
                              for i in range(start, end)}}
     if not existing:
         blob["files"] = {f: (folder / f).read_text() for f in SIDE_FILES if (folder / f).exists()}
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    out = Path(packs) / f"shards-{start:05d}-{end - 1:05d}.xz"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(out, lambda tmp: tmp.write_bytes(lzma.compress(buf.getvalue(), preset=9)))
+    out = _write_blob(Path(packs) / f"shards-{start:05d}-{end - 1:05d}.xz", blob)
     log(f"packed shards {start}-{end - 1} of {folder.name} into {out} ({out.stat().st_size / 2 ** 20:.1f} MiB)")
     if (Path(packs) / PROGRESS).exists():  # the first shards' pack carries the turns now
         (Path(packs) / PROGRESS).unlink()
@@ -105,12 +101,17 @@ def _write_progress(folder: Path, packs: Path, settings: str, log: Callable[[str
     out = packs / PROGRESS
     if out.exists() and _raw_lines(_read(out)["files"][MAGPIE_RAW]).keys() >= _raw_lines(text).keys():
         return None
-    blob = {"format": FORMAT, "settings": settings, "files": {MAGPIE_RAW: text}}
+    _write_blob(out, {"format": FORMAT, "settings": settings, "files": {MAGPIE_RAW: text}})
+    log(f"packed {len(_raw_lines(text))} batches of Magpie turns of {folder.name} into {out} (no plan yet)")
+    return out
+
+
+def _write_blob(out: Path, blob: dict) -> Path:
+    """A pack file: ``blob`` saved by torch, xz-compressed, written atomically."""
     buf = io.BytesIO()
     torch.save(blob, buf)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out, lambda tmp: tmp.write_bytes(lzma.compress(buf.getvalue(), preset=9)))
-    log(f"packed {len(_raw_lines(text))} batches of Magpie turns of {folder.name} into {out} (no plan yet)")
     return out
 
 
