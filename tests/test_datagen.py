@@ -245,3 +245,22 @@ def test_magpie_turns_made_before_the_plan_carry_to_a_new_machine(tmp_path):
     torch.save([{"id": "a", "ids": torch.tensor([1, 2, 3])}], shard_path(fresh, 0))
     assert write_pack(fresh, packs, "key", log=lambda m: None) is not None
     assert not (packs / PROGRESS).exists()
+
+
+def test_greedy_answers_are_the_targets_own_generate(eos_target):
+    """A greedy row of the batched, left-padded decoding (its cache preallocated, compacted as rows end) is what
+    transformers' ``generate`` answers to its prompt alone."""
+    from mambaspec.training.corpus import stdlib_function_prompts
+    from mambaspec.training.data_recipe import DataRecipe
+    from mambaspec.training.datagen import answer_batches, plan_batches
+
+    target = load_model(eos_target, ModelOptions(device="cpu", dtype="float32"))
+    recipe = DataRecipe.from_dict({"name": "x", "answers": {"batch_size": 6, "sampled_fraction": 0.0}})
+    prompts = [{**p, "split": "train", "domain": "code", "source": "s"} for p in stdlib_function_prompts(12, seed=1)]
+    rows = sum(answer_batches(target.model, plan_batches(prompts, recipe, target.tokenizer), 0, EOS, 20, 4, recipe), [])
+    assert len({len(r["ids"]) - r["prompt_len"] for r in rows}) > 1  # rows ended at different steps
+    for r in rows:
+        prompt = r["ids"][: r["prompt_len"]].long()[None]
+        own = target.model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20,
+                                    eos_token_id=EOS, pad_token_id=0)[0]
+        assert r["ids"].tolist() == own[: len(r["ids"])].tolist() and len(own) == len(r["ids"])

@@ -57,6 +57,14 @@ class PreallocatedLayer(DynamicLayer):
         self.key_buffer = self.value_buffer = None
         super().reset()
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)  # keys/values become the kept rows; the next update regrows room
+        self.key_buffer = self.value_buffer = None
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self.key_buffer = self.value_buffer = None
+
 
 def new_kv_cache() -> DynamicCache:
     # No config: every layer is a full-length layer, so slots line up across layers and the

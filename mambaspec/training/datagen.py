@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..config import write_atomically
+from ..core.kv import new_kv_cache
 from ..core.sampling import SamplingConfig, warp
 from ..errors import MambaspecError
 from ..hf_compat import with_cache
@@ -75,7 +76,8 @@ def magpie_prompts(model, tokenizer, cfg: MagpieSettings, seed: int, folder: Pat
         system = systems[b % len(systems)]
         prefix = torch.tensor([_user_prefix(tokenizer, system)] * batch, device=model.device)
         torch.manual_seed(seed * 100_003 + b)
-        out = model.generate(prefix, attention_mask=torch.ones_like(prefix), do_sample=True, top_k=0,
+        out = model.generate(prefix, attention_mask=torch.ones_like(prefix), past_key_values=new_kv_cache(),
+                             do_sample=True, top_k=0,
                              temperature=float(cfg.temperature), top_p=float(cfg.top_p),
                              max_new_tokens=cfg.max_new_tokens, pad_token_id=eos, eos_token_id=eos)
         texts = []
@@ -271,12 +273,10 @@ def _decode(model, prompts: list[list[int]], limits: list[int], groups: list[int
     batch does not copy its cache at every step. Row r draws greedily, or samples with ``gens[groups[r]]`` when that
     is a generator (the rows of one group draw together, as one batch alone would). Returns each row's answer and its
     (answer, 2, k) top-k ids and log-probabilities; one host sync per step."""
-    from transformers import DynamicCache
-
     width, device = max(len(x) for x in prompts), model.device
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompts], device=device)
     tokens = torch.tensor([[pad] * (width - len(x)) + x for x in prompts], device=device)
-    cache = DynamicCache()
+    cache = new_kv_cache()  # room to grow: a step writes its token instead of copying the whole cache
     alive = list(range(len(prompts)))  # the prompt of each batch row
     live = [True] * len(prompts)  # batch rows still answering (an ended one stays until the batch is compacted)
     answers: list[list[int]] = [[] for _ in prompts]
