@@ -109,6 +109,9 @@ def build_prompt_set(recipe: DataRecipe, model, tokenizer, log: Log) -> list[dic
     if path.exists():
         return [json.loads(line) for line in path.read_text().splitlines()]
     recipe.folder.mkdir(parents=True, exist_ok=True)
+    # Magpie first: it is the long part and resumes batch by batch, so a rerun of an interrupted set goes on with it
+    # at once (the documents, rendered again on every run until the prompt set is written, take minutes).
+    magpie = magpie_prompts(model, tokenizer, recipe.magpie, recipe.seed, recipe.folder, log) if recipe.magpie else []
     prompts: list[dict] = []
     docs = recipe.documents
     if docs:
@@ -121,8 +124,7 @@ def build_prompt_set(recipe: DataRecipe, model, tokenizer, log: Log) -> list[dic
     if recipe.stdlib_functions:
         prompts += [{**p, "id": f"stdlib-{p['id']}", "domain": "code", "source": "stdlib-function"}
                     for p in stdlib_function_prompts(limit=recipe.stdlib_functions, seed=recipe.seed)]
-    if recipe.magpie:
-        prompts += magpie_prompts(model, tokenizer, recipe.magpie, recipe.seed, recipe.folder, log)
+    prompts += magpie
     if recipe.multiturn:
         multiturn(prompts, recipe.multiturn, recipe.seed)
     by_domain: dict[str, list[dict]] = {}
