@@ -264,3 +264,34 @@ def test_greedy_answers_are_the_targets_own_generate(eos_target):
         own = target.model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20,
                                     eos_token_id=EOS, pad_token_id=0)[0]
         assert r["ids"].tolist() == own[: len(r["ids"])].tolist() and len(own) == len(r["ids"])
+
+
+def test_magpie_turns_are_seeded_draws_that_resume(tmp_path, eos_target):
+    """Magpie's user turns: a batch's draws are fixed by the seed and the batch (a rerun, or a resumed run that made
+    the first batch before, writes the same turns), a turn without EOS is dropped, and ended turns riding along in
+    the batch do not change the others' draws."""
+    import mambaspec.training.datagen as datagen
+    from mambaspec.training.data_recipe import MagpieSettings
+
+    target = load_model(eos_target, ModelOptions(device="cpu", dtype="float32"))
+    tok = target.tokenizer
+    tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+    cfg = MagpieSettings(attempts=16, batch_size=8, max_new_tokens=12, temperature=1.0, top_p=0.9)
+
+    def raw(folder, slack=datagen.MAGPIE_SLACK):
+        folder.mkdir(exist_ok=True)
+        datagen.MAGPIE_SLACK, before = slack, datagen.MAGPIE_SLACK
+        try:
+            datagen.magpie_prompts(target.model, tok, cfg, 3, folder, log=lambda m: None)
+        finally:
+            datagen.MAGPIE_SLACK = before
+        return [json.loads(x) for x in (folder / "magpie-raw.jsonl").read_text().splitlines()]
+
+    made = raw(tmp_path / "a")
+    texts = [t for rec in made for t in rec["texts"]]
+    assert [rec["batch"] for rec in made] == [0, 1] and len(texts) == 16
+    assert any(t is None for t in texts) and any(t is not None for t in texts)
+    assert raw(tmp_path / "b", slack=0.0) == made
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "magpie-raw.jsonl").write_text(json.dumps(made[0]) + "\n")
+    assert raw(tmp_path / "c") == made

@@ -58,8 +58,11 @@ class PreallocatedLayer(DynamicLayer):
         super().reset()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        super().batch_select_indices(indices)  # keys/values become the kept rows; the next update regrows room
-        self.key_buffer = self.value_buffer = None
+        if self.key_buffer is None:
+            return super().batch_select_indices(indices)
+        n = self.get_seq_length()  # the kept rows keep their room: one copy
+        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+        self.keys, self.values = self.key_buffer[:, :, :n], self.value_buffer[:, :, :n]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)

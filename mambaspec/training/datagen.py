@@ -60,6 +60,9 @@ def _dedup_key(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower())[:10])
 
 
+MAGPIE_SLACK = 0.125  # Magpie's batches are wide: ended turns ride along until an eighth has ended (see _decode)
+
+
 @torch.inference_mode()
 def magpie_prompts(model, tokenizer, cfg: MagpieSettings, seed: int, folder: Path, log: Log) -> list[dict]:
     """User turns the target writes itself (its chat template up to the user's turn), filtered and deduplicated."""
@@ -69,20 +72,17 @@ def magpie_prompts(model, tokenizer, cfg: MagpieSettings, seed: int, folder: Pat
     done = {json.loads(line)["batch"] for line in raw_path.read_text().splitlines()} if raw_path.exists() else set()
     eos = tokenizer.eos_token_id
     n_batches = -(-attempts // batch)
+    sampling = SamplingConfig(temperature=float(cfg.temperature), top_p=float(cfg.top_p))
     t0 = time.perf_counter()
     for b in range(n_batches):
         if b in done:
             continue
         system = systems[b % len(systems)]
-        prefix = torch.tensor([_user_prefix(tokenizer, system)] * batch, device=model.device)
-        torch.manual_seed(seed * 100_003 + b)
-        out = model.generate(prefix, attention_mask=torch.ones_like(prefix), past_key_values=new_kv_cache(),
-                             do_sample=True, top_k=0,
-                             temperature=float(cfg.temperature), top_p=float(cfg.top_p),
-                             max_new_tokens=cfg.max_new_tokens, pad_token_id=eos, eos_token_id=eos)
-        texts = []
-        for row in out[:, prefix.shape[1]:].tolist():  # an unfinished turn (no EOS) is dropped
-            texts.append(tokenizer.decode(row[: row.index(eos)]).strip() if eos in row else None)
+        gen = torch.Generator().manual_seed(seed * 100_003 + b)
+        turns, _ = _decode(model, [_user_prefix(tokenizer, system)] * batch, [cfg.max_new_tokens] * batch, [0] * batch,
+                           [gen], sampling, eos, eos, 1, slack=MAGPIE_SLACK)
+        # an unfinished turn (no EOS) is dropped
+        texts = [tokenizer.decode(turn[:-1]).strip() if turn[-1] == eos else None for turn in turns]
         with raw_path.open("a") as f:
             f.write(json.dumps({"batch": b, "system": b % len(systems), "texts": texts}) + "\n")
         log(f"magpie: batch {b + 1}/{n_batches} ({time.perf_counter() - t0:.0f} s)")
