@@ -90,8 +90,11 @@ def _data_set(data) -> tuple[str, float]:
     parts, seconds = [], 0.0
     attempts = data.magpie.attempts
     if attempts and not (folder / "prompts.jsonl").exists():
-        t = attempts * data.magpie.max_new_tokens * GENERATE_SLOT_S
-        parts.append(f"the target writes {attempts:,} user turns (~{_duration(t)})")
+        raw = folder / "magpie-raw.jsonl"
+        done = len(raw.read_text().splitlines()) * data.magpie.batch_size if raw.exists() else 0
+        left = max(attempts - done, 0)
+        t = left * data.magpie.max_new_tokens * GENERATE_SLOT_S
+        parts.append(f"the target writes {left:,} user turns{f' (of {attempts:,})' if done else ''} (~{_duration(t)})")
         seconds += t
     if data.documents:
         parts.append("documents are gathered from man pages and Python's documentation")
