@@ -265,3 +265,17 @@ def test_cli_seed_fixes_the_text(tiny_dir):
     assert all(t == texts[0] for t in texts), texts
     other = json.loads(run_cli(*base, "--drafter", "none", "--seed", "2").stdout)["new_token_ids"]
     assert other != texts[0]
+
+
+def test_inverse_cdf_draws_follow_the_law_and_never_a_zero():
+    """Data generation's draws (a CPU generator's uniforms against the running sums, on the probabilities' device)."""
+    from mambaspec.core.sampling import inverse_cdf_draw
+
+    p = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.2, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.cat([inverse_cdf_draw(p.expand(1000, -1), gen) for _ in range(40)])
+    freq = torch.bincount(draws, minlength=6).float() / len(draws)
+    assert freq[[0, 2, 5]].sum() == 0
+    assert torch.allclose(freq, p, atol=0.01), freq
+    again = inverse_cdf_draw(p.expand(1000, -1), torch.Generator().manual_seed(0))
+    assert torch.equal(again, draws[:1000])  # the generator fixes the draws

@@ -1,6 +1,7 @@
 """Forwards of a KV-cache causal LM over a committed prefix and over a draft tree.
 
-Used by the target (verification) and by the Transformer drafter alike. The cache is a plain
+Used by the target (verification), by the Transformer drafter, and by data generation's batched decoding
+(whose ended rows leave the batch: ``batch_select_indices`` keeps the kept rows' room). The cache is a plain
 ``DynamicCache`` whose slots hold, in order, the committed tokens and then the tree nodes of
 the current forward; ``keep_slots`` compacts it back to the committed prefix plus the accepted
 path (SpecInfer, arXiv 2305.09781, §4: tree attention and KV-cache pruning).

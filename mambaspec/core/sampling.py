@@ -73,6 +73,17 @@ def warp(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return logits.softmax(dim=-1)
 
 
+def inverse_cdf_draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw per row of ``probs`` (rows, vocab), on their device, from uniforms of a CPU ``generator`` (the same
+    draws on any device, up to the rounding of the running sums; a wide batch's probabilities stay where they are).
+    A token of probability 0 is never drawn: u is in (0, 1], and the first running sum >= u x total is a token's."""
+    import torch
+
+    u = 1 - torch.rand(probs.shape[0], 1, generator=generator)
+    cdf = probs.float().cumsum(dim=-1)
+    return torch.searchsorted(cdf, u.to(probs.device) * cdf[:, -1:]).clamp(max=probs.shape[-1] - 1)[:, 0]
+
+
 def gumbel_draw(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """argmax(log probs + noise) along the last dim: with standard Gumbel noise, an exact draw from ``probs``
     (the Gumbel-max trick); tokens of probability 0 are never drawn."""

@@ -30,7 +30,7 @@ import torch
 
 from ..config import write_atomically
 from ..core.kv import new_kv_cache
-from ..core.sampling import SamplingConfig, warp
+from ..core.sampling import SamplingConfig, inverse_cdf_draw, warp
 from ..errors import MambaspecError
 from ..hf_compat import with_cache
 from .corpus import stdlib_function_prompts
@@ -296,8 +296,7 @@ def _decode(model, prompts: list[list[int]], limits: list[int], groups: list[int
             rows = [r for r, orig in enumerate(alive) if live[r] and groups[orig] == g] if gen is not None else []
             if rows:
                 index = torch.tensor(rows, device=device)
-                drawn = torch.multinomial(warp(logits[index], sampling).cpu(), 1, generator=gen)[:, 0]
-                nxt[index] = drawn.to(device)
+                nxt[index] = inverse_cdf_draw(warp(logits[index], sampling), gen)
         for row, (orig, tok) in enumerate(zip(alive, nxt.tolist())):
             if live[row]:
                 answers[orig].append(tok)
