@@ -215,6 +215,12 @@ def test_a_pack_carries_the_data_to_a_new_machine(tmp_path, monkeypatch, recipes
     assert not known[:n_back].any() and known[n_back:].any()
 
 
+def _progress_lines(path) -> list[str]:
+    from mambaspec.training.datapack import MAGPIE_RAW, _read
+
+    return _read(path)["files"][MAGPIE_RAW].splitlines()
+
+
 def test_magpie_turns_made_before_the_plan_carry_to_a_new_machine(tmp_path):
     """A data set still writing its Magpie turns (no plan yet) packs them; a fresh machine gets them back (keeping
     its own), other settings are refused, and the first shards' pack, which carries the turns, removes the file."""
@@ -241,6 +247,8 @@ def test_magpie_turns_made_before_the_plan_carry_to_a_new_machine(tmp_path):
         restore_packs(packs, tmp_path / "other", "another key", lambda m: None)
 
     (fresh / "plan.json").write_text(json.dumps({"batches": 1, "settings": "key"}))
+    assert write_pack(fresh, packs, "key", log=lambda m: None) == packs / PROGRESS  # a plan, no shard: turns still
+    assert [json.loads(x)["batch"] for x in _progress_lines(packs / PROGRESS)] == [0, 1, 2]
     shard_path(fresh, 0).parent.mkdir()
     torch.save([{"id": "a", "ids": torch.tensor([1, 2, 3])}], shard_path(fresh, 0))
     assert write_pack(fresh, packs, "key", log=lambda m: None) is not None

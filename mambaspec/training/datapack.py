@@ -67,11 +67,14 @@ def write_pack(folder: Path, packs: Path, settings: str | None = None, log: Call
     (``PROGRESS``; ``settings``: the recipe's fingerprint, which that file carries)."""
     folder = Path(folder)
     plan_file = folder / "plan.json"
-    if not plan_file.exists():
+    existing = pack_files(packs)
+    unanswered = not existing and not shard_path(folder, 0).exists()  # a plan without a shard: its turns are progress
+    if not plan_file.exists() or unanswered:
         if settings is not None and (folder / MAGPIE_RAW).exists():
             return _write_progress(folder, Path(packs), settings, log)
-        raise MambaspecError(f"{folder} holds no data set (no plan.json); make it first (pretrain-drafter --data-only)")
-    existing = pack_files(packs)
+        if not plan_file.exists():
+            raise MambaspecError(
+                f"{folder} holds no data set (no plan.json); make it first (pretrain-drafter --data-only)")
     start = _span(existing[-1])[1] + 1 if existing else 0
     end = start
     while shard_path(folder, end).exists():
