@@ -1,6 +1,7 @@
 """τ against tokens seen: evaluate a training run's snapshots (and any other drafters) on the same held-out rows.
 
     python scripts/learning_curve.py runs/long/mamba2-smollm2 [--also mambaspec/shipped/mamba2-smollm2] [--out CSV]
+    python scripts/learning_curve.py RUN --split train      # the same on training rows: how much is memorised
 
 Every drafter runs the recipe's held-out evaluation (chain of 4, greedy, through the real decoding loop; top-1
 agreement teacher-forced on the target's answers) on the same rows of the run's distillation set: the snapshots
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 from pathlib import Path
 
 from mambaspec.drafters.vocab import META_FILE
@@ -38,7 +40,10 @@ def main() -> None:
     ap.add_argument("run", help="a pretrain-drafter --out folder")
     ap.add_argument("--also", action="append", default=[], help="another drafter folder to evaluate (repeatable)")
     ap.add_argument("--set", default=None, help="distillation set whose held-out rows to use (default: the run's)")
-    ap.add_argument("--per-domain", type=int, default=6, help="held-out prompts per domain")
+    ap.add_argument("--split", choices=["heldout", "train"], default="heldout",
+                    help="the rows to draft on: held-out (default) or training rows (greedy ones, in a fixed shuffle): "
+                         "against held-out, how much of the drafter's acceptance is memorised")
+    ap.add_argument("--per-domain", type=int, default=6, help="prompts per domain")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--target", default="smollm2-135m")
     ap.add_argument("--out", default=None, help="CSV (default RUN/learning_curve.csv)")
@@ -49,8 +54,11 @@ def main() -> None:
         raise SystemExit(f"no drafter in {run} yet (no snapshots/step-N, no final model) and none given with --also")
     first = json.loads((drafters[0][0] / META_FILE).read_text())["recipe"]
     name = args.set or next(s["set"] for s in first["data"] if s["source"] == "distill")
-    rows = list(read_shards(DataRecipe.named(name).folder, split="heldout"))
-    out = Path(args.out or run / "learning_curve.csv")
+    rows = list(read_shards(DataRecipe.named(name).folder, split=args.split))
+    if args.split == "train":
+        rows = [r for r in rows if r.get("mode") == "greedy"]
+        random.Random(0).shuffle(rows)
+    out = Path(args.out or run / ("learning_curve.csv" if args.split == "heldout" else "learning_curve-train.csv"))
     done = {r["drafter"] for r in csv.DictReader(out.open())} if out.exists() else set()
     target = load_model(args.target, ModelOptions(device="cpu", dtype="float32"))
     for folder, step in drafters:
