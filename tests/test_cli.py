@@ -167,13 +167,14 @@ def test_an_offline_model_package_without_its_parts_is_one_line(tmp_path, monkey
 
     (tmp_path / "parted_gguf").mkdir()
     (tmp_path / "parted_gguf" / "__init__.py").write_text(
-        "def assemble(out):\n    import parted_gguf_part1  # noqa\n")
+        "def assemble(out, overwrite=False):\n    open(out, 'wb').write(b'half')\n    import parted_gguf_part1  # noqa\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path / "cache"))
     entry = ModelEntry("parted", offline={"package": "parted-gguf", "module": "parted_gguf", "assemble": True,
                                           "gguf_file": "x.gguf"})
     with pytest.raises(MambaspecError, match="pip install --force-reinstall parted-gguf"):
         _offline_gguf(entry)
+    assert not list((tmp_path / "cache").rglob("*.gguf*"))  # nothing half-made is taken for the file next time
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -110,7 +110,9 @@ def test_recipe_sections_are_checked():
     recipe = DataRecipe.from_dict({"name": "x", "answers": {"batch_size": 4}})
     assert recipe.answers.batch_size == 4 and recipe.answers.max_new_tokens == 256 and not recipe.magpie
     for raw, said in (({"answers": {"batchsize": 4}}, "answers.batchsize"), ({"magpie": {"attempt": 9}}, "magpie.attempt"),
-                      ({"documents": [1]}, "'documents' must be a mapping"), ({"sed": 1}, "'sed'")):
+                      ({"documents": [1]}, "'documents' must be a mapping"), ({"sed": 1}, "'sed'"),
+                      ({"magpie": {"attempts": 9, "temperature": 0}}, "magpie: the target samples"),
+                      ({"answers": {"sampled_fraction": 0.2, "temperature": 0}}, "answers: sampled_fraction")):
         with pytest.raises(MambaspecError, match=said):
             DataRecipe.from_dict({"name": "x", **raw})
 

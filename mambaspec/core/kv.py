@@ -27,7 +27,12 @@ MIN_CAPACITY = 256
 
 
 class PreallocatedLayer(DynamicLayer):
-    """A ``DynamicLayer`` whose ``keys``/``values`` are views of buffers with room to grow."""
+    """A ``DynamicLayer`` whose ``keys``/``values`` are views of buffers with room to grow. An operation of
+    transformers' that replaces ``keys``/``values`` (batch selection, repetition, beam reordering) keeps the two in
+    step: the selection keeps its rows' room, the others let the next update regrow it."""
+
+    key_buffer: torch.Tensor | None = None
+    value_buffer: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
@@ -67,6 +72,10 @@ class PreallocatedLayer(DynamicLayer):
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
+        self.key_buffer = self.value_buffer = None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
         self.key_buffer = self.value_buffer = None
 
 

@@ -80,7 +80,7 @@ def inverse_cdf_draw(probs: torch.Tensor, generator: torch.Generator) -> torch.T
     import torch
 
     u = 1 - torch.rand(probs.shape[0], 1, generator=generator)
-    cdf = probs.float().cumsum(dim=-1)
+    cdf = probs.float().cumsum(dim=-1).cummax(dim=-1).values  # a parallel (GPU) sum may dip by a rounding step
     return torch.searchsorted(cdf, u.to(probs.device) * cdf[:, -1:]).clamp(max=probs.shape[-1] - 1)[:, 0]
 
 

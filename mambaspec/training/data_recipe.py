@@ -58,6 +58,11 @@ class MagpieSettings(Section):
     top_p: float = 1.0
     systems: tuple[str, ...] | list[str] = ("You are a helpful assistant.",)
 
+    def __post_init__(self) -> None:
+        if self.attempts and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise MambaspecError(f"magpie: the target samples its user turns; temperature must be > 0 and top_p in "
+                                 f"(0, 1], got {self.temperature} and {self.top_p}")
+
 
 @dataclass(frozen=True)
 class DocumentSettings(Section):
@@ -83,6 +88,11 @@ class AnswerSettings(Section):
     temperature: float = 0.7
     top_p: float = 1.0
     top_k_logprobs: int = 8
+
+    def __post_init__(self) -> None:
+        if self.sampled_fraction and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise MambaspecError(f"answers: sampled_fraction {self.sampled_fraction} samples answers; temperature must "
+                                 f"be > 0 and top_p in (0, 1], got {self.temperature} and {self.top_p}")
 
 
 @dataclass(frozen=True)
