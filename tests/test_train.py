@@ -159,6 +159,9 @@ def test_plan_says_what_runs_and_roughly_how_long(tmp_path, monkeypatch):
         (answers / f"shard-{i:05d}.pt").write_bytes(b"")
     assert "3 of 7 batches answered" in "\n".join(describe_run(quick, "smollm2-135m"))
     assert describe_run(quick, "smollm2-135m", data_only=True)[1].endswith("(~30 s)")  # 4 batches of 16 x 96 slots
+    relabelled = DrafterRecipe.load(recipes_dir() / "drafters" / "relabel" / "target.yaml")
+    assert "the target labels 300,000 tokens of stdlib-code with its own predictions, cached (~20 min when not " \
+           "cached yet)" in "\n".join(describe_run(relabelled, "smollm2-135m"))
 
 
 def test_data_set_resumes_shard_by_shard(tmp_path, tiny_dir, cache):

@@ -3,6 +3,9 @@
 Sources (a recipe's ``data`` list):
 - ``stdlib-code``: the Python standard library's source, as language-model text;
 - ``files``: local text (.txt/.md/.py/.rst, .jsonl with a text/prompt/completion field, .parquet);
+  Either takes ``labels: target`` (with ``tokens: N``, default 300,000): then the drafter learns, on a
+  sample of N tokens of it, the target's own argmax after every token instead of the text's next token
+  (``relabel``); ``tokens: N`` alone trains on the same sample with the text's own next tokens.
 - ``distill``: a distillation data set (``recipes/data/NAME.yaml``, made by ``datagen``): the
   target's answers to prompts, with its top-k log-probabilities at every answer token (soft
   targets) and a mark on answer tokens (prompt tokens can weigh less). Its ``heldout`` split is
@@ -28,6 +31,7 @@ from ..errors import MambaspecError
 from .recipe import DrafterRecipe
 
 Log = Callable[[str], None]
+DEFAULT_LABEL_TOKENS = 300_000  # tokens of a text source the target labels (``labels: target``) unless it says
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Stream:
     soft_ids: torch.Tensor | None = None  # (N, K) int32: the target's top-k at the position predicting token i
     soft_logp: torch.Tensor | None = None  # (N, K) float16: their log-probabilities (-inf: unknown)
     starts: torch.Tensor | None = None  # row starts (distillation): windows begin at one of these
+    labels: torch.Tensor | None = None  # (N,) int32: the target's argmax after token i (target-labelled text)
 
 
 @dataclass
@@ -49,6 +54,7 @@ class Batch:
     weight: torch.Tensor  # (B, L) loss weight of each predicted token
     soft_ids: torch.Tensor | None = None  # (B, L, K)
     soft_logp: torch.Tensor | None = None  # (B, L, K), -inf where no soft target
+    labels: torch.Tensor | None = None  # (B, L) what each position learns to predict, when not ids[:, 1:]
 
 
 @dataclass
@@ -63,7 +69,8 @@ class TrainingData:
         probs = torch.tensor([s.weight for s in self.streams]) / sum(s.weight for s in self.streams)
         which = torch.multinomial(probs, size, replacement=True, generator=g).tolist()
         soft = any(s.soft_ids is not None for s in self.streams) and recipe.kd_weight > 0
-        ids, weights, s_ids, s_logp = [], [], [], []
+        relabelled = any(s.labels is not None for s in self.streams)
+        ids, weights, s_ids, s_logp, labels = [], [], [], [], []
         for k in which:
             s = self.streams[k]
             limit = max(1, len(s.ids) - length - 1)
@@ -78,6 +85,9 @@ class TrainingData:
             if s.answer is not None:
                 w = torch.where(_fit(s.answer[start + 1:end], length, False), 1.0, recipe.prompt_weight)
             weights.append(w)
+            if relabelled:
+                own = s.labels[start:end - 1] if s.labels is not None else s.ids[start + 1:end]
+                labels.append(_fit(own.long(), length, 0))
             if soft:
                 k_top = next(x.soft_ids.shape[1] for x in self.streams if x.soft_ids is not None)
                 if s.soft_ids is None:
@@ -89,6 +99,8 @@ class TrainingData:
         batch = Batch(torch.stack(ids), torch.stack(weights))
         if soft:
             batch.soft_ids, batch.soft_logp = torch.stack(s_ids), torch.stack(s_logp)
+        if relabelled:
+            batch.labels = torch.stack(labels)
         return batch
 
 
@@ -199,10 +211,23 @@ def prepare_data(recipe: DrafterRecipe, target_name: str, tokenizer, get_target:
     data = TrainingData([])
     for src in sources:
         kind, weight = src["source"], float(src.get("weight", 1.0))
-        if kind == "stdlib-code":
-            stream = Stream(kind, weight, stdlib_stream(target_name, tokenizer, log))
-        elif kind == "files":
-            stream = Stream(kind, weight, tokenize_texts(tokenizer, read_text_files(src.get("paths", []))))
+        if kind in ("stdlib-code", "files"):
+            ids = (stdlib_stream(target_name, tokenizer, log) if kind == "stdlib-code"
+                   else tokenize_texts(tokenizer, read_text_files(src.get("paths", []))))
+            stream = Stream(kind, weight, ids)
+            if src.get("labels", "real") == "target":
+                from ..loading.models import weights_id
+                from .relabel import target_labelled
+
+                model = get_target().model
+                key = f"{weights_id(target_name)}-{str(model.dtype).removeprefix('torch.')}"  # bf16 labels differ
+                ids, labels = target_labelled(ids, int(src.get("tokens", DEFAULT_LABEL_TOKENS)), model, key,
+                                              recipe.seed, log)
+                stream = Stream(f"{kind}:target-labels", weight, ids, labels=labels)
+            elif "tokens" in src:  # the same sample of windows as labels: target takes, with the text's own labels
+                from .relabel import sample
+
+                stream = Stream(f"{kind}:sample", weight, sample(ids, int(src["tokens"]), recipe.seed))
         else:
             data_recipe = DataRecipe.named(src["set"])
             if Path(data_recipe.target).name != Path(target_name).name and not src.get("any_target"):

@@ -88,9 +88,9 @@ def lr_at(step: int, recipe: DrafterRecipe) -> float:
 
 
 def loss_of(model, batch: Batch, vocab: DraftVocab | None, recipe: DrafterRecipe, device) -> torch.Tensor:
-    """Weighted next-token cross-entropy, plus ``kd_weight`` x KL(target top-k || drafter) where soft targets exist."""
+    """Weighted next-token cross-entropy (on the target's own labels where a stream has them), plus ``kd_weight`` x KL(target top-k || drafter) where soft targets exist."""
     ids = batch.ids.to(device)
-    inputs, labels = ids[:, :-1], ids[:, 1:]
+    inputs, labels = ids[:, :-1], (batch.labels.to(device) if batch.labels is not None else ids[:, 1:])
     if vocab is not None:
         inputs, labels = vocab.encode(inputs), vocab.encode(labels)
     logits = model(input_ids=inputs).logits.float()
@@ -250,6 +250,8 @@ def _setup(recipe: DrafterRecipe, target: _TargetOnDemand, extra: list[str], ckp
     if ckpt is not None:
         _check_resume(ckpt, recipe, data_key)
         vocab = DraftVocab(ckpt["draft_vocab"], target_vocab) if ckpt["draft_vocab"] else None
+    elif recipe.init_from:
+        vocab = _init_vocab(recipe.init_from, target_vocab)
     elif recipe.vocab_top_k and recipe.vocab_top_k < target_vocab:
         counts = torch.zeros(target_vocab)
         for ids, weight in streams:
@@ -266,7 +268,9 @@ def _setup(recipe: DrafterRecipe, target: _TargetOnDemand, extra: list[str], ckp
     else:
         model = build_model(recipe, vocab.size if vocab else target_vocab, int(vocab.to_draft[eos]) if vocab else eos)
         loss = lambda m, b: loss_of(m, b, vocab, recipe, device)  # noqa: E731
-    if ckpt is None and recipe.init_embeddings_from_target and not eagle:
+    if ckpt is None and recipe.init_from:
+        _init_weights(model, recipe.init_from, log)
+    elif ckpt is None and recipe.init_embeddings_from_target and not eagle:
         init_embeddings_from_target(model, target.get().model, vocab)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95))
@@ -277,6 +281,43 @@ def _setup(recipe: DrafterRecipe, target: _TargetOnDemand, extra: list[str], ckp
         start, wall, loss_ema = ckpt["step"], ckpt["wall_s"], ckpt.get("loss_ema", loss_ema)
         log(f"resuming at step {start}")
     return _Setup(data, vocab, model, opt, start, wall, target_vocab, loss, data_key, loss_ema)
+
+
+def _init_meta(name: str) -> tuple[Path, dict]:
+    from ..loading.models import locate
+
+    folder = Path(locate(name))
+    meta_file = folder / META_FILE
+    if not meta_file.exists():
+        raise MambaspecError(f"init_from: {name} is not a drafter trained by mambaspec (no {META_FILE}); name a "
+                             f"shipped drafter or a pretrain-drafter output folder")
+    return folder, json.loads(meta_file.read_text())
+
+
+def _init_vocab(name: str, target_vocab: int) -> DraftVocab | None:
+    """The draft vocabulary of the drafter a run starts from (its output rows are kept as they are)."""
+    _, meta = _init_meta(name)
+    if meta.get("target_vocab_size", target_vocab) != target_vocab:
+        raise MambaspecError(f"init_from: {name} drafts for a vocabulary of {meta['target_vocab_size']:,} tokens, "
+                             f"this target has {target_vocab:,}; start from a drafter of this target")
+    return DraftVocab(meta["draft_vocab"], target_vocab) if meta.get("draft_vocab") else None
+
+
+def _init_weights(model, name: str, log: Callable[[str], None]) -> None:
+    """Load the weights of drafter ``name`` into the freshly built ``model`` (same arch and sizes)."""
+    from safetensors.torch import load_file
+
+    folder, meta = _init_meta(name)
+    state = load_file(str(folder / "model.safetensors"))
+    own = model.state_dict()
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    wrong = sorted(k for k in own if k not in tied and (k not in state or state[k].shape != own[k].shape))
+    extra = sorted(set(state) - set(own))
+    if wrong or extra:
+        raise MambaspecError(f"init_from: {name} ({meta.get('arch')}) does not match this recipe's drafter "
+                             f"({(wrong or extra)[0]} differs); give the recipe its arch and sizes")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)  # tied weights appear once
+    log(f"starting from the weights of {name} (step {meta.get('steps', '?')})")
 
 
 def _check_resume(ckpt: dict, recipe: DrafterRecipe, data_key: list) -> None:

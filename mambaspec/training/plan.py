@@ -43,6 +43,16 @@ def describe_run(recipe: DrafterRecipe, target: str, out: str | Path | None = No
     if any(src["source"] == "stdlib-code" for src in recipe.data) and not _stdlib_cached(target):
         lines.append(f"the standard library's source: tokenized once and cached (~{_duration(STDLIB_TOKENIZE_S)})")
         total += STDLIB_TOKENIZE_S
+    for src in recipe.data:
+        if src.get("labels") == "target":
+            from .data import DEFAULT_LABEL_TOKENS
+            from .relabel import LABEL_TOKENS_PER_S
+
+            n = int(src.get("tokens", DEFAULT_LABEL_TOKENS))
+            seconds = n / LABEL_TOKENS_PER_S
+            lines.append(f"the target labels {n:,} tokens of {src['source']} with its own predictions, cached "
+                         f"(~{_duration(seconds)} when not cached yet)")
+            total += seconds
     if recipe.arch == "eagle":
         seconds = recipe.eagle_tokens / EAGLE_FEATURE_TOKENS_PER_S
         lines.append(f"the target's hidden states of {recipe.eagle_tokens:,} tokens for the EAGLE head, cached "

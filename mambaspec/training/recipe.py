@@ -10,6 +10,7 @@ from ..errors import MambaspecError
 
 ARCHS = ("mamba2", "mamba", "llama", "eagle")
 SOURCES = ("stdlib-code", "distill", "files")
+LABELS = ("real", "target")  # what a text source teaches: its next token, or the target's argmax (training/relabel)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class DrafterRecipe:
     seed: int = 0
     eval_prompts: int = 8  # held-out distillation prompts per domain (never trained on)
     eval_new_tokens: int = 64
+    init_from: str = ""  # a drafter (shipped name or folder) of the same arch and sizes to start from (fine-tuning)
     data: list[dict] = field(default_factory=lambda: [
         {"source": "stdlib-code", "weight": 1.0},
         {"source": "distill", "set": "broad-v1", "weight": 4.0},
@@ -85,6 +87,9 @@ class DrafterRecipe:
         if any(not (isinstance(c, list) and len(c) == 2 and all(isinstance(x, int) and x >= 0 for x in c))
                for c in self.curriculum):
             raise MambaspecError(f"{where}: 'curriculum' is a list of [step, seq_len] pairs, e.g. [[0, 256], [1000, 1024]]")
+        if self.init_from and self.arch == "eagle":
+            raise MambaspecError(f"{where}: 'init_from' starts a mamba2, mamba or llama drafter; an EAGLE head trains "
+                                 f"from scratch")
         if not self.data:
             raise MambaspecError(f"{where}: 'data' lists no source; add one, e.g. `- source: files` with `paths: "
                                  f"[my_texts/]` (--data files are added to a recipe's sources, they do not replace them)")
@@ -95,6 +100,14 @@ class DrafterRecipe:
                 raise MambaspecError(f"{where}: data[{i}] (distill) names a data set: set: NAME (recipes/data/NAME.yaml)")
             if float(src.get("weight", 1.0)) <= 0:
                 raise MambaspecError(f"{where}: data[{i}] weight must be positive")
+            if src.get("labels", "real") not in LABELS or (src.get("labels") and src["source"] == "distill"):
+                raise MambaspecError(f"{where}: data[{i}] labels: is 'real' (the text's next token) or 'target' (the "
+                                     f"target's own prediction), on a stdlib-code or files source")
+            tokens = src.get("tokens", 1)
+            if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1 or \
+                    ("tokens" in src and src["source"] == "distill"):
+                raise MambaspecError(f"{where}: data[{i}] tokens: is how many tokens of a stdlib-code or files source "
+                                     f"to sample (and label, with labels: target), a positive whole number")
 
     def seq_len_at(self, step: int) -> int:
         """The window length of ``step`` (the curriculum's last entry at or before it)."""
