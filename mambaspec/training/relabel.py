@@ -150,8 +150,10 @@ def target_labelled(ids: torch.Tensor, tokens: int, model, target_key: str, seed
                                  f"and run again")
         out_ids += [ids[s:s + WINDOW] for s in made["starts"]]
         out_labels += list(made["labels"])
-    n = needed * WINDOW
-    return torch.cat(out_ids)[:n].to(torch.int32), torch.cat(out_labels)[:n].to(torch.int32)
+    x, y = torch.cat(out_ids[:needed]).view(needed, WINDOW), torch.stack(out_labels[:needed])
+    same = (y[:, :-1] == x[:, 1:]).float().mean().item()  # within a window: the text's next token is known
+    log(f"target labels of {needed * WINDOW:,} tokens: the text's own next token at {same:.1%} of positions")
+    return x.reshape(-1).to(torch.int32), y.reshape(-1).to(torch.int32)
 
 
 def _argmax(model, windows: torch.Tensor) -> torch.Tensor:
