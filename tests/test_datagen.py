@@ -218,9 +218,9 @@ def test_a_pack_carries_the_data_to_a_new_machine(tmp_path, monkeypatch, recipes
 
 
 def _progress_lines(path) -> list[str]:
-    from mambaspec.training.datapack import MAGPIE_RAW, _read
+    from mambaspec.training.datapack import MAGPIE_RAW, read_blob
 
-    return _read(path)["files"][MAGPIE_RAW].splitlines()
+    return read_blob(path)["files"][MAGPIE_RAW].splitlines()
 
 
 def test_magpie_turns_made_before_the_plan_carry_to_a_new_machine(tmp_path):

@@ -37,8 +37,8 @@ def pack_files(packs: Path) -> list[Path]:
     return sorted(Path(packs).glob("shards-*.xz"))
 
 
-def _span(path: Path) -> tuple[int, int]:
-    """Shards [first, last] a pack file holds, from its name ``shards-FIRST-LAST.xz``."""
+def span(path: Path) -> tuple[int, int]:
+    """Items [first, last] a pack file holds, from its name ``KIND-FIRST-LAST.xz`` (shards, or chunks of labels)."""
     _, first, last = path.name.removesuffix(".xz").split("-")
     return int(first), int(last)
 
@@ -75,7 +75,7 @@ def write_pack(folder: Path, packs: Path, settings: str | None = None, log: Call
         if not plan_file.exists():
             raise MambaspecError(
                 f"{folder} holds no data set (no plan.json); make it first (pretrain-drafter --data-only)")
-    start = _span(existing[-1])[1] + 1 if existing else 0
+    start = span(existing[-1])[1] + 1 if existing else 0
     end = start
     while shard_path(folder, end).exists():
         end += 1
@@ -86,7 +86,7 @@ def write_pack(folder: Path, packs: Path, settings: str | None = None, log: Call
                              for i in range(start, end)}}
     if not existing:
         blob["files"] = {f: (folder / f).read_text() for f in SIDE_FILES if (folder / f).exists()}
-    out = _write_blob(Path(packs) / f"shards-{start:05d}-{end - 1:05d}.xz", blob)
+    out = write_blob(Path(packs) / f"shards-{start:05d}-{end - 1:05d}.xz", blob)
     log(f"packed shards {start}-{end - 1} of {folder.name} into {out} ({out.stat().st_size / 2 ** 20:.1f} MiB)")
     if (Path(packs) / PROGRESS).exists():  # the first shards' pack carries the turns now
         (Path(packs) / PROGRESS).unlink()
@@ -102,14 +102,14 @@ def _raw_lines(text: str) -> dict[int, str]:
 def _write_progress(folder: Path, packs: Path, settings: str, log: Callable[[str], None]) -> Path | None:
     text = (folder / MAGPIE_RAW).read_text()
     out = packs / PROGRESS
-    if out.exists() and _raw_lines(_read(out)["files"][MAGPIE_RAW]).keys() >= _raw_lines(text).keys():
+    if out.exists() and _raw_lines(read_blob(out)["files"][MAGPIE_RAW]).keys() >= _raw_lines(text).keys():
         return None
-    _write_blob(out, {"format": FORMAT, "settings": settings, "files": {MAGPIE_RAW: text}})
+    write_blob(out, {"format": FORMAT, "settings": settings, "files": {MAGPIE_RAW: text}})
     log(f"packed {len(_raw_lines(text))} batches of Magpie turns of {folder.name} into {out} (no plan yet)")
     return out
 
 
-def _write_blob(out: Path, blob: dict) -> Path:
+def write_blob(out: Path, blob: dict) -> Path:
     """A pack file: ``blob`` saved by torch, xz-compressed, written atomically."""
     buf = io.BytesIO()
     torch.save(blob, buf)
@@ -126,7 +126,7 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     write_atomically(path, lambda tmp: torch.save(rows, tmp))
 
 
-def _read(path: Path) -> dict:
+def read_blob(path: Path) -> dict:
     return torch.load(io.BytesIO(lzma.decompress(path.read_bytes())), weights_only=False)
 
 
@@ -137,7 +137,7 @@ def restore_packs(packs: Path, folder: Path, settings: str, log: Callable[[str],
     _restore_progress(Path(packs) / PROGRESS, folder, settings, log)
     written = 0
     for path in pack_files(packs):
-        first, last = _span(path)
+        first, last = span(path)
         if all(shard_path(folder, i).exists() for i in range(first, last + 1)) and (first or (folder / "plan.json").exists()):
             continue
         blob = _checked(path, settings)
@@ -155,7 +155,7 @@ def restore_packs(packs: Path, folder: Path, settings: str, log: Callable[[str],
 
 
 def _checked(path: Path, settings: str) -> dict:
-    blob = _read(path)
+    blob = read_blob(path)
     if blob.get("format") != FORMAT or blob.get("settings") != settings:
         raise MambaspecError(f"{path} was made with other settings than the data recipe has now; restore "
                              f"the recipe, or delete {path.parent} to make the data set anew")

@@ -103,9 +103,9 @@ class DrafterRecipe:
             if src.get("labels", "real") not in LABELS or (src.get("labels") and src["source"] == "distill"):
                 raise MambaspecError(f"{where}: data[{i}] labels: is 'real' (the text's next token) or 'target' (the "
                                      f"target's own prediction), on a stdlib-code or files source")
-            tokens = src.get("tokens", 1)
-            if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1 or \
-                    ("tokens" in src and src["source"] == "distill"):
+            tokens = src.get("tokens")
+            if "tokens" in src and (src["source"] == "distill" or not isinstance(tokens, int)
+                                    or isinstance(tokens, bool) or tokens < 1):
                 raise MambaspecError(f"{where}: data[{i}] tokens: is how many tokens of a stdlib-code or files source "
                                      f"to sample (and label, with labels: target), a positive whole number")
 
