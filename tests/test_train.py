@@ -202,6 +202,24 @@ def test_data_set_budget_grows_and_changed_settings_are_refused(tmp_path, tiny_d
         datagen.make_data(datagen.DataRecipe.named("tiny-test"), lambda: target, log=lambda m: None)
 
 
+def test_a_drafter_recipe_can_use_a_prefix_of_a_data_set(tmp_path, tiny_dir, cache):
+    """``batches: N`` on a distill source: the first N batches of the set's plan, made if missing, whatever the
+    data recipe's own budget (e.g. a set still being made elsewhere); the plan line says so."""
+    import mambaspec.training.datagen as datagen
+    from mambaspec.training.plan import describe_run
+
+    target = _target_named(tmp_path, tiny_dir)
+    recipe = tiny_recipe(tmp_path, data=[{"source": "distill", "set": "tiny-test", "batches": 1}])
+    assert "the first 1 batches" in "\n".join(describe_run(recipe, target, data_only=True))
+    folder, = datagen.make_recipe_data(recipe, target)
+    first = list(datagen.read_shards(folder))
+    assert 0 < len(first) < 6 and len(list(folder.glob("answers/shard-*.pt"))) == 1
+    datagen.make_data(datagen.DataRecipe.named("tiny-test"), lambda: load_model(target), log=lambda m: None)
+    assert len(list(datagen.read_shards(folder))) == 6  # the whole plan, made by the set's own recipe
+    datagen.make_recipe_data(recipe, target)
+    assert [r["id"] for r in datagen.read_shards(folder)] == [r["id"] for r in first]
+
+
 def test_draft_vocab_maps_back_to_target_ids():
     counts = torch.zeros(100)
     counts[[7, 42, 99, 3]] = torch.tensor([5.0, 9.0, 1.0, 2.0])
@@ -220,6 +238,8 @@ def test_draft_vocab_maps_back_to_target_ids():
     ("data: []", "no source"),
     ("data: [{source: web}]", "data[0]"),
     ("data: [{source: distill}]", "names a data set"),
+    ("data: [{source: files, paths: [x], batches: 2}]", "batches: is how many"),
+    ("data: [{source: distill, set: broad-v1, batches: 0}]", "batches: is how many"),
     ("curriculum: [[0]]", "curriculum"),
     ("- 1\n- 2", "mapping"),
 ])

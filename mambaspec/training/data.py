@@ -229,7 +229,7 @@ def prepare_data(recipe: DrafterRecipe, target_name: str, tokenizer, get_target:
 
                 stream = Stream(f"{kind}:sample", weight, sample(ids, int(src["tokens"]), recipe.seed))
         else:
-            data_recipe = DataRecipe.named(src["set"])
+            data_recipe = DataRecipe.of_source(src)
             if Path(data_recipe.target).name != Path(target_name).name and not src.get("any_target"):
                 raise MambaspecError(f"data set '{data_recipe.name}' holds answers of {data_recipe.target}, not of "
                                      f"{target_name}; make a data recipe for this target")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -159,6 +159,15 @@ class DataRecipe:
             known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem != "prompt-parts"))
             raise MambaspecError(f"no data set '{name}' in {path.parent}; known: {known}")
         return cls.load(path)
+
+    @classmethod
+    def of_source(cls, src: dict) -> DataRecipe:
+        """The data set a drafter recipe's ``distill`` source names; its ``batches: N`` becomes the budget (the
+        first N batches of the plan: e.g. the finished prefix of a set still being made elsewhere)."""
+        recipe = cls.named(src["set"])
+        if src.get("batches"):
+            recipe.answers = replace(recipe.answers, batches=int(src["batches"]))
+        return recipe
 
     @property
     def folder(self) -> Path:

@@ -463,10 +463,10 @@ def make_recipe_data(recipe, target: str, device: str = "cpu", log: Log = print)
             loaded.append(load_model(target, ModelOptions(device=device, dtype=target_dtype(device))))
         return loaded[0]
 
-    sets = [src["set"] for src in recipe.data if src["source"] == "distill"]
+    sets = [DataRecipe.of_source(src) for src in recipe.data if src["source"] == "distill"]
     if not sets:
         raise MambaspecError("the recipe uses no distillation data set (data: - source: distill, set: NAME)")
-    return [make_data(DataRecipe.named(name), load_target, log) for name in sets]
+    return [make_data(data, load_target, log) for data in sets]
 
 
 def read_shards(folder: Path, split: str | None = None) -> Iterator[dict]:

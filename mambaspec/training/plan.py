@@ -35,7 +35,7 @@ def describe_run(recipe: DrafterRecipe, target: str, out: str | Path | None = No
     lines, total = [], 0.0
     for src in recipe.data:
         if src["source"] == "distill":
-            line, seconds = _data_set(DataRecipe.named(src["set"]))
+            line, seconds = _data_set(DataRecipe.of_source(src))
             lines.append(line)
             total += seconds
     if data_only:

@@ -103,6 +103,11 @@ class DrafterRecipe:
             if src.get("labels", "real") not in LABELS or (src.get("labels") and src["source"] == "distill"):
                 raise MambaspecError(f"{where}: data[{i}] labels: is 'real' (the text's next token) or 'target' (the "
                                      f"target's own prediction), on a stdlib-code or files source")
+            batches = src.get("batches")
+            if "batches" in src and (src["source"] != "distill" or not isinstance(batches, int)
+                                     or isinstance(batches, bool) or batches < 1):
+                raise MambaspecError(f"{where}: data[{i}] batches: is how many of a distill set's plan batches to "
+                                     f"use (its first N), a positive whole number")
             tokens = src.get("tokens")
             if "tokens" in src and (src["source"] == "distill" or not isinstance(tokens, int)
                                     or isinstance(tokens, bool) or tokens < 1):
