@@ -86,24 +86,33 @@ app = typer.Typer(
 )
 EDGES = ",".join(map(str, DEFAULT_EDGES))
 
-TargetOpt = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target model: a name (see `mambaspec models`), hub id, folder or .gguf file.")
+TargetOpt = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target model: a name (see `mambaspec models`), hub "
+                                                                "id, folder or .gguf file.")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when a GPU is visible).")
-DtypeOpt = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16 or float64.")
-LinearOpt = typer.Option("auto", "--linear", help="Linear layers: auto (oneDNN-packed weights on CPU float32, 2-3x faster GEMMs for a few rows), onednn, or torch (stock).")
-QuantizeOpt = typer.Option("none", "--quantize", help="int8: int8 linear layers on CPU (faster, but a different model than float32: compare with ar run the same way).")
-ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: one per core). On a machine other work keeps busy, 1 is often much faster than contending for every core.")
-CompileOpt = typer.Option(False, "--compile/--no-compile", help="torch.compile the target's feed-forward blocks (compilation runs in an untimed warm-up).")
+DtypeOpt = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16 "
+                                                "or float64.")
+LinearOpt = typer.Option("auto", "--linear", help="Linear layers: auto (oneDNN-packed weights on CPU float32, 2-3x "
+                                                  "faster GEMMs for a few rows), onednn, or torch (stock).")
+QuantizeOpt = typer.Option("none", "--quantize", help="int8: int8 linear layers on CPU (faster, but a different model "
+                                                      "than float32: compare with ar run the same way).")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: one per core). On a machine other "
+                                                  "work keeps busy, 1 is often much faster than contending for every "
+                                                  "core.")
+CompileOpt = typer.Option(False, "--compile/--no-compile", help="torch.compile the target's feed-forward blocks "
+                                                                "(compilation runs in an untimed warm-up).")
 TreeHelp = ("Draft tree: a shape N1,...,Nγ (1,1,1,1 = chain of 4; 3,2,2,1,1 = 45 nodes); `dynamic`: grown every round "
             "from the drafter's probabilities as far as measured costs say it pays (nothing when nothing pays); "
             "`auto`: a UCB bandit picks a shape every round.")
-DrafterHelp = ("Drafter: a name, hub id or folder; `lookup` (copies from the prompt and the output); NAME+lookup (both in "
-               "one tree); `none` for plain decoding. Default: the target's, e.g. mamba2-smollm2+lookup for smollm2-135m.")
-LookupGlobalHelp = "Lookup drafters also index the outputs of earlier generations in this process (SuffixDecoding's global tree)."
+DrafterHelp = ("Drafter: a name, hub id or folder; `lookup` (copies from the prompt and the output); NAME+lookup "
+               "(both in one tree); `none` for plain decoding. Default: the target's, e.g. mamba2-smollm2+lookup for "
+               "smollm2-135m.")
+LookupGlobalHelp = ("Lookup drafters also index the outputs of earlier generations in this process (SuffixDecoding's "
+                    "global tree).")
 RewardHelp = ("The tree bandit's reward: `replayed` (tokens/s: every arm's acceptance replayed on every "
               "round from the drafter's ranks, each arm's cost per round measured; greedy, else as measured), "
               "`measured` (tokens/s of the rounds each arm ran) or `modeled` (the paper's -(1+λγ)/N_accept).")
-EdgesHelp = ("Contexts of the replayed reward: the drafter's top-1 probability at the root cuts rounds into contexts at these "
-             "edges, and each context learns its own best arm (`none`: one context).")
+EdgesHelp = ("Contexts of the replayed reward: the drafter's top-1 probability at the root cuts rounds into contexts "
+             "at these edges, and each context learns its own best arm (`none`: one context).")
 
 
 def _show_version(value: bool) -> None:
@@ -163,15 +172,17 @@ def _at_least(flag: str, value: int | None, low: int = 1) -> None:
 def _model_options(device: str, dtype: str, linear: str, quantize: str, compile_: bool,
                    device_map: str | None = None, threads: int | None = None) -> ModelOptions:
     """The options, each value checked on its own so that an error names its flag."""
-    for flag, key, value in (("--device", "device", device), ("--dtype", "dtype", dtype), ("--linear", "linear", linear),
-                             ("--quantize", "quantize", quantize), ("--threads", "threads", threads)):
+    for flag, key, value in (("--device", "device", device), ("--dtype", "dtype", dtype),
+                             ("--linear", "linear", linear), ("--quantize", "quantize", quantize),
+                             ("--threads", "threads", threads)):
         _option(flag, lambda: ModelOptions(**{key: value}))
     return _option("--compile, --quantize", lambda: ModelOptions(
         device=device, dtype=dtype, device_map=device_map, linear=linear, quantize=quantize, compile=compile_,
         threads=threads))
 
 
-DeviceMapOpt = typer.Option(None, "--device-map", help="`auto` (the one value): shard the target over several GPUs with accelerate; nothing to shard on a CPU.")
+DeviceMapOpt = typer.Option(None, "--device-map", help="`auto` (the one value): shard the target over several GPUs "
+                                                       "with accelerate; nothing to shard on a CPU.")
 # The model options, declared once: (parameter, type, typer option); ``_model_command`` adds them to a command.
 MODEL_PARAMS = (("device", str, DeviceOpt), ("dtype", str, DtypeOpt), ("device_map", Optional[str], DeviceMapOpt),
                 ("linear", str, LinearOpt), ("quantize", str, QuantizeOpt), ("compile_", bool, CompileOpt),
@@ -225,7 +236,8 @@ def _option_group(param: str, params: tuple, make: Callable) -> Callable[[Callab
 
 def _model_command(device_map: bool = False) -> Callable[[Callable], Callable]:
     """Give a command the model options (``--device``, ``--dtype``, ``--device-map`` when ``device_map``, ``--linear``,
-    ``--quantize``, ``--compile``, ``--threads``) in place of its ``model`` parameter, which receives a ``ModelArgs``."""
+    ``--quantize``, ``--compile``, ``--threads``) in place of its ``model`` parameter, which receives a
+    ``ModelArgs``."""
     params = tuple(p for p in MODEL_PARAMS if device_map or p[0] != "device_map")
     return _option_group("model", params, lambda compile_, **given: ModelArgs(compile=compile_, **given))
 
@@ -245,7 +257,10 @@ class BanditArgs:
         _option("--confidence-buckets", lambda: check_options(DEFAULT_C, "replayed", self.edges))
 
 
-BANDIT_PARAMS = (("c", float, typer.Option(DEFAULT_C, "--ucb-c", help="The tree bandit's UCB exploration constant c (--tree auto, tune --policy ucb): arm values are divided by the largest one first; larger explores more.")),
+BANDIT_PARAMS = (("c", float, typer.Option(DEFAULT_C, "--ucb-c",
+                                           help="The tree bandit's UCB exploration constant c (--tree auto, tune "
+                                                "--policy ucb): arm values are divided by the largest one first; "
+                                                "larger explores more.")),
                  ("reward", str, typer.Option("replayed", "--reward", help=RewardHelp)),
                  ("edges", str, typer.Option(EDGES, "--confidence-buckets", help=EdgesHelp)))
 BANDIT_OPTIONS = BanditArgs()  # a command's ``bandit`` parameter: where ``_bandit_command`` puts the options above
@@ -273,7 +288,8 @@ def _tree_option(tree: str, arms: str | None, bandit: BanditArgs):
     if name == "dynamic":
         return name
     if name == "auto":
-        return _option("--arms", lambda: resolve_tree(name, arms=arms, c=bandit.c, reward=bandit.reward, edges=bandit.edges))
+        return _option("--arms", lambda: resolve_tree(name, arms=arms, c=bandit.c, reward=bandit.reward,
+                                                      edges=bandit.edges))
     if tree.strip().strip("()[]").replace(" ", "") in ("", "0"):
         raise MambaspecError(f"--tree {tree.strip() or repr(tree)} drafts nothing; give a tree such as 2,1,1, or for "
                              f"plain decoding pass --drafter none")
@@ -297,7 +313,8 @@ def _stop_strings(stop: list[str] | None) -> list[str]:
 
 
 def _unescape(text: str) -> str:
-    r"""``\n``, ``\t`` and ``\\`` typed on a command line as the characters they stand for (a shell passes them as is)."""
+    r"""``\n``, ``\t`` and ``\\`` typed on a command line as the characters they stand for (a shell passes them as
+    is)."""
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m[1]], text)
 
 
@@ -308,8 +325,8 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
         try:
             prompt = sys.stdin.read() if prompt_file == "-" else Path(prompt_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
-            raise MambaspecError(f"--prompt-file {prompt_file}: cannot read it ({getattr(err, 'strerror', None) or err})"
-                                 ) from None
+            raise MambaspecError(f"--prompt-file {prompt_file}: cannot read it "
+                                 f"({getattr(err, 'strerror', None) or err})") from None
     if prompt is None:
         raise MambaspecError("no prompt: give it as an argument, or with --prompt-file FILE (- for stdin)")
     if not prompt.strip():
@@ -317,30 +334,49 @@ def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
     return prompt
 
 
+GeneratePromptHelp = "The text to continue (wrapped in the chat template unless --raw). Or use --prompt-file."
+GeneratePromptFileHelp = "Read the prompt from FILE (`-` = stdin)."
+GenerateStopHelp = ("Stop when the text contains STRING (repeatable); the text ends before it. \\n and \\t stand for a "
+                    "newline and a tab; a string that never comes changes nothing.")
+GenerateCrossTokenizerHelp = ("A drafter with another tokenizer than the target's: `auto` translates its drafts "
+                              "through text when the tokenizers differ (greedy only), `on` always does, `off` refuses "
+                              "such a drafter.")
+GenerateArmsHelp = ("With --tree auto: the arms file (default recipes/trees.yaml; a `tune` output warm-starts the "
+                    "bandit).")
+GenerateMaxNewTokensHelp = "Tokens to generate (fewer only at EOS, a --stop string or the context limit)."
+GenerateSeedHelp = ("Random seed for sampling: the same seed gives the same text on every run, whatever the tree and "
+                    "drafter (the same as --drafter none), because the i-th token is the target's own Gumbel-max draw "
+                    "with noise fixed by (seed, i). Default: none, a fresh draw every run. (Under the Python API's "
+                    "SamplingConfig(acceptance='rejection'), classic speculative sampling, a seed fixes the text only "
+                    "for a fixed --tree and drafter.)")
+GenerateChatHelp = "Apply the tokenizer's chat template (default when it has one) or feed the raw text."
+GenerateAsJsonHelp = "Print exactly one JSON object (text, token ids, settings, stats) on stdout."
+
+
 @app.command()
 @_model_command(device_map=True)
 @_bandit_command()
 def generate(
-    prompt: Optional[str] = typer.Argument(None, help="The text to continue (wrapped in the chat template unless --raw). Or use --prompt-file."),
-    prompt_file: Optional[str] = typer.Option(None, "--prompt-file", "-f", help="Read the prompt from FILE (`-` = stdin)."),
+    prompt: Optional[str] = typer.Argument(None, help=GeneratePromptHelp),
+    prompt_file: Optional[str] = typer.Option(None, "--prompt-file", "-f", help=GeneratePromptFileHelp),
     system: Optional[str] = typer.Option(None, "--system", help="The chat template's system turn."),
-    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop when the text contains STRING (repeatable); the text ends before it. \\n and \\t stand for a newline and a tab; a string that never comes changes nothing."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help=GenerateStopHelp),
     target: str = TargetOpt,
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help=DrafterHelp),
     lookup_global: bool = typer.Option(False, "--lookup-global", help=LookupGlobalHelp),
-    cross_tokenizer: str = typer.Option("auto", "--cross-tokenizer", help="A drafter with another tokenizer than the target's: `auto` translates its drafts through text when the tokenizers differ (greedy only), `on` always does, `off` refuses such a drafter."),
+    cross_tokenizer: str = typer.Option("auto", "--cross-tokenizer", help=GenerateCrossTokenizerHelp),
     tree: str = typer.Option(DEFAULT_TREE, "--tree", help=TreeHelp),
-    arms: Optional[str] = typer.Option(None, "--arms", help="With --tree auto: the arms file (default recipes/trees.yaml; a `tune` output warm-starts the bandit)."),
+    arms: Optional[str] = typer.Option(None, "--arms", help=GenerateArmsHelp),
     bandit: BanditArgs = BANDIT_OPTIONS,
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate (fewer only at EOS, a --stop string or the context limit)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help=GenerateMaxNewTokensHelp),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples, losslessly."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold (1 = off)."),
     top_k: int = typer.Option(0, "--top-k", help="Top-k sampling (0 = off)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling: the same seed gives the same text on every run, whatever the tree and drafter (the same as --drafter none), because the i-th token is the target's own Gumbel-max draw with noise fixed by (seed, i). Default: none, a fresh draw every run. (Under the Python API's SamplingConfig(acceptance='rejection'), classic speculative sampling, a seed fixes the text only for a fixed --tree and drafter.)"),
-    chat: bool = typer.Option(True, "--chat/--raw", help="Apply the tokenizer's chat template (default when it has one) or feed the raw text."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=GenerateSeedHelp),
+    chat: bool = typer.Option(True, "--chat/--raw", help=GenerateChatHelp),
     model: ModelArgs = MODEL_OPTIONS,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print the text only: no stats, notes or status lines."),
-    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object (text, token ids, settings, stats) on stdout."),
+    as_json: bool = typer.Option(False, "--json", help=GenerateAsJsonHelp),
 ) -> None:
     """Generate text with speculative decoding: the text on stdout, the stats on stderr."""
     with _errors():
@@ -462,29 +498,56 @@ def _methods(text: str | None) -> list[str] | None:
     return None if text is None else [m.strip() for m in text.split(",") if m.strip()]
 
 
+BenchDatasetHelp = ("humaneval (offline), gsm8k, mt-bench, alpaca, xsum, cnn-dm, longbench (hub, or --data), or jsonl "
+                    "(--data FILE of {\"prompt\": ...} lines). See recipes/datasets.yaml.")
+BenchDataHelp = ("A local .jsonl/.jsonl.gz/.json/.parquet file with the dataset's fields: replaces its source (offline "
+                 "use).")
+BenchMethodsHelp = ("Comma-separated: ar, mamba, mamba-auto, mamba-dynamic, lookup, mamba+lookup, "
+                    "mamba+lookup-dynamic, transformer, eagle, hf-assisted, prompt-lookup. Default: all whose drafter "
+                    "is available. ar (plain decoding, the reference of speed-ups and outputs) always runs first.")
+BenchDrafterHelp = "Mamba drafter for `mamba` (default: the target's, e.g. mamba2-smollm2; `none` = skip)."
+BenchTransformerDrafterHelp = ("Transformer drafter for `transformer` and `hf-assisted` (default: the target's, e.g. "
+                               "llama-smollm2; `none` = skip).")
+BenchEagleDrafterHelp = "EAGLE head for `eagle` (default: the target's, e.g. eagle-smollm2; `none` = skip)."
+BenchTreeHelp = (f"The tree of our loop's fixed-tree methods (mamba, lookup, mamba+lookup, transformer, eagle): a "
+                 f"shape N1,...,Nγ, `dynamic` or `auto`. Its default ({BENCH_TREE}) differs from generate's "
+                 f"({DEFAULT_TREE}) on purpose: the tree methods run one small fixed shape (on a CPU every verified "
+                 f"node costs); dynamic trees are their own method, mamba-dynamic.")
+BenchLookupGlobalHelp = "Our lookup drafters also index the outputs of the earlier prompts of a row."
+BenchArmsHelp = "mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."
+BenchEdgesHelp = "mamba-auto (replayed reward): " + EdgesHelp[0].lower() + EdgesHelp[1:]
+BenchMaxNewTokensHelp = "Tokens to generate per prompt (fewer only at EOS)."
+BenchTemperatureHelp = "0 = greedy (default; outputs are checked against ar's); > 0 samples."
+BenchLengthsHelp = ("Exact prompt lengths in target tokens, e.g. 1k,2k,4k,8k (k = 1000): the context is cut in the "
+                    "middle, the question kept.")
+BenchOutDirHelp = "Output folder: results.csv (rerun to resume), outputs.jsonl, plots."
+BenchPlotHelp = "Write PNGs of throughput and memory (needs matplotlib: the `plot` extra)."
+BenchPromptLookupTokensHelp = "prompt_lookup_num_tokens for `prompt-lookup`."
+
+
 @app.command()
 @_model_command()
 def bench(
-    dataset: str = typer.Argument(..., help="humaneval (offline), gsm8k, mt-bench, alpaca, xsum, cnn-dm, longbench (hub, or --data), or jsonl (--data FILE of {\"prompt\": ...} lines). See recipes/datasets.yaml."),
-    data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.jsonl.gz/.json/.parquet file with the dataset's fields: replaces its source (offline use)."),
-    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated: ar, mamba, mamba-auto, mamba-dynamic, lookup, mamba+lookup, mamba+lookup-dynamic, transformer, eagle, hf-assisted, prompt-lookup. Default: all whose drafter is available. ar (plain decoding, the reference of speed-ups and outputs) always runs first."),
+    dataset: str = typer.Argument(..., help=BenchDatasetHelp),
+    data: Optional[str] = typer.Option(None, "--data", help=BenchDataHelp),
+    methods: Optional[str] = typer.Option(None, "--methods", "-m", help=BenchMethodsHelp),
     target: str = TargetOpt,
-    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Mamba drafter for `mamba` (default: the target's, e.g. mamba2-smollm2; `none` = skip)."),
-    transformer_drafter: Optional[str] = typer.Option(None, "--transformer-drafter", help="Transformer drafter for `transformer` and `hf-assisted` (default: the target's, e.g. llama-smollm2; `none` = skip)."),
-    eagle_drafter: Optional[str] = typer.Option(None, "--eagle-drafter", help="EAGLE head for `eagle` (default: the target's, e.g. eagle-smollm2; `none` = skip)."),
-    tree: str = typer.Option(BENCH_TREE, "--tree", help=f"The tree of our loop's fixed-tree methods (mamba, lookup, mamba+lookup, transformer, eagle): a shape N1,...,Nγ, `dynamic` or `auto`. Its default ({BENCH_TREE}) differs from generate's ({DEFAULT_TREE}) on purpose: the tree methods run one small fixed shape (on a CPU every verified node costs); dynamic trees are their own method, mamba-dynamic."),
-    lookup_global: bool = typer.Option(False, "--lookup-global", help="Our lookup drafters also index the outputs of the earlier prompts of a row."),
-    arms: Optional[str] = typer.Option(None, "--arms", help="mamba-auto's arms file (default recipes/trees.yaml; a tuned_arms.yaml from `tune` warm-starts it)."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help=BenchDrafterHelp),
+    transformer_drafter: Optional[str] = typer.Option(None, "--transformer-drafter", help=BenchTransformerDrafterHelp),
+    eagle_drafter: Optional[str] = typer.Option(None, "--eagle-drafter", help=BenchEagleDrafterHelp),
+    tree: str = typer.Option(BENCH_TREE, "--tree", help=BenchTreeHelp),
+    lookup_global: bool = typer.Option(False, "--lookup-global", help=BenchLookupGlobalHelp),
+    arms: Optional[str] = typer.Option(None, "--arms", help=BenchArmsHelp),
     ucb_c: float = typer.Option(DEFAULT_C, "--ucb-c", help="mamba-auto's UCB exploration constant."),
-    edges: str = typer.Option(EDGES, "--confidence-buckets", help="mamba-auto (replayed reward): " + EdgesHelp[0].lower() + EdgesHelp[1:]),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt (fewer only at EOS)."),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default; outputs are checked against ar's); > 0 samples."),
+    edges: str = typer.Option(EDGES, "--confidence-buckets", help=BenchEdgesHelp),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help=BenchMaxNewTokensHelp),
+    temperature: float = typer.Option(0.0, "--temperature", help=BenchTemperatureHelp),
     limit: Optional[int] = typer.Option(None, "--limit", help="Prompts per dataset and length (default: all)."),
-    lengths: Optional[str] = typer.Option(None, "--lengths", help="Exact prompt lengths in target tokens, e.g. 1k,2k,4k,8k (k = 1000): the context is cut in the middle, the question kept."),
+    lengths: Optional[str] = typer.Option(None, "--lengths", help=BenchLengthsHelp),
     model: ModelArgs = MODEL_OPTIONS,
-    out_dir: str = typer.Option("runs/bench", "--out", help="Output folder: results.csv (rerun to resume), outputs.jsonl, plots."),
-    plot: bool = typer.Option(False, "--plot", help="Write PNGs of throughput and memory (needs matplotlib: the `plot` extra)."),
-    prompt_lookup_tokens: int = typer.Option(10, "--prompt-lookup-tokens", help="prompt_lookup_num_tokens for `prompt-lookup`."),
+    out_dir: str = typer.Option("runs/bench", "--out", help=BenchOutDirHelp),
+    plot: bool = typer.Option(False, "--plot", help=BenchPlotHelp),
+    prompt_lookup_tokens: int = typer.Option(10, "--prompt-lookup-tokens", help=BenchPromptLookupTokensHelp),
     seed: int = typer.Option(0, "--seed", help="Base seed for sampling (prompt i uses seed + i)."),
 ) -> None:
     """Benchmark drafters, peers and plain decoding side by side: throughput, acceptance length, memory."""
@@ -504,7 +567,8 @@ def bench(
         from .bench.runner import BenchConfig, run_bench
 
         cfg = BenchConfig(dataset=dataset, data=data, methods=_methods(methods), target=target, drafter=drafter,
-                          transformer_drafter=transformer_drafter, eagle_drafter=eagle_drafter, tree=tree, arms=arms, ucb_c=ucb_c,
+                          transformer_drafter=transformer_drafter, eagle_drafter=eagle_drafter, tree=tree, arms=arms,
+                          ucb_c=ucb_c,
                           confidence_buckets=edges, max_new_tokens=max_new_tokens, temperature=temperature,
                           limit=limit, lengths=parsed, options=options, out=out_dir, plot=plot,
                           prompt_lookup_tokens=prompt_lookup_tokens, lookup_global=lookup_global, seed=seed)
@@ -523,19 +587,31 @@ def bench(
 @_model_command()
 @_bandit_command()
 def tune(
-    arms: Optional[str] = typer.Option(None, "--arms", help="Arms YAML: named tree shapes (default recipes/trees.yaml). A tuned_arms.yaml from an earlier run warm-starts the bandit."),
-    dataset: str = typer.Option("humaneval", "--dataset", help="Prompt source, as for bench: humaneval (offline), gsm8k, mt-bench, ... or jsonl with --data."),
-    data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.jsonl.gz/.json/.parquet file with the dataset's fields (offline use)."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="Arms YAML: named tree shapes (default "
+                                                            "recipes/trees.yaml). A tuned_arms.yaml from an earlier "
+                                                            "run warm-starts the bandit."),
+    dataset: str = typer.Option("humaneval", "--dataset", help="Prompt source, as for bench: humaneval (offline), "
+                                                               "gsm8k, mt-bench, ... or jsonl with --data."),
+    data: Optional[str] = typer.Option(None, "--data", help="A local .jsonl/.jsonl.gz/.json/.parquet file with the "
+                                                            "dataset's fields (offline use)."),
     limit: Optional[int] = typer.Option(20, "--limit", help="Number of prompts."),
     target: str = TargetOpt,
-    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter. Default: generate's for --policy dynamic (e.g. mamba2-smollm2+lookup), the target's model drafter for tree shapes (e.g. mamba2-smollm2)."),
-    policy: str = typer.Option("ucb", "--policy", help="ucb: one bandit across all prompts (it learns the workload). fixed: every arm on every prompt (a sweep, the reference). dynamic: dynamic trees across the prompts, as generate runs them (what they drafted, predicted vs measured; the measured costs are kept for generate)."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d",
+                                          help="Drafter. Default: generate's for --policy dynamic (e.g. "
+                                               "mamba2-smollm2+lookup), the target's model drafter for tree shapes "
+                                               "(e.g. mamba2-smollm2)."),
+    policy: str = typer.Option("ucb", "--policy", help="ucb: one bandit across all prompts (it learns the workload). "
+                                                       "fixed: every arm on every prompt (a sweep, the reference). "
+                                                       "dynamic: dynamic trees across the prompts, as generate runs "
+                                                       "them (what they drafted, predicted vs measured; the measured "
+                                                       "costs are kept for generate)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Stop the bandit after this many rounds in all (ucb)."),
     bandit: BanditArgs = BANDIT_OPTIONS,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens to generate per prompt."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
     model: ModelArgs = MODEL_OPTIONS,
-    out_dir: str = typer.Option("runs/tune", "--out", help="Output folder: arms.csv and tuned_arms.yaml (written after every prompt)."),
+    out_dir: str = typer.Option("runs/tune", "--out", help="Output folder: arms.csv and tuned_arms.yaml (written after "
+                                                           "every prompt)."),
 ) -> None:
     """Find the tree shape that pays on a workload and this hardware (UCB bandit or a fixed sweep)."""
     with _errors(f"interrupted: the statistics so far are in {out_dir}/tuned_arms.yaml; rerun with "
@@ -611,12 +687,17 @@ def _int_list(flag: str, text: str) -> tuple[int, ...]:
 @_model_command()
 def verify_cost_cmd(
     target: str = TargetOpt,
-    prefix: str = typer.Option("512", "--prefix", help="Tokens already in the KV cache; several give a table by context length, e.g. 500,2000,4000,8000."),
-    nodes: str = typer.Option("1,2,4,6,8,16,32", "--nodes", help="Tree sizes to time (comma-separated; 1 = a plain step)."),
+    prefix: str = typer.Option("512", "--prefix", help="Tokens already in the KV cache; several give a table by "
+                                                       "context length, e.g. 500,2000,4000,8000."),
+    nodes: str = typer.Option("1,2,4,6,8,16,32", "--nodes", help="Tree sizes to time (comma-separated; 1 = a plain "
+                                                                 "step)."),
     repeats: int = typer.Option(10, "--repeats", help="Timings per size (the median is reported)."),
     model: ModelArgs = MODEL_OPTIONS,
-    out_dir: str = typer.Option("runs/verify-cost", "--out", help="Folder of verify_cost.csv (rows are appended, with their settings)."),
-    save_costs: bool = typer.Option(True, "--save-costs/--no-save-costs", help="Also keep the engine's timings in the target's cost store ($MAMBASPEC_COSTS), where `generate`'s dynamic trees start from."),
+    out_dir: str = typer.Option("runs/verify-cost", "--out",
+                                help="Folder of verify_cost.csv (rows are appended, with their settings)."),
+    save_costs: bool = typer.Option(True, "--save-costs/--no-save-costs",
+                                    help="Also keep the engine's timings in the target's cost store "
+                                         "($MAMBASPEC_COSTS), where `generate`'s dynamic trees start from."),
 ) -> None:
     """Time one verification forward by tree size and context (and the prefill of each context): the engine next to
     plain transformers, and the floor."""
@@ -642,7 +723,8 @@ def verify_cost_cmd(
 def verify_cost_table(rows, settings: dict, target: str):
     from rich.table import Table
 
-    t = Table(title=f"verification forward, {target}, {settings['dtype']}, {count(int(settings['threads']), 'thread')}; engine: "
+    t = Table(title=f"verification forward, {target}, {settings['dtype']}, "
+                    f"{count(int(settings['threads']), 'thread')}; engine: "
                     f"{settings['engine_options']}; floor at {settings['matmul_gflops']} GFLOP/s", header_style="bold",
               caption="engine / 1 token: over the engine's own one-token step at that prefix (plain decoding in our "
                       "loop); floor: that step plus the extra rows' attention arithmetic at the matmul rate")
@@ -657,16 +739,29 @@ def verify_cost_table(rows, settings: dict, target: str):
     return t
 
 
+PretrainTargetHelp = "Target whose tokenizer the drafter speaks; also the teacher for distillation."
+PretrainArchHelp = ("mamba2, mamba, llama (the Transformer baseline) or eagle (a head over the target's hidden states; "
+                    "see recipes/drafters/eagle-smollm2-long.yaml). Default: the recipe's.")
+PretrainRecipeHelp = ("Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2-long.yaml, "
+                      "the shipped drafter's (hours on a CPU: data made by the target, then 6,000 steps); "
+                      "recipes/drafters/quickstart.yaml runs in minutes. The plan and its rough times are printed "
+                      "first.")
+PretrainDataHelp = "Extra training text: .txt/.md/.py/.rst/.jsonl/.parquet files or folders (repeatable)."
+PretrainOutDirHelp = ("Output folder (checkpoints, metrics.csv, the model, eval.json, README.md). Default: "
+                      "runs/ARCH-TARGET.")
+PretrainDataOnlyHelp = "Only make the recipe's distillation data sets (resumable), then stop."
+
+
 @app.command("pretrain-drafter")
 def pretrain_drafter(
-    target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help="Target whose tokenizer the drafter speaks; also the teacher for distillation."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="mamba2, mamba, llama (the Transformer baseline) or eagle (a head over the target's hidden states; see recipes/drafters/eagle-smollm2-long.yaml). Default: the recipe's."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2-long.yaml, the shipped drafter's (hours on a CPU: data made by the target, then 6,000 steps); recipes/drafters/quickstart.yaml runs in minutes. The plan and its rough times are printed first."),
-    data: Optional[list[str]] = typer.Option(None, "--data", help="Extra training text: .txt/.md/.py/.rst/.jsonl/.parquet files or folders (repeatable)."),
-    out_dir_opt: Optional[str] = typer.Option(None, "--out", help="Output folder (checkpoints, metrics.csv, the model, eval.json, README.md). Default: runs/ARCH-TARGET."),
+    target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help=PretrainTargetHelp),
+    arch: Optional[str] = typer.Option(None, "--arch", help=PretrainArchHelp),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help=PretrainRecipeHelp),
+    data: Optional[list[str]] = typer.Option(None, "--data", help=PretrainDataHelp),
+    out_dir_opt: Optional[str] = typer.Option(None, "--out", help=PretrainOutDirHelp),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the recipe's number of steps."),
-    data_only: bool = typer.Option(False, "--data-only", help="Only make the recipe's distillation data sets (resumable), then stop."),
+    data_only: bool = typer.Option(False, "--data-only", help=PretrainDataOnlyHelp),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on held-out prompts at the end."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     threads: Optional[int] = ThreadsOpt,
@@ -707,7 +802,8 @@ def pretrain_drafter(
             from .training.loop import train_drafter
 
             result = train_drafter(r, target, out_dir, extra_data=data or [], resume=resume, device=device,
-                                   evaluate=evaluate, log=report.status, progress=lambda done, total, info: report.update(
+                                   evaluate=evaluate, log=report.status,
+                                   progress=lambda done, total, info: report.update(
                                        "training", done, total, loss=f"{info['loss']:.3f}",
                                        tok_s=f"{info['tok_s']:.0f}") if report.live or done % 10 == 0 else None)
     out.print(f"drafter written to {result.out} ({result.steps} steps, {result.wall_s / 60:.1f} min)")
@@ -720,17 +816,27 @@ def pretrain_drafter(
 @_bandit_command()
 def serve(
     target: str = TargetOpt,
-    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help=DrafterHelp + " A request may send `\"drafter\": \"none\"` (plain decoding), `lookup`, or this one."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d",
+                                          help=DrafterHelp + " A request may send `\"drafter\": \"none\"` (plain "
+                                                             "decoding), `lookup`, or this one."),
     lookup_global: bool = typer.Option(False, "--lookup-global", help=LookupGlobalHelp),
-    cross_tokenizer: str = typer.Option("auto", "--cross-tokenizer", help="A drafter with another tokenizer: auto (translate through text when they differ, greedy only), on, or off (refuse it)."),
+    cross_tokenizer: str = typer.Option("auto", "--cross-tokenizer",
+                                        help="A drafter with another tokenizer: auto (translate through text when they "
+                                             "differ, greedy only), on, or off (refuse it)."),
     tree: str = typer.Option(DEFAULT_TREE, "--tree", help=TreeHelp + " The default of requests that send no `tree`."),
-    arms: Optional[str] = typer.Option(None, "--arms", help="With --tree auto: the arms file (default recipes/trees.yaml)."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="With --tree auto: the arms file (default "
+                                                            "recipes/trees.yaml)."),
     bandit: BanditArgs = BANDIT_OPTIONS,
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="max_tokens of a request that sends none (capped at the context)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface, e.g. behind a load balancer)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n",
+                                       help="max_tokens of a request that sends none (capped at the context)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface, e.g. behind "
+                                                         "a load balancer)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free port, printed at start)."),
-    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model id clients send and /v1/models lists (default: --target)."),
-    max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait for the engine; more get HTTP 429 (retry, or another replica)."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name",
+                                                    help="The model id clients send and /v1/models lists (default: "
+                                                         "--target)."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait for the engine; more get HTTP 429 "
+                                                          "(retry, or another replica)."),
     model: ModelArgs = MODEL_OPTIONS,
 ) -> None:
     """Serve the speculative engine behind an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,

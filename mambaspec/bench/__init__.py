@@ -1,1 +1,2 @@
-"""Measuring: the bench (methods side by side), the transformers peers, datasets, results, reports, tune, verify-cost."""
+"""Measuring: the bench (methods side by side), the transformers peers, datasets, results, reports, tune,
+verify-cost."""

@@ -37,7 +37,8 @@ def results_tables(rows: list[dict]) -> list[Table]:
     tables = []
     for (dataset, length), group in groups.items():
         first = group[0]
-        title = (f"{dataset}{f' · {int(length)} tokens' if length else ''} · {count(int(first['prompts']), 'prompt')} · "
+        title = (f"{dataset}{f' · {int(length)} tokens' if length else ''} · "
+                 f"{count(int(first['prompts']), 'prompt')} · "
                  f"{first['max_new_tokens']} new tokens · {first['device']} {first['dtype']}")
         t = Table(title=title, header_style="bold")
         t.add_column("method")

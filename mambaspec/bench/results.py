@@ -19,15 +19,16 @@ from ..loading.costs import device_name
 
 CSV_NAME = "results.csv"
 OUTPUTS_NAME = "outputs.jsonl"
-CONFIG_COLUMNS = ["target", "drafter", "transformer_drafter", "eagle_drafter", "tree", "arms", "ucb_c", "confidence_buckets",
-                  "max_new_tokens", "temperature", "limit", "data", "device", "dtype", "linear", "quantize",
-                  "compile", "target_options", "seed", "prompt_lookup_tokens", "lookup_global"]
+CONFIG_COLUMNS = ["target", "drafter", "transformer_drafter", "eagle_drafter", "tree", "arms", "ucb_c",
+                  "confidence_buckets", "max_new_tokens", "temperature", "limit", "data", "device", "dtype",
+                  "linear", "quantize", "compile", "target_options", "seed", "prompt_lookup_tokens", "lookup_global"]
 COLUMNS = [
     "config_id", "dataset", "length", "method",
     "prompts", "prompt_tokens", "new_tokens", "decode_tokens_per_s", "tokens_per_s", "speedup_decode",
     "speedup_e2e", "mean_accept_len", "rounds", "mean_tree_nodes", "no_draft_rounds", "drafted_accept_len",
-    "predicted_accept_len", "prediction_error", "draft_ms_per_round", "verify_ms_per_round", "prefill_s", "seconds", "peak_mem_mb", "mem_measure",
-    "drafter_state_bytes", "target_kv_bytes", "greedy_match", "mismatched_prompts", "reference_match", "reference_margin",
+    "predicted_accept_len", "prediction_error", "draft_ms_per_round", "verify_ms_per_round", "prefill_s", "seconds",
+    "peak_mem_mb", "mem_measure", "drafter_state_bytes", "target_kv_bytes", "greedy_match", "mismatched_prompts",
+    "reference_match", "reference_margin",
     "method_detail",
     *CONFIG_COLUMNS, "device_name", "threads", "torch", "transformers", "mambaspec", "git_commit", "date",
 ]

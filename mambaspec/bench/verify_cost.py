@@ -121,8 +121,8 @@ def measure_verify_cost(engine_model, plain_model, vocab_size: int, prefix: int 
         keep_slots(engine_cache, prefix, [])
 
     def plain_step(q: int) -> None:
-        plain_model(input_ids=torch.tensor([ids[prefix:prefix + q]], device=device), **with_cache(plain_model, plain_cache),
-                    use_cache=True)
+        plain_model(input_ids=torch.tensor([ids[prefix:prefix + q]], device=device),
+                    **with_cache(plain_model, plain_cache), use_cache=True)
         plain_cache.crop(-q)
 
     sizes = sorted(set(nodes) | {1})

@@ -141,7 +141,8 @@ def parse_edges(text: str | tuple[float, ...] | list[float]) -> tuple[float, ...
         try:
             values = [] if cleaned in ("", "none") else [float(v) for v in cleaned.split(",")]
         except ValueError:
-            raise MambaspecError(f"invalid confidence buckets '{text}': use increasing probabilities, e.g. 0.5,0.9") from None
+            raise MambaspecError(f"invalid confidence buckets '{text}': use increasing probabilities, "
+                                 f"e.g. 0.5,0.9") from None
     if any(not 0 < v < 1 for v in values) or values != sorted(set(values)):
         raise MambaspecError(f"invalid confidence buckets '{text}': use increasing probabilities between 0 and 1, "
                              f"e.g. 0.5,0.9 (or none)")

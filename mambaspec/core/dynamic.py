@@ -18,8 +18,8 @@ read of the committed tokens and its step, and a round's overhead, are medians o
 units (divided by how slow the machine ran lately against the fit), since timing noise on a shared machine
 only adds time and comes in spells. Nothing is probed: where no round was measured near the context yet, the
 first round there is a plain step and the next ones draft at most ``EXPLORE_NODES`` nodes until a drafted round
-has been measured; all of them are real rounds that commit tokens. When not even the best first node pays, the round verifies
-the pending token alone — a plain step. When drafting has lost lately, with some confidence (what the
+has been measured; all of them are real rounds that commit tokens. When not even the best first node pays, the
+round verifies the pending token alone — a plain step. When drafting has lost lately, with some confidence (what the
 last ``GAIN_WINDOW`` rounds that engaged the drafter really gained, in plain steps: committed tokens
 against their time — its mean plus one standard error below zero), the drafter is left alone for a few
 rounds (doubling up to ``MAX_SKIP``); with lazy commits it then reads the skipped tokens in one forward.
@@ -185,7 +185,8 @@ class CostModel:
 
     @property
     def overhead(self) -> float:
-        """A round's time outside the target's forward and the drafting (the fit's units): the median of recent rounds."""
+        """A round's time outside the target's forward and the drafting (the fit's units): the median of recent
+        rounds."""
         return _median(self._overheads)
 
     def samples(self) -> list[tuple[int, int, float]]:
@@ -205,7 +206,8 @@ class CostModel:
         """Whether verifying ``nodes`` nodes costs at most ``FLAT_RATIO`` times one node here (as on a GPU, where a
         step is launch overhead), judged from a fit that includes trees of ``FLAT_MEASURED`` nodes or more."""
         one = self.verify(1, context)
-        return max(self._nodes_near(context), default=0) >= FLAT_MEASURED and one > 0 and self.verify(nodes, context) <= FLAT_RATIO * one
+        return (max(self._nodes_near(context), default=0) >= FLAT_MEASURED and one > 0
+                and self.verify(nodes, context) <= FLAT_RATIO * one)
 
     def verify(self, nodes: int, context: int) -> float:
         """Predicted seconds of a verification forward of ``nodes`` draft nodes after ``context`` tokens."""

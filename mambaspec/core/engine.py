@@ -27,7 +27,8 @@ from .stats import GenerationStats, RoundOutcome, StatsRecorder, sync
 from .verify import verify_tree
 
 STATIC_CAPACITY = 8192  # slots of the static KV cache (GPU): prompt + new tokens + the largest tree must fit
-STATIC_TREE_ROOM = 128  # room kept for a round's tree (dynamic trees, bandit arms, lookup chains; a fixed shape: its own)
+# room kept for a round's tree (dynamic trees, bandit arms, lookup chains; a fixed shape: its own)
+STATIC_TREE_ROOM = 128
 
 
 @dataclass
@@ -99,8 +100,8 @@ class SpeculativeGenerator:
         drafter (the same as with no drafter); under the rejection rule, the text for a given tree and drafter.
         ``tree`` is a fixed shape (a ``TreeShape`` or ``"2,1,1"``) or a policy object that picks the tree of every
         round and learns from each round's outcome (its state carries over from call to call); names such as
-        ``"dynamic"`` and ``"auto"`` are resolved above the engine (``loading.trees.resolve_tree``, a ``Pipeline``). ``stop(new_ids)`` ends the
-        generation after the round where it first returns True.
+        ``"dynamic"`` and ``"auto"`` are resolved above the engine (``loading.trees.resolve_tree``, a ``Pipeline``).
+        ``stop(new_ids)`` ends the generation after the round where it first returns True.
         """
         rounds = self.stream(prompt_ids, max_new_tokens, tree, sampling, seed, stop)
         while True:
@@ -153,7 +154,8 @@ class SpeculativeGenerator:
         stats = GenerationStats(tree=policy.name, drafter=self.drafter.name, target_options=self.target_options,
                                 tree_policy="" if isinstance(policy, FixedTree) else policy.describe())
         recorder = StatsRecorder(stats, device)
-        room = max(STATIC_TREE_ROOM, policy.shape.num_nodes + STATIC_TREE_ROOM // 4 if isinstance(policy, FixedTree) else 0)
+        room = max(STATIC_TREE_ROOM,
+                   policy.shape.num_nodes + STATIC_TREE_ROOM // 4 if isinstance(policy, FixedTree) else 0)
         cache = self._new_cache(len(prompt_ids) + max_new_tokens + room)
         with final_hidden(self.target) if self.reads_hidden else nullcontext([]) as states:
             if len(prompt_ids) > 1:

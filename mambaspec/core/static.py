@@ -144,7 +144,8 @@ class StaticKVCache(DynamicCache):
         mask[:, :start] = True
         mask[:, start:end] = visible.to(torch.bool).cpu()
         self.write_index = torch.arange(self.length, end, device=device)
-        inputs = {"inputs_embeds": embeds} if embeds is not None else {"input_ids": torch.tensor([tokens], device=device)}
+        inputs = ({"inputs_embeds": embeds} if embeds is not None
+                  else {"input_ids": torch.tensor([tokens], device=device)})
         logits = model(**inputs, position_ids=torch.tensor([positions], device=device),
                        attention_mask=mask[None, None].to(device), **with_cache(model, self), use_cache=True,
                        logits_to_keep=1 if last_only else 0).logits[0]

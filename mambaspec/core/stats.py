@@ -36,7 +36,8 @@ class GenerationStats:
     target_options: str = ""  # how the target's forward was made cheap (loading.models.load_model)
     stopped: str = ""  # "eos", "stop", "max_new_tokens" or "context"
     tree_policy: str = ""  # with a tree policy: what it is (reward, c, contexts, budget)
-    policy_report: dict[str, object] = field(default_factory=dict)  # the policy's own numbers (bandit arms, dynamic predictions)
+    # the policy's own numbers (bandit arms, dynamic predictions)
+    policy_report: dict[str, object] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

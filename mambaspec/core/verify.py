@@ -134,7 +134,8 @@ def verify_tree(target, cache, tree: DraftTree, sampling: SamplingConfig,
     if tree.sampled == sampling.greedy and len(tree) > 1:
         raise ValueError("the draft tree was grown for another decoding mode (greedy vs sampled)")
     if sampling.gumbel != isinstance(generator, GumbelNoise) and not sampling.greedy:
-        raise ValueError(f"the {sampling.acceptance} rule needs {'a GumbelNoise' if sampling.gumbel else 'a torch generator'}")
+        raise ValueError(f"the {sampling.acceptance} rule needs "
+                         f"{'a GumbelNoise' if sampling.gumbel else 'a torch generator'}")
     past = kv_length(cache)
     positions = [past + d for d in tree.depths]
     t0 = time.perf_counter()

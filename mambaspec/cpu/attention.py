@@ -74,7 +74,8 @@ def _shared_prefix(query, key, mask, kwargs) -> int:
         return 0
     if mask is None:
         return k_len - 1 if q_len == 1 else 0  # a decoding step sees everything; a prefill is causal
-    if mask.dtype != torch.bool or mask.shape[0] != 1 or mask.shape[1] != 1 or not bool(mask[0, 0, :, :k_len - q_len].all()):
+    if (mask.dtype != torch.bool or mask.shape[0] != 1 or mask.shape[1] != 1
+            or not bool(mask[0, 0, :, :k_len - q_len].all())):
         return 0
     return k_len - q_len
 

@@ -18,7 +18,8 @@ from .step import Reading, RewindableStep
 from .vocab import DraftVocab
 
 MAMBA_TYPES = ("mamba", "mamba2")
-FAST_STEP_MAX_TOKENS = 3  # up to this many tokens run as single steps (~2 ms each here), more as one chunked scan (~8 ms)
+# up to this many tokens run as single steps (~2 ms each here), more as one chunked scan (~8 ms)
+FAST_STEP_MAX_TOKENS = 3
 
 
 @dataclass

@@ -37,7 +37,8 @@ class ModelEntry:
     offline: dict[str, Any] | None = None
     shipped: str | None = None
     recipe: str | None = None  # for shipped drafters: the recipe that produced them (recipes/...)
-    default_drafter: str | None = None  # --drafter when not given (generate; bench and tune: its model, without +lookup)
+    # --drafter when not given (generate; bench and tune: its model, without +lookup)
+    default_drafter: str | None = None
     default_transformer_drafter: str | None = None  # bench's --transformer-drafter when not given
     default_eagle_drafter: str | None = None  # bench's --eagle-drafter when not given
 

@@ -43,7 +43,8 @@ class ModelOptions:
             raise MambaspecError("compiling and int8 quantization do not combine; pick one")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
-            raise MambaspecError(f"threads must be a whole number of at least 1 (None: one per core), got {self.threads}")
+            raise MambaspecError(f"threads must be a whole number of at least 1 (None: one per core), "
+                                 f"got {self.threads}")
 
     def apply_threads(self) -> None:
         """Give torch ``threads`` CPU threads (nothing when None). Threads are the process's, not one model's."""
@@ -64,6 +65,7 @@ CROSS_TOKENIZER = ("auto", "on", "off")
 
 
 def check_cross_tokenizer(mode: str) -> None:
-    """``auto``: translate a drafter's drafts through text when its tokenizer differs; ``on``: always; ``off``: never."""
+    """``auto``: translate a drafter's drafts through text when its tokenizer differs; ``on``: always;
+    ``off``: never."""
     if mode not in CROSS_TOKENIZER:
         raise MambaspecError(f"cross-tokenizer mode must be one of {', '.join(CROSS_TOKENIZER)}, got '{mode}'")

@@ -83,10 +83,10 @@ def check_drafter_for(target: str, drafter: str | None, cross_tokenizer: str = "
                              f"cross-tokenizer drafting is off; turn it on (auto), or use a drafter trained on the "
                              f"target's tokenizer")
     if through_text and not greedy:
-        raise MambaspecError(f"drafter '{name}' drafts for '{target}' through text (another tokenizer), which is greedy "
-                             f"only: its probabilities are over its own tokens, so sampled drafts cannot be verified "
-                             f"losslessly; decode greedily (temperature 0), or use a drafter with the target's "
-                             f"tokenizer")
+        raise MambaspecError(f"drafter '{name}' drafts for '{target}' through text (another tokenizer), which is "
+                             f"greedy only: its probabilities are over its own tokens, so sampled drafts cannot be "
+                             f"verified losslessly; decode greedily (temperature 0), or use a drafter with the "
+                             f"target's tokenizer")
 
 
 def adapt_drafter(drafter: Drafter, target_tokenizer, mode: str = "auto") -> Drafter:

@@ -23,7 +23,8 @@ prompt_tokens_total       counter    Prompt tokens of the generations run.
 completion_tokens_total   counter    Tokens generated (a cancelled generation's included).
 rounds_total              counter    Draft-verify rounds: one target forward each.
 tokens_per_round          histogram  Tokens committed per round: accepted draft tokens + the target's own.
-accepted_at_depth_total   counter    Rounds that accepted a draft token at this tree depth; over drafted_rounds_total: the acceptance rate by depth.
+accepted_at_depth_total   counter    Rounds that accepted a draft token at this tree depth; over drafted_rounds_total: \
+the acceptance rate by depth.
 drafted_rounds_total      counter    Rounds that verified at least one draft token (finished generations).
 draft_tokens_total        counter    Draft tokens (tree nodes) verified (finished generations).
 draft_seconds_total       counter    Drafter time: building trees and feeding accepted tokens (finished).

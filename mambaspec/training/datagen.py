@@ -361,7 +361,8 @@ def make_data(recipe: DataRecipe, load_target: Callable, log: Log = print, max_b
     _answer_plan(model, tokenizer, recipe, todo[:max_batches] if max_batches is not None else todo, len(plan),
                  pass_rows, deadline, log)
     done = next((i for i in range(len(plan)) if not shard_path(folder, i).exists()), len(plan))
-    if done < len(plan) and deadline is not None and time.time() >= deadline:  # stopped by the deadline: the data set is the finished prefix of the plan, for now
+    # stopped by the deadline: the data set is the finished prefix of the plan, for now
+    if done < len(plan) and deadline is not None and time.time() >= deadline:
         log(f"answers: time is up; {done} of {len(plan)} batches made (rerun to continue)")
         _write_json(plan_file, {**json.loads(plan_file.read_text()), "batches": done})
     return folder

@@ -1,5 +1,5 @@
-"""Packs of a distillation data set committed with the project (``recipes/data/packs/NAME/``, ``DataRecipe.packs``), so that what one
-machine spent hours making is not made again on the next.
+"""Packs of a distillation data set committed with the project (``recipes/data/packs/NAME/``, ``DataRecipe.packs``),
+so that what one machine spent hours making is not made again on the next.
 
 A pack file holds a run of consecutive shards (the target's answers: every row's token ids and fields, not the
 top-k log-probabilities, which the shipped recipes do not train on: ``kd_weight`` 0; a KD run leaves such rows out
@@ -61,7 +61,8 @@ def _expand(row: dict) -> dict:
     return {**row, "ids": torch.from_numpy(np.frombuffer(row["ids"], dtype=np.uint16).astype(np.int32))}
 
 
-def write_pack(folder: Path, packs: Path, settings: str | None = None, log: Callable[[str], None] = print) -> Path | None:
+def write_pack(folder: Path, packs: Path, settings: str | None = None,
+               log: Callable[[str], None] = print) -> Path | None:
     """Pack the shards of the data set in ``folder`` made since the last pack file in ``packs``, up to the first one
     missing; None when there is nothing new. Before the data set has a plan, pack the Magpie turns made so far
     (``PROGRESS``; ``settings``: the recipe's fingerprint, which that file carries)."""
@@ -131,14 +132,15 @@ def read_blob(path: Path) -> dict:
 
 
 def restore_packs(packs: Path, folder: Path, settings: str, log: Callable[[str], None] = print) -> int:
-    """Write into ``folder`` (a data set with the fingerprint ``settings``) every shard packed in ``packs`` (and the prompts and plan, when the folder has none) that it lacks;
-    the number of shards written."""
+    """Write into ``folder`` (a data set with the fingerprint ``settings``) every shard packed in ``packs`` (and the
+    prompts and plan, when the folder has none) that it lacks; the number of shards written."""
     folder = Path(folder)
     _restore_progress(Path(packs) / PROGRESS, folder, settings, log)
     written = 0
     for path in pack_files(packs):
         first, last = span(path)
-        if all(shard_path(folder, i).exists() for i in range(first, last + 1)) and (first or (folder / "plan.json").exists()):
+        if (all(shard_path(folder, i).exists() for i in range(first, last + 1))
+                and (first or (folder / "plan.json").exists())):
             continue
         blob = _checked(path, settings)
         (folder / "answers").mkdir(parents=True, exist_ok=True)

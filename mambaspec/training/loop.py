@@ -88,7 +88,8 @@ def lr_at(step: int, recipe: DrafterRecipe) -> float:
 
 
 def loss_of(model, batch: Batch, vocab: DraftVocab | None, recipe: DrafterRecipe, device) -> torch.Tensor:
-    """Weighted next-token cross-entropy (on the target's own labels where a stream has them), plus ``kd_weight`` x KL(target top-k || drafter) where soft targets exist."""
+    """Weighted next-token cross-entropy (on the target's own labels where a stream has them), plus ``kd_weight`` x
+    KL(target top-k || drafter) where soft targets exist."""
     ids = batch.ids.to(device)
     inputs, labels = ids[:, :-1], (batch.labels.to(device) if batch.labels is not None else ids[:, 1:])
     if vocab is not None:
@@ -152,7 +153,8 @@ def train_drafter(recipe: DrafterRecipe, target_name: str, out: str | Path, extr
     out = Path(out)
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
-        raise MambaspecError(f"{out} already holds a training run; continue it with --resume, or pick another --out folder")
+        raise MambaspecError(f"{out} already holds a training run; continue it with --resume, "
+                             f"or pick another --out folder")
     if resume and not ckpt_path.exists():
         if not out.is_dir():
             raise MambaspecError(f"no run in {out} to resume (the folder does not exist); check --out, or start a new "

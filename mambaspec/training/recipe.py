@@ -86,18 +86,21 @@ class DrafterRecipe:
             raise MambaspecError(f"{where}: 'kd_weight' and 'prompt_weight' must be >= 0")
         if any(not (isinstance(c, list) and len(c) == 2 and all(isinstance(x, int) and x >= 0 for x in c))
                for c in self.curriculum):
-            raise MambaspecError(f"{where}: 'curriculum' is a list of [step, seq_len] pairs, e.g. [[0, 256], [1000, 1024]]")
+            raise MambaspecError(f"{where}: 'curriculum' is a list of [step, seq_len] pairs, "
+                                 f"e.g. [[0, 256], [1000, 1024]]")
         if self.init_from and self.arch == "eagle":
             raise MambaspecError(f"{where}: 'init_from' starts a mamba2, mamba or llama drafter; an EAGLE head trains "
                                  f"from scratch")
         if not self.data:
             raise MambaspecError(f"{where}: 'data' lists no source; add one, e.g. `- source: files` with `paths: "
-                                 f"[my_texts/]` (--data files are added to a recipe's sources, they do not replace them)")
+                                 f"[my_texts/]` (--data files are added to a recipe's sources, they do not replace "
+                                 f"them)")
         for i, src in enumerate(self.data):
             if not isinstance(src, dict) or src.get("source") not in SOURCES:
                 raise MambaspecError(f"{where}: data[{i}] needs source: {', '.join(SOURCES)}")
             if src["source"] == "distill" and not src.get("set"):
-                raise MambaspecError(f"{where}: data[{i}] (distill) names a data set: set: NAME (recipes/data/NAME.yaml)")
+                raise MambaspecError(f"{where}: data[{i}] (distill) names a data set: "
+                                     f"set: NAME (recipes/data/NAME.yaml)")
             if float(src.get("weight", 1.0)) <= 0:
                 raise MambaspecError(f"{where}: data[{i}] weight must be positive")
             if src.get("labels", "real") not in LABELS or (src.get("labels") and src["source"] == "distill"):

@@ -2,10 +2,10 @@
 
 A drafter is scored by how often it proposes the token the target would choose, not the text's own
 next token. On real text the two differ: on the Python standard library's source SmolLM2-135M's
-argmax is the real next token at 63.9 % of positions (the log of ``recipes/drafters/relabel/target.yaml``), so a language-model stream teaches the drafter
-to disagree with its target on the rest. ``labels: target`` on a text source (``stdlib-code``, ``files``)
-trains on the target's argmax instead, at every position of a sample of the stream's windows — the
-real text stays the drafter's input.
+argmax is the real next token at 63.9 % of positions (the log of ``recipes/drafters/relabel/target.yaml``), so a
+language-model stream teaches the drafter to disagree with its target on the rest. ``labels: target`` on a text
+source (``stdlib-code``, ``files``) trains on the target's argmax instead, at every position of a sample of the
+stream's windows — the real text stays the drafter's input.
 
 The sample: the stream cut into windows of ``WINDOW`` tokens, in a seeded order, the first
 ``ceil(tokens / WINDOW)`` of them; the target reads each window from its start (its prediction at
