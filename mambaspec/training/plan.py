@@ -84,8 +84,10 @@ def _data_set(data) -> tuple[str, float]:
     """One distillation data set: what is left to make of it and how long that takes."""
     folder = data.folder
     name = f"data set {data.name} (recipes/data/{data.name}.yaml, kept in {folder})"
-    size = data.answers.batch_size
-    slot = size * data.answers.max_new_tokens * GENERATE_SLOT_S
+    size, long = data.answers.batch_size, data.long_answers
+    # a share of the batches answers up to long.max_new_tokens (broad-v2: 65 s a batch on 2 idle cores, 2026-12-07)
+    new_tokens = data.answers.max_new_tokens * (1 - long.fraction) + long.max_new_tokens * long.fraction
+    slot = size * new_tokens * GENERATE_SLOT_S
     plan_file = folder / "plan.json"
     budget = data.answers.batches
     if plan_file.exists():
