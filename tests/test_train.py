@@ -212,6 +212,7 @@ def test_a_drafter_recipe_can_use_a_prefix_of_a_data_set(tmp_path, tiny_dir, cac
     recipe = tiny_recipe(tmp_path, data=[{"source": "distill", "set": "tiny-test", "batches": 1}])
     assert "the first 1 batches" in "\n".join(describe_run(recipe, target, data_only=True))
     folder, = datagen.make_recipe_data(recipe, target)
+    assert "its first 1 batches made" in "\n".join(describe_run(recipe, target, data_only=True))
     first = list(datagen.read_shards(folder))
     assert 0 < len(first) < 6 and len(list(folder.glob("answers/shard-*.pt"))) == 1
     datagen.make_data(datagen.DataRecipe.named("tiny-test"), lambda: load_model(target), log=lambda m: None)

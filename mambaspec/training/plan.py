@@ -95,7 +95,7 @@ def _data_set(data) -> tuple[str, float]:
         wanted = budget or info.get("planned") or info["batches"]
         made = sum(shard_path(folder, i).exists() for i in range(wanted))
         if made >= wanted:
-            return f"{name}: made", 0.0
+            return f"{name}: {f'its first {budget} batches ' if budget else ''}made", 0.0
         seconds = (wanted - made) * slot
         return (f"{name}: {made} of {wanted} batches answered; the target answers the other {wanted - made} "
                 f"(~{_duration(seconds)})"), seconds
