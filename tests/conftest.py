@@ -13,6 +13,8 @@ torch.set_num_threads(1)  # 2 cores: one thread is faster and steadier than two 
 # generate keeps measured verification costs between runs; the tests' runs (and their subprocesses) keep theirs apart
 os.environ["MAMBASPEC_COSTS"] = tempfile.mkdtemp(prefix="mambaspec-costs-")
 atexit.register(shutil.rmtree, os.environ["MAMBASPEC_COSTS"], ignore_errors=True)
+# the CLI's tests read what it prints into a pipe; pytest-xdist's workers inherit COLUMNS=80 from execnet
+os.environ.pop("COLUMNS", None)
 
 from tiny import char_tokenizer, save_tiny, tiny_llama, tiny_mamba, tiny_mamba2  # noqa: E402
 
