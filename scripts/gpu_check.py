@@ -211,7 +211,8 @@ def step(out: Path, compiled: bool = False) -> None:
     rows = _read(out / "step.csv")
     plain = load_model(ARGS.target, _options(dtype, linear="torch"), role="plain").model
     if not compiled:
-        for label, kw in (("ours: static cache + CUDA graphs", {}), ("ours: static cache, eager", {"cuda_graphs": False})):
+        for label, kw in (("ours: static cache + CUDA graphs", {}),
+                          ("ours: static cache, eager", {"cuda_graphs": False})):
             gen = _generator(model, None, tok, [], **kw)
             _timed(rows, out / "step.csv", label, lambda g=gen: g.generate(ids, new).new_token_ids)
         _timed(rows, out / "step.csv", "transformers generate (static cache)",

@@ -3,7 +3,8 @@
 
     python scripts/policy_trace.py [--drafter FOLDER] [--method M] --out runs/trace [--data recipes/eval/chat.jsonl]
 
-Runs ``bench jsonl`` (``ar`` and a dynamic method: ``mamba-dynamic``, or the default ``mamba+lookup-dynamic``) with every ``DynamicTreePolicy.observe`` logged to OUT/rounds.jsonl:
+Runs ``bench jsonl`` (``ar`` and a dynamic method: ``mamba-dynamic``, or the default ``mamba+lookup-dynamic``) \
+with every ``DynamicTreePolicy.observe`` logged to OUT/rounds.jsonl:
 the round's nodes and accepted tokens, whether it drafted, the backoff's plain rounds still to come, and the policy's
 estimates then (a drafted round's base time ``base_s``, one drafter step ``step_s``, its read of the committed tokens
 ``read_s``, the realized gain in plain steps).
@@ -40,7 +41,8 @@ def main() -> None:
                "seconds": outcome.seconds, "forward_s": outcome.forward_s, "draft_s": outcome.draft_s,
                "copied": sum(f is not None for f in outcome.tree.feature[1:]) if outcome.tree is not None else 0}
         if plan is not None:
-            row.update(base_s=plan.base_time(), step_s=plan.costs.step, read_s=plan.costs.read, gain=self._gains[-1] if self._gains else None)
+            row.update(base_s=plan.base_time(), step_s=plan.costs.step, read_s=plan.costs.read,
+                       gain=self._gains[-1] if self._gains else None)
         rounds.append(row)
 
     dynamic.DynamicTreePolicy.observe = logged

@@ -100,7 +100,8 @@ def main() -> None:
     ap.add_argument("--per-set", type=int, default=2, help="prompts from each set")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--log", default="serve_load.log", help="the started server's output")
-    ap.add_argument("--drafters", default="default,none", help="per-request drafters: default (the server's), none, lookup")
+    ap.add_argument("--drafters", default="default,none",
+                    help="per-request drafters: default (the server's), none, lookup")
     ap.add_argument("serve_args", nargs="*", help="after --: more `mambaspec serve` options")
     args = ap.parse_args()
     server, base = (None, args.url.rstrip("/")) if args.url else start_server(args)
@@ -117,7 +118,8 @@ def main() -> None:
             for clients in map(int, args.concurrency.split(",")):
                 r = level(base, model, texts, clients, args.max_tokens, None if drafter == "default" else drafter)
                 print(f"| {r['clients']} | {r['drafter']} | {r['tokens']} | {r['wall_s']:.1f} | {r['tok_s']:.1f} | "
-                      f"{r['latency_s']:.2f} | {r['ttft_s']:.2f} | {r['queue_s']:.2f} | {r['accept']:.2f} |", flush=True)
+                      f"{r['latency_s']:.2f} | {r['ttft_s']:.2f} | {r['queue_s']:.2f} | {r['accept']:.2f} |",
+                      flush=True)
     finally:
         if server is not None:
             server.terminate()

@@ -73,7 +73,8 @@ def files(tiny_dir, tmp_path_factory):
 
 def config(files, out, **kw) -> BenchConfig:
     base = dict(dataset="jsonl", data=files["prompts"], target=files["target"], drafter=files["mamba2"],
-                transformer_drafter=files["llama_dv"], eagle_drafter=files["eagle"], max_new_tokens=NEW, out=str(out), options=ModelOptions(device="cpu"))
+                transformer_drafter=files["llama_dv"], eagle_drafter=files["eagle"], max_new_tokens=NEW, out=str(out),
+                options=ModelOptions(device="cpu"))
     return BenchConfig(**{**base, **kw})
 
 
@@ -99,9 +100,9 @@ def test_csv_has_every_column_and_every_method(first_run):
     assert [r["method"] for r in rows] == ALL
     by = {r["method"]: r for r in rows}
     trees = {m: by[m]["tree"] for m in ALL}  # what each method ran, not --tree for all (issue 28)
-    assert trees == {"ar": "", "mamba": "(2,1,1)", "mamba-auto": "auto", "mamba-dynamic": "dynamic", "lookup": "(2,1,1)",
-                     "mamba+lookup": "(2,1,1)", "mamba+lookup-dynamic": "dynamic", "transformer": "(2,1,1)",
-                     "eagle": "(2,1,1)", "hf-assisted": "", "prompt-lookup": ""}
+    assert trees == {"ar": "", "mamba": "(2,1,1)", "mamba-auto": "auto", "mamba-dynamic": "dynamic",
+                     "lookup": "(2,1,1)", "mamba+lookup": "(2,1,1)", "mamba+lookup-dynamic": "dynamic",
+                     "transformer": "(2,1,1)", "eagle": "(2,1,1)", "hf-assisted": "", "prompt-lookup": ""}
     for r in rows:
         assert int(r["new_tokens"]) == 2 * NEW and int(r["prompts"]) == 2
         assert float(r["decode_tokens_per_s"]) > 0 and float(r["peak_mem_mb"]) > 0
@@ -381,7 +382,8 @@ def test_progress_lines_under_a_log_file(files, tmp_path):
 
 def test_changed_data_file_is_a_new_configuration_and_outputs_are_not_duplicated(files, tmp_path):
     data = tmp_path / "prompts.jsonl"
-    data.write_text(files["prompts"].read_text() if hasattr(files["prompts"], "read_text") else open(files["prompts"]).read())
+    data.write_text(files["prompts"].read_text() if hasattr(files["prompts"], "read_text")
+                    else open(files["prompts"]).read())
     first = run_bench(config(files, tmp_path, data=str(data), methods=["ar", "lookup"]))
     outputs = tmp_path / "outputs.jsonl"
     n_records = len(outputs.read_text().splitlines())

@@ -167,7 +167,8 @@ def test_an_offline_model_package_without_its_parts_is_one_line(tmp_path, monkey
 
     (tmp_path / "parted_gguf").mkdir()
     (tmp_path / "parted_gguf" / "__init__.py").write_text(
-        "def assemble(out, overwrite=False):\n    open(out, 'wb').write(b'half')\n    import parted_gguf_part1  # noqa\n")
+        "def assemble(out, overwrite=False):\n    open(out, 'wb').write(b'half')\n"
+        "    import parted_gguf_part1  # noqa\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path / "cache"))
     entry = ModelEntry("parted", offline={"package": "parted-gguf", "module": "parted_gguf", "assemble": True,

@@ -98,7 +98,8 @@ def test_new_data_settings_leave_broad_v1_as_made():
     v2 = DataRecipe.named("broad-v2")
     assert v2.multiturn.conversations > 0 and v2.long_answers.max_new_tokens >= 512
     assert v2.settings_key() != DataRecipe.named("broad-v1").settings_key()
-    for name, key in (("gpu-dryrun", "2b8a00cc5cc2eb98"), ("quickstart", "df7c86933579ef2a")):  # as before typed sections
+    for name, key in (("gpu-dryrun", "2b8a00cc5cc2eb98"),
+                      ("quickstart", "df7c86933579ef2a")):  # as before typed sections
         assert DataRecipe.named(name).settings_key() == key
 
 
@@ -109,7 +110,8 @@ def test_recipe_sections_are_checked():
 
     recipe = DataRecipe.from_dict({"name": "x", "answers": {"batch_size": 4}})
     assert recipe.answers.batch_size == 4 and recipe.answers.max_new_tokens == 256 and not recipe.magpie
-    for raw, said in (({"answers": {"batchsize": 4}}, "answers.batchsize"), ({"magpie": {"attempt": 9}}, "magpie.attempt"),
+    for raw, said in (({"answers": {"batchsize": 4}}, "answers.batchsize"),
+                      ({"magpie": {"attempt": 9}}, "magpie.attempt"),
                       ({"documents": [1]}, "'documents' must be a mapping"), ({"sed": 1}, "'sed'"),
                       ({"magpie": {"attempts": 9, "temperature": 0}}, "magpie: the target samples"),
                       ({"answers": {"sampled_fraction": 0.2, "temperature": 0}}, "answers: sampled_fraction")):

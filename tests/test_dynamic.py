@@ -183,7 +183,8 @@ def test_calibration_and_cost_fit():
     for _ in range(200):
         acc.update(tree, [a])  # the 0.9 node always accepted, the 0.05 sibling never, the 0.8 child never
     assert acc.accept_rate(0.9) > 0.95 and acc.accept_rate(0.05) < 0.05 and acc.accept_rate(0.8) < 0.05
-    assert acc.predicted_tokens(tree) == pytest.approx(1 + acc.accept_rate(0.9) + acc.accept_rate(0.05) + acc.accept_rate(0.9) * acc.accept_rate(0.8))
+    assert acc.predicted_tokens(tree) == pytest.approx(1 + acc.accept_rate(0.9) + acc.accept_rate(0.05)
+                                                       + acc.accept_rate(0.9) * acc.accept_rate(0.8))
     costs = CostModel()
     for n in range(0, 17):
         for ctx in (100, 2000, 4000):
@@ -283,7 +284,8 @@ def test_calibration_round_trips_and_is_capped():
         acc.update(tree, [a])
     back = AcceptanceModel.from_dict(json.loads(json.dumps(acc.as_dict())))
     assert max(back.seen) == KEPT_COUNTS and back.accept_rate(0.9) == pytest.approx(acc.accept_rate(0.9), abs=0.05)
-    assert back.copy_accept_rate((3, 1.0)) == pytest.approx(acc.copy_accept_rate((3, 1.0)), abs=0.05) and back.copied[(3, 1.0)][1] == KEPT_COUNTS
+    assert (back.copy_accept_rate((3, 1.0)) == pytest.approx(acc.copy_accept_rate((3, 1.0)), abs=0.05)
+            and back.copied[(3, 1.0)][1] == KEPT_COUNTS)
     assert sum(AcceptanceModel.from_dict({"hits": [1], "seen": "x"}).seen) == 0
 
 
@@ -437,7 +439,8 @@ def test_a_cold_first_step_does_not_keep_trees_shallow():
     def round_(steps: int, step: float) -> None:
         read = 0.003
         costs.observe(RoundOutcome(tokens=2, seconds=0.05 + read + steps * step, draft_s=read + steps * step,
-                                   forward_s=0.045, nodes=3, depth=max(steps, 1), context=100), steps=steps, read_s=read)
+                                   forward_s=0.045, nodes=3, depth=max(steps, 1), context=100),
+                      steps=steps, read_s=read)
 
     round_(1, 0.018)  # cold
     for _ in range(10):  # one level, no step to time

@@ -26,7 +26,8 @@ def eagle_for(target, seed=1, vocab=VOCAB):
 def test_eagle_is_lossless(tiny_target, tree):
     gen = SpeculativeGenerator(tiny_target, eagle_for(tiny_target))
     for p in prompts(10):
-        assert gen.generate(p, max_new_tokens=20, tree=resolve_tree(tree)).new_token_ids == reference_greedy(tiny_target, p, 20)
+        assert (gen.generate(p, max_new_tokens=20, tree=resolve_tree(tree)).new_token_ids
+                == reference_greedy(tiny_target, p, 20))
 
 
 def test_eagle_reads_the_targets_true_hidden_states(tiny_target):

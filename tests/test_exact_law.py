@@ -144,7 +144,8 @@ def test_gumbel_rule_with_shipped_drafters_is_plain_sampling(smollm2, shipped, s
         gen = SpeculativeGenerator(smollm2.model, shipped(name), smollm2.tokenizer)
         for tree in ["2,2,1", "dynamic", _Generous(len(ids))]:
             for seed, ref in enumerate(refs):
-                assert gen.generate(ids, max_new_tokens=8, tree=resolve_tree(tree), sampling=cfg, seed=seed).new_token_ids == ref
+                assert gen.generate(ids, max_new_tokens=8, tree=resolve_tree(tree),
+                                    sampling=cfg, seed=seed).new_token_ids == ref
 
 
 class _Generous:

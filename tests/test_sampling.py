@@ -219,10 +219,12 @@ def _drafters():
     from mambaspec.drafters.lookup import LookupDrafter
     from test_dynamic import FixedCosts
 
-    drafters = {"mamba2": lambda: MambaDrafter(tiny_mamba2(2)), "llama": lambda: TransformerDrafter(tiny_llama(3, 1, 32)),
+    drafters = {"mamba2": lambda: MambaDrafter(tiny_mamba2(2)),
+                "llama": lambda: TransformerDrafter(tiny_llama(3, 1, 32)),
                 "oracle": lambda: TransformerDrafter(tiny_llama(0)), "lookup": lambda: LookupDrafter(max_tokens=5),
                 "mamba2+lookup": lambda: HybridDrafter(MambaDrafter(tiny_mamba2(2)), LookupDrafter(max_tokens=5))}
-    trees = {"1": lambda: "1", "2,1,1": lambda: "2,1,1", "3,2,2": lambda: "3,2,2", "dynamic": lambda: resolve_tree("dynamic"),
+    trees = {"1": lambda: "1", "2,1,1": lambda: "2,1,1", "3,2,2": lambda: "3,2,2",
+             "dynamic": lambda: resolve_tree("dynamic"),
              "generous": lambda: DynamicTreePolicy(costs=FixedCosts(), max_nodes=24)}
     return drafters, trees
 

@@ -138,7 +138,8 @@ def test_models_health_and_metrics(base_url):
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_openai_client_gets_what_generate_gives(client, reference, kind, stream):
     for prompt, system, extra in (("Hello there", None, {}), ("def f(x):", "Be brief.", {"tree": "2,1,1"}),
-                                  ("ab ab ab ab", None, {"drafter": "none"}), ("The sky is", None, {"drafter": "lookup"})):
+                                  ("ab ab ab ab", None, {"drafter": "none"}),
+                                  ("The sky is", None, {"drafter": "lookup"})):
         if system and kind == "text":
             continue
         want = expected(reference, prompt, kind, system, drafter=extra.get("drafter"))
@@ -185,7 +186,8 @@ def test_concurrent_streams_each_get_their_own_output(base_url, client, referenc
     assert grew['mambaspec_requests_total{endpoint="text",status="200"}'] == 4
     assert grew["mambaspec_completion_tokens_total"] == sum(g[2].completion_tokens for g in got)
     assert grew["mambaspec_prompt_tokens_total"] == sum(g[2].prompt_tokens for g in got)
-    assert grew["mambaspec_rounds_total"] == sum(g[3]["rounds"] for g in got) == grew["mambaspec_tokens_per_round_count"]
+    assert (grew["mambaspec_rounds_total"] == sum(g[3]["rounds"] for g in got)
+            == grew["mambaspec_tokens_per_round_count"])
     assert grew["mambaspec_tokens_per_round_sum"] == grew["mambaspec_completion_tokens_total"]
     assert after["mambaspec_queue_length"] == 0 and after["mambaspec_engine_busy"] == 0
 

@@ -68,8 +68,8 @@ def _random_mamba(kind: str, vocab: int):
     return Mamba2ForCausalLM(cfg).eval()
 
 
-DRAFTERS = ["random-mamba1", "random-mamba2", "mamba2-smollm2", "llama-smollm2", "eagle-smollm2", "mamba2-smollm2+lookup",
-            "oracle"]
+DRAFTERS = ["random-mamba1", "random-mamba2", "mamba2-smollm2", "llama-smollm2", "eagle-smollm2",
+            "mamba2-smollm2+lookup", "oracle"]
 
 
 def _drafter(name, target):
@@ -86,4 +86,5 @@ def test_smollm2_greedy_is_lossless(target, cases, name):
     prompts, refs = cases
     for shape in SHAPES:
         for p, ref in zip(prompts, refs):
-            assert gen.generate(p, max_new_tokens=NEW, tree=resolve_tree(shape)).new_token_ids == ref, (name, shape, p[-5:])
+            assert gen.generate(p, max_new_tokens=NEW, tree=resolve_tree(shape)).new_token_ids == ref, \
+                (name, shape, p[-5:])

@@ -142,12 +142,14 @@ def test_plan_says_what_runs_and_roughly_how_long(tmp_path, monkeypatch):
     monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path))
     full = describe_run(DrafterRecipe.load(recipes_dir() / "drafters" / "mamba2-smollm2.yaml"), "smollm2-135m")
     text = "\n".join(full)
-    assert "data set broad-v1" in text and "not made yet" in text and "batches of 32 prompts" in text and "1,200 steps" in text
+    assert ("data set broad-v1" in text and "not made yet" in text and "batches of 32 prompts" in text
+            and "1,200 steps" in text)
     assert full[-1].strip().startswith("about ") and full[-1].endswith(" h in all"), full[-1]
     assert "writes 2,400 user turns (~" in text
     (tmp_path / "data" / "broad-v1").mkdir(parents=True)
     (tmp_path / "data" / "broad-v1" / "magpie-raw.jsonl").write_text('{"batch": 0}\n' * 10)  # 10 of 32-turn batches
-    again = "\n".join(describe_run(DrafterRecipe.load(recipes_dir() / "drafters" / "mamba2-smollm2.yaml"), "smollm2-135m"))
+    again = "\n".join(describe_run(DrafterRecipe.load(recipes_dir() / "drafters" / "mamba2-smollm2.yaml"),
+                                   "smollm2-135m"))
     assert "writes 2,080 user turns (of 2,400) (~" in again
     quick = DrafterRecipe.load(recipes_dir() / "drafters" / "quickstart.yaml")
     lines = describe_run(quick, "smollm2-135m")

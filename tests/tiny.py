@@ -60,7 +60,8 @@ def prompts(n: int, seed: int = 1234) -> list[list[int]]:
 
 def reference_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
     out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
-                         eos_token_id=EOS, pad_token_id=EOS, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+                         eos_token_id=EOS, pad_token_id=EOS,
+                         attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
     return out[0, len(prompt):].tolist()
 
 
