@@ -3,8 +3,8 @@
 
     python scripts/policy_trace.py [--drafter FOLDER] [--method M] --out runs/trace [--data recipes/eval/chat.jsonl]
 
-Runs ``bench jsonl`` (``ar`` and a dynamic method: ``mamba-dynamic``, or the default ``mamba+lookup-dynamic``) \
-with every ``DynamicTreePolicy.observe`` logged to OUT/rounds.jsonl:
+Runs ``bench jsonl`` (``ar`` and a dynamic method: ``mamba-dynamic``, or the default
+``mamba+lookup-dynamic``) with every ``DynamicTreePolicy.observe`` logged to OUT/rounds.jsonl:
 the round's nodes and accepted tokens, whether it drafted, the backoff's plain rounds still to come, and the policy's
 estimates then (a drafted round's base time ``base_s``, one drafter step ``step_s``, its read of the committed tokens
 ``read_s``, the realized gain in plain steps).
