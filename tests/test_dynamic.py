@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mambaspec import MambaDrafter, SamplingConfig, SpeculativeGenerator, TransformerDrafter
-from mambaspec.core.dynamic import KEPT_COUNTS, AcceptanceModel, CostModel, DynamicPlan, DynamicTreePolicy
+from mambaspec.core.dynamic import (KEPT_COUNTS, WIDE_NODES, AcceptanceModel, CostModel, DynamicPlan,
+                                    DynamicTreePolicy)
 from mambaspec.core.stats import RoundOutcome
 from mambaspec.core.tree import DraftTree
 from mambaspec.drafters.crosstok import CrossTokenizerDrafter
@@ -224,7 +225,9 @@ def test_dynamic_policy_measures_a_new_context_with_real_rounds(tiny_target, ref
     first = next(i for i, n in enumerate(sizes) if n)
     assert sizes[0] == 0 and sizes[first] <= 3
     pol.begin_sequence(None)  # a new sequence: no back-off pending
-    assert pol.choose(None, len(PROMPTS[3]) + MAX_NEW, MAX_NEW).max_nodes == pol.max_nodes
+    context = len(PROMPTS[3]) + MAX_NEW  # the full budget, or the wide one where a tiny model's trees measured flat
+    full = WIDE_NODES if pol.costs.flat(context) else pol.max_nodes
+    assert pol.choose(None, context, MAX_NEW).max_nodes == full
 
 
 def test_costs_carry_over_between_processes(tiny_target, references, tmp_path, monkeypatch):
