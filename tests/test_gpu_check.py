@@ -1,10 +1,12 @@
 """scripts/gpu_check.sh's dry run (--device cpu --quick, tiny models): every phase runs, each under its cap, and OUT
-holds what a GPU run brings back, so the one-command GPU check cannot rot between the sessions that have a GPU."""
+holds what a GPU run brings back (log.txt and one archive of the rest), so the one-command GPU check cannot rot
+between the sessions that have a GPU."""
 
 import csv
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,9 @@ def test_gpu_check_dry_run_runs_every_phase(tmp_path, tiny_dir):
                           "--transformer-drafter", tiny_dir["llama"], "--eagle-drafter", "none"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.tgz", "log.txt"]  # the lent machine returns 8 at most
+    with tarfile.open(out / "gpu_check.tgz") as tar:
+        tar.extractall(out, filter="data")
     phases = list(csv.DictReader((out / "phases.csv").open()))
     assert [p["phase"] for p in phases] == ["lossless", "step", "verify", "bench", "bench_slow", "profile", "compiled"]
     assert all(p["status"] == "ok" for p in phases), phases
@@ -47,7 +52,10 @@ def test_a_phase_past_its_cap_is_cut_and_the_next_still_runs(tmp_path, tiny_dir,
     finally:
         sys.path.pop(0)
     monkeypatch.setattr(gpu_check, "QUICK_CAP", 0.01)
-    monkeypatch.setattr(gpu_check, "ARGS", gpu_check.argparse.Namespace(phases="verify,profile", quick=True))
+    monkeypatch.setattr(gpu_check, "ARGS", gpu_check.argparse.Namespace(phases="verify,bench", quick=True))
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.csv").write_text("method\nar\n")  # the rows a cut bench had written
     failed = gpu_check.run_all(tmp_path, ["--device", "cpu", "--quick", "--out", str(tmp_path)])
     phases = list(csv.DictReader((tmp_path / "phases.csv").open()))
     assert failed == 2 and [p["status"] for p in phases] == ["time cap", "time cap"]
+    assert (tmp_path / "bench_results.csv").read_text() == "method\nar\n"  # copied out after the cut

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -28,12 +29,18 @@ def test_gpu_train_dry_run_writes_the_drafter_eval_and_metrics(tmp_path):
     res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh"), str(out), "--device", "cpu", "--quick"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    for name in ("drafter/model.safetensors", "drafter/config.json", "drafter/mambaspec.json", "eval.json",
-                 "metrics.csv", "data.json", "log.txt"):
-        assert (out / name).is_file(), name
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files[:3] == ["data.json", "drafter.tgz", "log.txt"] and len(files) == 4, files  # 8 come back at most
+    pack = out / files[3]  # the shards it answered, packed to be committed
+    assert pack.parent == out / "packs" / "gpu-dryrun" and pack.name.startswith("shards-00000-"), files
     data = json.loads((out / "data.json").read_text())["gpu-dryrun"]
     assert data["train_answer_tokens"] > 0 and data["heldout_rows"] > 0
-    ev = json.loads((out / "eval.json").read_text())
+    assert pack.name == f"shards-00000-{data['shards'] - 1:05d}.xz"
+    with tarfile.open(out / "drafter.tgz") as tar:
+        tar.extractall(out / "drafter", filter="data")
+    for name in ("model.safetensors", "config.json", "mambaspec.json", "metrics.csv", "eval.json", "README.md"):
+        assert (out / "drafter" / name).is_file(), name
+    ev = json.loads((out / "drafter" / "eval.json").read_text())
     assert ev["mean_accept_len_1111"] >= 1 and ev["heldout_prompts"] > 0
     assert json.loads((out / "drafter" / "mambaspec.json").read_text())["steps"] == 40
     assert (out / "drafter" / "model.safetensors").stat().st_size < 16_000_000

@@ -139,18 +139,33 @@ def test_plan_says_what_runs_and_roughly_how_long(tmp_path, monkeypatch):
     the shipped recipe takes hours, the quickstart minutes."""
     from mambaspec.training.plan import describe_run
 
+    from mambaspec.training.data_recipe import DataRecipe
+
     monkeypatch.setenv("MAMBASPEC_CACHE", str(tmp_path))
+    shipped = "\n".join(describe_run(DrafterRecipe.load(recipes_dir() / "drafters" / "mamba2-smollm2.yaml"),
+                                     "smollm2-135m"))  # broad-v1's packs are committed: nothing to make
+    assert "data set broad-v1" in shipped and "made (all 214 restored at the start from recipes/data/packs/" in shipped
+    monkeypatch.setattr(DataRecipe, "packs", property(lambda self: tmp_path / "no-packs" / self.name))
     full = describe_run(DrafterRecipe.load(recipes_dir() / "drafters" / "mamba2-smollm2.yaml"), "smollm2-135m")
     text = "\n".join(full)
     assert ("data set broad-v1" in text and "not made yet" in text and "batches of 32 prompts" in text
             and "1,200 steps" in text)
     assert full[-1].strip().startswith("about ") and full[-1].endswith(" h in all"), full[-1]
     assert "writes 2,400 user turns (~" in text
-    (tmp_path / "data" / "broad-v1").mkdir(parents=True)
-    (tmp_path / "data" / "broad-v1" / "magpie-raw.jsonl").write_text('{"batch": 0}\n' * 10)  # 10 of 32-turn batches
+    raw = tmp_path / "data" / "broad-v1" / "magpie-raw.jsonl"
+    raw.parent.mkdir(parents=True)
+    raw.write_text("".join(f'{{"batch": {b}}}\n' for b in range(10)))  # 10 batches of 32 turns
     again = "\n".join(describe_run(DrafterRecipe.load(recipes_dir() / "drafters" / "mamba2-smollm2.yaml"),
                                    "smollm2-135m"))
     assert "writes 2,080 user turns (of 2,400) (~" in again
+    from mambaspec.training.datapack import write_pack
+
+    turns = tmp_path / "elsewhere"  # turns packed on another machine (batches 9-11) count as made too, once
+    turns.mkdir()
+    (turns / "magpie-raw.jsonl").write_text("".join(f'{{"batch": {b}}}\n' for b in (9, 10, 11)))
+    write_pack(turns, DataRecipe.named("broad-v1").packs, "key", log=lambda m: None)
+    assert "writes 2,016 user turns (of 2,400) (~" in "\n".join(
+        describe_run(DrafterRecipe.load(recipes_dir() / "drafters" / "mamba2-smollm2.yaml"), "smollm2-135m"))
     quick = DrafterRecipe.load(recipes_dir() / "drafters" / "quickstart.yaml")
     lines = describe_run(quick, "smollm2-135m")
     assert lines[-1].endswith(" min in all") and int(lines[-1].split()[1]) <= 5, lines

@@ -95,7 +95,7 @@ def write_pack(folder: Path, packs: Path, settings: str | None = None,
     return out
 
 
-def _raw_lines(text: str) -> dict[int, str]:
+def magpie_batches(text: str) -> dict[int, str]:
     """Magpie's raw turns by batch (``datagen.magpie_prompts`` writes one line a batch)."""
     return {json.loads(line)["batch"]: line for line in text.splitlines() if line.strip()}
 
@@ -103,10 +103,10 @@ def _raw_lines(text: str) -> dict[int, str]:
 def _write_progress(folder: Path, packs: Path, settings: str, log: Callable[[str], None]) -> Path | None:
     text = (folder / MAGPIE_RAW).read_text()
     out = packs / PROGRESS
-    if out.exists() and _raw_lines(read_blob(out)["files"][MAGPIE_RAW]).keys() >= _raw_lines(text).keys():
+    if out.exists() and magpie_batches(read_blob(out)["files"][MAGPIE_RAW]).keys() >= magpie_batches(text).keys():
         return None
     write_blob(out, {"format": FORMAT, "settings": settings, "files": {MAGPIE_RAW: text}})
-    log(f"packed {len(_raw_lines(text))} batches of Magpie turns of {folder.name} into {out} (no plan yet)")
+    log(f"packed {len(magpie_batches(text))} batches of Magpie turns of {folder.name} into {out} (no plan yet)")
     return out
 
 
@@ -168,9 +168,9 @@ def _restore_progress(path: Path, folder: Path, settings: str, log: Callable[[st
     """Add to ``folder``'s Magpie turns the batches packed in ``path`` (``PROGRESS``) that it lacks."""
     if not path.exists() or (folder / "plan.json").exists():
         return
-    packed = _raw_lines(_checked(path, settings)["files"][MAGPIE_RAW])
+    packed = magpie_batches(_checked(path, settings)["files"][MAGPIE_RAW])
     raw = folder / MAGPIE_RAW
-    have = _raw_lines(raw.read_text()) if raw.exists() else {}
+    have = magpie_batches(raw.read_text()) if raw.exists() else {}
     if packed.keys() <= have.keys():
         return
     lines = {**packed, **have}

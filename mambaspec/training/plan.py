@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..config import cache_dir
-from .datapack import shard_path
+from .datapack import MAGPIE_RAW, PROGRESS, magpie_batches, pack_files, read_blob, shard_path, span
 from .recipe import DrafterRecipe
 
 # Batched generation by the target: seconds per (row x new token) slot. broad-v1's answers took about 1.3 h for
@@ -88,22 +88,27 @@ def _data_set(data) -> tuple[str, float]:
     # a share of the batches answers up to long.max_new_tokens (broad-v2: 65 s a batch on 2 idle cores, 2026-12-07)
     new_tokens = data.answers.max_new_tokens * (1 - long.fraction) + long.max_new_tokens * long.fraction
     slot = size * new_tokens * GENERATE_SLOT_S
-    plan_file = folder / "plan.json"
     budget = data.answers.batches
-    if plan_file.exists():
-        info = json.loads(plan_file.read_text())
-        wanted = budget or info.get("planned") or info["batches"]
-        made = sum(shard_path(folder, i).exists() for i in range(wanted))
+    plan_file = folder / "plan.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.exists() else _packed_plan(data.packs)
+    if plan:
+        wanted = budget or plan.get("planned") or plan["batches"]
+        here = {i for i in range(wanted) if shard_path(folder, i).exists()}
+        restore = {i for i in _packed_shards(data.packs) if i < wanted} - here
+        made = len(here) + len(restore)
+        some = f"all {len(restore)}" if len(restore) == made else f"{len(restore)} of them"
+        packs = f" ({some} restored at the start from recipes/data/packs/{data.name})" if restore else ""
         if made >= wanted:
-            return f"{name}: {f'its first {budget} batches ' if budget else ''}made", 0.0
+            return f"{name}: {f'its first {budget} batches ' if budget else ''}made{packs}", 0.0
         seconds = (wanted - made) * slot
-        return (f"{name}: {made} of {wanted} batches answered; the target answers the other {wanted - made} "
+        return (f"{name}: {made} of {wanted} batches answered{packs}; the target answers the other {wanted - made} "
                 f"(~{_duration(seconds)})"), seconds
     parts, seconds = [], 0.0
     attempts = data.magpie.attempts
     if attempts and not (folder / "prompts.jsonl").exists():
-        raw = folder / "magpie-raw.jsonl"
-        done = len(raw.read_text().splitlines()) * data.magpie.batch_size if raw.exists() else 0
+        raw = folder / MAGPIE_RAW
+        batches = magpie_batches(raw.read_text()) if raw.exists() else {}
+        done = len(batches | _packed_turns(data.packs)) * data.magpie.batch_size  # a run restores the packed ones
         left = max(attempts - done, 0)
         t = left * data.magpie.max_new_tokens * GENERATE_SLOT_S
         parts.append(f"the target writes {left:,} user turns{f' (of {attempts:,})' if done else ''} (~{_duration(t)})")
@@ -118,6 +123,26 @@ def _data_set(data) -> tuple[str, float]:
                  f"(~{_duration(t)})")
     seconds += t
     return f"{name}: not made yet; " + ", ".join(parts) + "; an interrupted run continues where it stopped", seconds
+
+
+def _packed_shards(packs: Path) -> set[int]:
+    """The shards of a data set committed as packs (``training.datapack``), which a run restores before it goes on."""
+    return {i for f in pack_files(packs) for i in range(span(f)[0], span(f)[1] + 1)}
+
+
+def _packed_plan(packs: Path) -> dict | None:
+    """A data set's plan as the first of its packs carries it; None when it has no packs yet."""
+    files = pack_files(packs)
+    if not files or span(files[0])[0] != 0:
+        return None
+    plan = read_blob(files[0]).get("files", {}).get("plan.json")
+    return json.loads(plan) if plan else None
+
+
+def _packed_turns(packs: Path) -> dict[int, str]:
+    """Magpie's user turns packed before the data set had a plan (``PROGRESS``), by batch."""
+    path = Path(packs) / PROGRESS
+    return magpie_batches(read_blob(path)["files"][MAGPIE_RAW]) if path.exists() else {}
 
 
 def _stdlib_cached(target: str) -> bool:
