@@ -197,6 +197,15 @@ def test_data_set_resumes_shard_by_shard(tmp_path, tiny_dir, cache):
     calls = []
     datagen.make_data(recipe, lambda: calls.append(1), log=lambda m: None)  # complete: the target is not loaded
     assert not calls
+    for shard in (folder / "answers").glob("shard-*.pt"):  # made again a batch a window: it says what is left
+        shard.unlink()
+    said: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAMBASPEC_GEN_ROWS", "1")
+        datagen.make_data(recipe, lambda: target, log=said.append)
+    progress = [m for m in said if m.startswith("answers: batch ")]
+    assert "; 1 to go, ~" in progress[0] and "at this run's pace" in progress[0] and "to go" not in progress[-1], said
+    assert [r["ids"].tolist() for r in datagen.read_shards(folder)] == [r["ids"].tolist() for r in rows]
 
 
 def test_data_set_budget_grows_and_changed_settings_are_refused(tmp_path, tiny_dir, cache):

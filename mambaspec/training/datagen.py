@@ -36,6 +36,7 @@ from ..hf_compat import with_cache
 from .corpus import stdlib_function_prompts
 from .data_recipe import DataRecipe, MagpieSettings, MultiturnSettings
 from .datapack import restore_packs, shard_path
+from .plan import duration
 from .sources import document_prompts, template_prompts
 
 Log = Callable[[str], None]
@@ -421,9 +422,10 @@ def _answer_plan(model, tokenizer, recipe: DataRecipe, todo: list[AnswerBatch], 
             write_atomically(shard_path(recipe.folder, batch.index), lambda tmp: torch.save(rows, tmp))
             tokens += sum(len(r["ids"]) - r["prompt_len"] for r in rows)
             n += 1
-        elapsed = time.perf_counter() - t0
+        elapsed, left = time.perf_counter() - t0, len(todo) - n
         log(f"answers: batch {window[-1].index + 1}/{planned} ({n} this run), {tokens:,} answer tokens, "
-            f"{tokens / elapsed:.0f} tok/s, {elapsed / 60:.1f} min")
+            f"{tokens / elapsed:.0f} tok/s, {elapsed / 60:.1f} min"
+            + (f"; {left} to go, ~{duration(elapsed / n * left)} at this run's pace" if left else ""))
 
 
 def _plan_info(plan_file: Path, recipe: DataRecipe) -> dict:

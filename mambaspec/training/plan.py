@@ -41,7 +41,7 @@ def describe_run(recipe: DrafterRecipe, target: str, out: str | Path | None = No
     if data_only:
         return _with_total(lines, total)
     if any(src["source"] == "stdlib-code" for src in recipe.data) and not _stdlib_cached(target):
-        lines.append(f"the standard library's source: tokenized once and cached (~{_duration(STDLIB_TOKENIZE_S)})")
+        lines.append(f"the standard library's source: tokenized once and cached (~{duration(STDLIB_TOKENIZE_S)})")
         total += STDLIB_TOKENIZE_S
     for src in recipe.data:
         if src.get("labels") == "target":
@@ -51,12 +51,12 @@ def describe_run(recipe: DrafterRecipe, target: str, out: str | Path | None = No
             n = int(src.get("tokens", DEFAULT_LABEL_TOKENS))
             seconds = n / LABEL_TOKENS_PER_S
             lines.append(f"the target labels {n:,} tokens of {src['source']} with its own predictions, cached "
-                         f"(~{_duration(seconds)} when not cached yet)")
+                         f"(~{duration(seconds)} when not cached yet)")
             total += seconds
     if recipe.arch == "eagle":
         seconds = recipe.eagle_tokens / EAGLE_FEATURE_TOKENS_PER_S
         lines.append(f"the target's hidden states of {recipe.eagle_tokens:,} tokens for the EAGLE head, cached "
-                     f"(~{_duration(seconds)} when not cached yet)")
+                     f"(~{duration(seconds)} when not cached yet)")
         total += seconds
     done = _steps_done(out) if resume and out is not None else 0
     tokens = recipe.seq_len * recipe.batch_size
@@ -67,7 +67,7 @@ def describe_run(recipe: DrafterRecipe, target: str, out: str | Path | None = No
         lines.append(f"training: done ({recipe.steps:,} steps)")
     else:
         lines.append(f"training: {recipe.steps:,} steps x {tokens:,} tokens" + (f", from step {done:,}" if done else "")
-                     + f" (~{_duration(seconds)}), a checkpoint every {recipe.checkpoint_every} steps")
+                     + f" (~{duration(seconds)}), a checkpoint every {recipe.checkpoint_every} steps")
     total += seconds
     lines.append(f"then a held-out evaluation ({recipe.eval_prompts} prompts per domain x {recipe.eval_new_tokens} "
                  f"new tokens) and the model card")
@@ -77,7 +77,7 @@ def describe_run(recipe: DrafterRecipe, target: str, out: str | Path | None = No
 def _with_total(lines: list[str], seconds: float) -> list[str]:
     return ["plan (rough times, from this project's 2-core CPU with SmolLM2-135M; a busy machine or --threads 1 can "
             "take up to 3x):",
-            *(f"  {line}" for line in lines), f"  about {_duration(seconds)} in all"]
+            *(f"  {line}" for line in lines), f"  about {duration(seconds)} in all"]
 
 
 def _data_set(data) -> tuple[str, float]:
@@ -102,7 +102,7 @@ def _data_set(data) -> tuple[str, float]:
             return f"{name}: {f'its first {budget} batches ' if budget else ''}made{packs}", 0.0
         seconds = (wanted - made) * slot
         return (f"{name}: {made} of {wanted} batches answered{packs}; the target answers the other {wanted - made} "
-                f"(~{_duration(seconds)})"), seconds
+                f"(~{duration(seconds)})"), seconds
     parts, seconds = [], 0.0
     attempts = data.magpie.attempts
     if attempts and not (folder / "prompts.jsonl").exists():
@@ -111,7 +111,7 @@ def _data_set(data) -> tuple[str, float]:
         done = len(batches | _packed_turns(data.packs)) * data.magpie.batch_size  # a run restores the packed ones
         left = max(attempts - done, 0)
         t = left * data.magpie.max_new_tokens * GENERATE_SLOT_S
-        parts.append(f"the target writes {left:,} user turns{f' (of {attempts:,})' if done else ''} (~{_duration(t)})")
+        parts.append(f"the target writes {left:,} user turns{f' (of {attempts:,})' if done else ''} (~{duration(t)})")
         seconds += t
     if data.documents:
         parts.append("documents are gathered from man pages and Python's documentation")
@@ -120,7 +120,7 @@ def _data_set(data) -> tuple[str, float]:
     batches = budget or -(-prompts // size)
     t = batches * slot
     parts.append(f"it answers {'the first ' if budget else 'about '}{batches:,} batches of {size} prompts "
-                 f"(~{_duration(t)})")
+                 f"(~{duration(t)})")
     seconds += t
     return f"{name}: not made yet; " + ", ".join(parts) + "; an interrupted run continues where it stopped", seconds
 
@@ -158,7 +158,8 @@ def _steps_done(out: str | Path) -> int:
     return max((int(s) for s in steps if s.isdigit()), default=0)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A rough time as people say it: 40 s, 12 min, 3.5 h."""
     if seconds < 90:
         return f"{max(1, round(seconds / 10) * 10) if seconds >= 10 else max(1, round(seconds))} s"
     if seconds < 60 * 60:
