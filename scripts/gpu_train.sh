@@ -16,7 +16,10 @@
 # loading included), EVAL_S 60; each also runs under `timeout` with a margin (data +45 s, training +60 s), so the
 # whole takes about 8 minutes and at most 9.5. Rows decoded together: MAMBASPEC_GEN_ROWS (default 1536 on a GPU).
 #
-#   bash scripts/gpu_train.sh [OUT] [--device cpu|cuda] [--quick]      (OUT defaults to $OUT, else runs/gpu-train)
+#   bash scripts/gpu_train.sh [OUT] [--device cpu|cuda] [--quick] [--data-only]   (OUT: $OUT, else runs/gpu-train)
+#
+# --data-only: the data phase and its pack, then stop (what a GPU session with a few minutes left is best spent on:
+# about 2 M answer tokens of broad-v2 are left to make, ~13 h of this project's CPU; DATA_S=400 gives it more time).
 #
 # --quick: the dry run: the same phases at toy sizes (recipes/drafters/gpu-dryrun.yaml, recipes/data/gpu-dryrun.yaml)
 # in a private cache, about a minute on a CPU: `bash scripts/gpu_train.sh /tmp/dry --device cpu --quick`
@@ -35,10 +38,12 @@ set -u
 OUT=${OUT:-runs/gpu-train}
 DEVICE=cuda
 QUICK=0
+DATA_ONLY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) DEVICE=$2; shift 2 ;;
         --quick) QUICK=1; shift ;;
+        --data-only) DATA_ONLY=1; shift ;;
         -*) echo "unknown option $1"; exit 2 ;;
         *) OUT=$1; shift ;;
     esac
@@ -124,6 +129,7 @@ for src in DrafterRecipe.load(sys.argv[1]).data:
                 (Path(sys.argv[2]) / data.name).mkdir(parents=True, exist_ok=True)
                 shutil.copy(made, Path(sys.argv[2]) / data.name / made.name)
 EOF
+[ $DATA_ONLY = 1 ] && { echo "== done (data only) in $((SECONDS - T0)) s"; ls -laR "$OUT"; exit 0; }
 
 phase "train (deadline ${TRAIN_S} s)"
 rm -rf "$RUN"

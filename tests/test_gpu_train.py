@@ -47,6 +47,19 @@ def test_gpu_train_dry_run_writes_the_drafter_eval_and_metrics(tmp_path):
     assert "== done in" in (out / "log.txt").read_text()
 
 
+@pytest.mark.slow
+def test_gpu_train_data_only_brings_back_the_pack_alone(tmp_path, tiny_dir):
+    out = tmp_path / "out"
+    env = {**os.environ, "TARGET": tiny_dir["target"], "MAMBASPEC_CACHE": str(tmp_path / "cache"),
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh"), str(out), "--device", "cpu", "--quick",
+                          "--data-only"], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files[:2] == ["data.json", "log.txt"] and len(files) == 3 and files[2].startswith("packs/gpu-dryrun/shards-")
+    assert "== done (data only)" in (out / "log.txt").read_text()
+
+
 def test_a_time_cap_shortens_the_run_to_the_steps_that_fit(tmp_path, tiny_dir, monkeypatch):
     """Past the deadline already after the pace-measuring steps: the run ends there, saved, its schedule scaled."""
     import time
