@@ -17,6 +17,10 @@ from .recipe import DrafterRecipe
 # Batched generation by the target: seconds per (row x new token) slot. broad-v1's answers took about 1.3 h for
 # 110 batches x 32 rows x up to 256 new tokens (README, "Drafters").
 GENERATE_SLOT_S = 0.0052
+# A data set with long answers, documents and conversations (broad-v2) costs about twice that a slot: its prompts and
+# answers are longer, and attention over them weighs (47 of its batches in 109 min on 2 free cores, 96 rows decoded
+# together, 2026-12-07: 139 s a batch of 32 x ~430 new-token slots).
+LONG_SLOT_S = 0.0101
 # Training the shipped Mamba2 drafter (hidden 256, 4 layers): 1,200 steps x 4,096 tokens in 29 min. Other sizes
 # scale by (hidden_size^2 x layers) ** -0.3: the quickstart's (hidden 128, 2 layers, 8x less) ran at 5,000 tokens/s.
 TRAIN_TOKENS_PER_S = 2800
@@ -85,9 +89,9 @@ def _data_set(data) -> tuple[str, float]:
     folder = data.folder
     name = f"data set {data.name} (recipes/data/{data.name}.yaml, kept in {folder})"
     size, long = data.answers.batch_size, data.long_answers
-    # a share of the batches answers up to long.max_new_tokens (broad-v2: 65 s a batch on 2 idle cores, 2026-12-07)
+    # a share of the batches answers up to long.max_new_tokens
     new_tokens = data.answers.max_new_tokens * (1 - long.fraction) + long.max_new_tokens * long.fraction
-    slot = size * new_tokens * GENERATE_SLOT_S
+    slot = size * new_tokens * (LONG_SLOT_S if long.fraction else GENERATE_SLOT_S)
     budget = data.answers.batches
     plan_file = folder / "plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.exists() else _packed_plan(data.packs)
