@@ -95,3 +95,21 @@ def test_a_forward_whose_visibility_is_no_tree_runs_eagerly_and_matches():
     a = forward_tree(model, static, [7, 8, 9], [20, 21, 22], v)
     b = forward_tree(model, dynamic, [7, 8, 9], [20, 21, 22], v)
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_the_static_cache_takes_only_models_whose_forward_it_can_mask_and_capture():
+    """SDPA (plain or packed) takes the boolean mask as it is; eager attention would add it to the scores, a flash
+    kernel takes none; a dynamic or LongRoPE rotary embedding reads positions back to the host (no CUDA graph)."""
+    from mambaspec.core.static import supports
+    from mambaspec.cpu.attention import NAME, use_packed_attention
+
+    model = tiny_llama(0)
+    assert supports(model)
+    assert use_packed_attention(model) and model.config._attn_implementation == NAME and supports(model)
+    model.config._attn_implementation = "eager"
+    assert not supports(model)
+    model.config._attn_implementation = "sdpa"
+    model.model.rotary_emb.rope_type = "dynamic"
+    assert not supports(model)
+    model.model.rotary_emb.rope_type = {"full_attention": "longrope"}
+    assert not supports(model)

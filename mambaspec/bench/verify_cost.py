@@ -29,8 +29,9 @@ import torch
 from transformers import DynamicCache
 
 from ..config import DEFAULT_TARGET
+from ..core.engine import STATIC_CAPACITY, STATIC_TREE_ROOM
 from ..core.kv import forward_chain, forward_tree, keep_slots, new_kv_cache
-from ..core.static import StaticKVCache
+from ..core.static import StaticKVCache, capacities
 from ..core.static import supports as static_supports
 from ..errors import MambaspecError
 from ..hf_compat import with_cache
@@ -108,7 +109,10 @@ def measure_verify_cost(engine_model, plain_model, vocab_size: int, prefix: int 
     device = next(engine_model.parameters()).device
     # the engine's cache as generation uses it: static buffers and CUDA graphs on a GPU (core.static), dynamic on CPU
     static = device.type == "cuda" and static_supports(engine_model)
-    engine_cache = StaticKVCache(prefix + max(nodes), graphs=True) if static else new_kv_cache()
+    # in the cache a generation of about this length goes into (its buffer's width is what a step attends over)
+    capacity = next((c for c in capacities(engine_model, STATIC_CAPACITY) if c >= prefix + STATIC_TREE_ROOM), None)
+    static = static and capacity is not None and prefix + max(nodes) <= capacity
+    engine_cache = StaticKVCache(capacity, graphs=True) if static else new_kv_cache()
     plain_cache = DynamicCache()
     plain_prefill = _seconds(lambda: plain_model(input_ids=torch.tensor([ids[:prefix]], device=device),
                                                  **with_cache(plain_model, plain_cache), use_cache=True,

@@ -21,12 +21,12 @@ from .kv import final_hidden, forward_chain, kv_bytes, new_kv_cache
 from .policy import FixedTree, TreePolicy, as_policy
 from .sampling import GumbelNoise, SamplingConfig
 from .shape import TreeShape
-from .static import StaticKVCache
+from .static import StaticKVCache, capacities, capture_seconds
 from .static import supports as static_supports
 from .stats import GenerationStats, RoundOutcome, StatsRecorder, sync
 from .verify import verify_tree
 
-STATIC_CAPACITY = 8192  # slots of the static KV cache (GPU): prompt + new tokens + the largest tree must fit
+STATIC_CAPACITY = 8192  # slots of the largest static KV cache (GPU): prompt + new tokens + the largest tree must fit
 # room kept for a round's tree (dynamic trees, bandit arms, lookup chains; a fixed shape: its own)
 STATIC_TREE_ROOM = 128
 
@@ -84,11 +84,13 @@ class SpeculativeGenerator:
         self.reads_hidden = isinstance(self.drafter, ReadsTargetHidden)
         # A static KV cache (core.static), by default on CUDA: fixed buffers, forwards replayed from CUDA graphs
         # (not for a drafter that reads the target's hidden states through a hook, which a replay does not run)
+        # in caches of a few sizes, a sequence in the smallest that holds it (core.static.CAPACITIES)
         on_gpu = target.device.type == "cuda"
-        self.static_cache: StaticKVCache | None = None
+        self.static_caches: list[StaticKVCache] = []
         if (on_gpu if static_kv is None else static_kv) and static_supports(target):
-            self.static_cache = StaticKVCache(min(self.context_length, static_capacity),
-                                              graphs=cuda_graphs and on_gpu and not self.reads_hidden)
+            graphs = cuda_graphs and on_gpu and not self.reads_hidden
+            self.static_caches = [StaticKVCache(c, graphs=graphs) for c in capacities(target, static_capacity)]
+        self.static_cache: StaticKVCache | None = None  # the one the last generation used (None: a dynamic cache)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int = 128,
                  tree: TreeShape | str | TreePolicy = "1,1,1,1", sampling: SamplingConfig | None = None,
@@ -174,16 +176,16 @@ class SpeculativeGenerator:
     def _round(self, run: _Run) -> list[int]:
         """One round: draft, verify, commit; returns the new tokens (cut after an EOS)."""
         device = self.target.device
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), capture_seconds()
         plan = run.policy.choose(self.drafter, run.context, run.budget - len(run.out))
         if isinstance(run.generator, GumbelNoise):
             run.generator.offset = len(run.out)  # the root's children are the next new token
         draft = self.drafter.draft(run.pending, plan, run.sampling, run.generator)
         sync(device)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), capture_seconds()
         verdict = verify_tree(self.target, run.cache, draft, run.sampling, run.generator, hidden=self.reads_hidden)
         sync(device)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), capture_seconds()
         new = verdict.tokens[: run.budget - len(run.out)]  # a tree may reach past the budget: cut, never exceed
         eos_at = next((i for i, t in enumerate(new) if t in self.eos_token_ids), None)
         if eos_at is not None:
@@ -196,25 +198,27 @@ class SpeculativeGenerator:
             self.drafter.commit(draft, verdict.path, verdict.tokens[-1])
             run.pending = verdict.tokens[-1]
         sync(device)
-        t3 = time.perf_counter()
-        outcome = RoundOutcome(tokens=len(new), seconds=t3 - t0, draft_s=t1 - t0, forward_s=verdict.forward_s,
-                               nodes=len(draft) - 1, depth=draft.depth, context=run.context,
-                               accepted=len(verdict.path), tree=draft, path=verdict.path)
+        t3, c3 = time.perf_counter(), capture_seconds()
+        # times without any CUDA graph capture in them (a bucket's first use): what a round of this shape costs
+        outcome = RoundOutcome(tokens=len(new), seconds=t3 - t0 - (c3 - c0), draft_s=t1 - t0 - (c1 - c0),
+                               forward_s=max(verdict.forward_s - (c2 - c1), 0.0), nodes=len(draft) - 1,
+                               depth=draft.depth, context=run.context, accepted=len(verdict.path), tree=draft,
+                               path=verdict.path)
         if run.policy.wants_ranks and isinstance(self.drafter, ReportsRanks):
             outcome.ranks, outcome.confidences = self.drafter.committed_ranks(draft, verdict.path, new) or (None, None)
         run.policy.observe(outcome)
-        run.recorder.round(outcome, verify_s=t2 - t1, commit_s=t3 - t2)
+        run.recorder.round(outcome, verify_s=t2 - t1 - (c2 - c1), commit_s=t3 - t2 - (c3 - c2))  # captures: other_s
         run.context += len(verdict.tokens)
         return new
 
     def _new_cache(self, tokens: int):
-        """The static cache when ``tokens`` (the sequence and room for its largest tree) fit in it, else a dynamic
-        one."""
-        static = self.static_cache
-        if static is not None and tokens <= static.capacity:
-            static.reset()
-            return static
-        return new_kv_cache()
+        """The smallest static cache that ``tokens`` (the sequence and room for its largest tree) fit in, else a
+        dynamic one."""
+        self.static_cache = next((c for c in self.static_caches if tokens <= c.capacity), None)
+        if self.static_cache is None:
+            return new_kv_cache()
+        self.static_cache.reset()
+        return self.static_cache
 
     def _empty_hidden(self) -> torch.Tensor:
         width = self.target.config.get_text_config(decoder=True).hidden_size

@@ -24,6 +24,7 @@ its dynamic cache for them.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, TypeVar
 
 import torch
@@ -34,15 +35,47 @@ from ..errors import MambaspecError
 from ..hf_compat import with_cache
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Sizes of the static caches an engine keeps: a forward attends over its cache's whole buffer (empty slots masked),
+# so a short sequence goes into a small cache (with graphs of its own) instead of paying attention over 8,192 slots.
+# Each is allocated on its first use: a mix of lengths holds at most about twice the largest.
+CAPACITIES = (1024, 2048, 4096, 8192)
 T = TypeVar("T")
 
 
+# Attention that takes the cache's boolean 4-D mask as it is: SDPA, and its packed form (``cpu.attention.NAME``).
+# Eager attention adds a mask to the scores (a boolean one would mask nothing); flash kernels take none.
+MASKED_ATTENTION = ("sdpa", "mambaspec_sdpa")
+
+
+def capacities(model, largest: int) -> tuple[int, ...]:
+    """The static caches' sizes for ``model``, smallest first: up to its context length and ``largest``."""
+    cfg = model.config.get_text_config(decoder=True)
+    limit = min(int(getattr(cfg, "max_position_embeddings", 0) or largest), largest)
+    return tuple(c for c in CAPACITIES if c < limit) + (limit,)
+
+
 def supports(model) -> bool:
-    """A causal LM whose every layer attends over the full context (no sliding window, no recurrent layers)."""
+    """A causal LM whose every layer attends over the full context (no sliding window, no recurrent layers) through
+    attention that takes an explicit mask, with a rotary embedding that stays fixed (a dynamic or LongRoPE one
+    reads the largest position back to the host at each forward, which a CUDA graph cannot capture)."""
     cfg = model.config.get_text_config(decoder=True)
     types = getattr(cfg, "layer_types", None) or []
-    return all(t == "full_attention" for t in types) and not getattr(cfg, "sliding_window", None) \
-        and model.config.model_type not in ("mamba", "mamba2")
+    return (all(t == "full_attention" for t in types) and not getattr(cfg, "sliding_window", None)
+            and model.config.model_type not in ("mamba", "mamba2")
+            and getattr(model.config, "_attn_implementation", "sdpa") in MASKED_ATTENTION
+            and not any("dynamic" in r or r == "longrope" for r in _rope_types(model)))
+
+
+def _rope_types(model) -> set[str]:
+    """The rotary embeddings' types (transformers keeps one per module, or one per layer type)."""
+    found: set[str] = set()
+    for module in model.modules():
+        kind = getattr(module, "rope_type", None)
+        if isinstance(kind, str):
+            found.add(kind)
+        elif isinstance(kind, dict):
+            found |= {v for v in kind.values() if isinstance(v, str)}
+    return found
 
 
 class _StaticLayer(DynamicLayer):
@@ -165,9 +198,20 @@ def tree_parents(visible: torch.Tensor) -> torch.Tensor | None:
     return parents if torch.equal(expect, v) else None
 
 
+_CAPTURE_S = [0.0]  # seconds this process has spent in capture_graph
+
+
+def capture_seconds() -> float:
+    """Seconds this process has spent capturing CUDA graphs so far. A round that captures one (the first use of a
+    bucket) leaves that time out of what the tree policies learn from (``engine``): else one inflated sample could
+    price a tree size out of use for good."""
+    return _CAPTURE_S[0]
+
+
 def capture_graph(fn: Callable[[], T], device: torch.device) -> tuple[torch.cuda.CUDAGraph, T]:
     """``fn`` captured as a CUDA graph, after two warm-up runs on a side stream (kernel selection, lazy allocations,
     Triton compilation); returns the graph and ``fn``'s outputs, which every replay overwrites."""
+    t0 = time.perf_counter()
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
@@ -177,6 +221,8 @@ def capture_graph(fn: Callable[[], T], device: torch.device) -> tuple[torch.cuda
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = fn()
+    torch.cuda.synchronize(device)
+    _CAPTURE_S[0] += time.perf_counter() - t0
     return graph, out
 
 

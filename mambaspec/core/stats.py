@@ -25,7 +25,7 @@ class GenerationStats:
     draft_s: float = 0.0  # drafter: tree building, plus feeding the accepted tokens
     verify_s: float = 0.0  # target verification forward, acceptance walk and cache compaction
     target_forward_s: float = 0.0  # the part of verify_s spent inside the target's forward
-    other_s: float = 0.0  # seconds - prefill_s - draft_s - verify_s: the loop's own overhead
+    other_s: float = 0.0  # seconds - prefill_s - draft_s - verify_s: the loop's own overhead and CUDA graph captures
     mean_tree_nodes: float = 0.0  # draft tokens per verification forward
     no_draft_rounds: float = 0.0  # fraction of rounds that verified the pending token alone
     peak_mem_mb: float = 0.0  # CUDA: max allocated; CPU: peak resident set of the process

@@ -29,6 +29,14 @@ class DraftVocab:
         self.to_draft = torch.full((target_vocab_size,), k, dtype=torch.long)
         self.to_draft[torch.tensor(target_ids)] = torch.arange(k)
         self.to_target = torch.tensor(target_ids, dtype=torch.long)
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``to_draft`` and ``to_target`` on ``device``, copied there once (not at every drafter step: on a GPU
+        each copy of the target-wide table would be a blocking host-to-device transfer)."""
+        if device not in self._tables:
+            self._tables[device] = (self.to_draft.to(device), self.to_target.to(device))
+        return self._tables[device]
 
     @property
     def size(self) -> int:
@@ -37,7 +45,7 @@ class DraftVocab:
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         """Target ids -> drafter ids (tokens outside the draft vocabulary -> the bucket)."""
-        return self.to_draft.to(ids.device)[ids]
+        return self.tables(ids.device)[0][ids]
 
     @classmethod
     def from_counts(cls, counts: torch.Tensor, k: int, always: list[int] = ()) -> DraftVocab:
@@ -79,7 +87,7 @@ class Candidates:
         """A target-width row (..., target width) -> its values at the proposable columns (..., width)."""
         if self.vocab is None:
             return row[..., : self.width]
-        return row[..., self.vocab.to_target.to(row.device)]
+        return row[..., self.vocab.tables(row.device)[1]]
 
     def to_target_width(self, rows: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """(B, width) rows (probabilities or logits) -> (B, target width), ``fill`` elsewhere."""
@@ -87,7 +95,7 @@ class Candidates:
         if self.vocab is None:
             out[:, : self.width] = rows
         else:
-            out[:, self.vocab.to_target.to(rows.device)] = rows
+            out[:, self.vocab.tables(rows.device)[1]] = rows
         return out
 
 
