@@ -16,7 +16,9 @@ between forwards. The host keeps the committed length; nothing in a forward read
 tensor of token ids, positions and parent pointers, and the mask and write slots are computed from it on the device,
 inside the graph. ``graphs=False`` runs the same padded forwards eagerly, on any device: that is how the CPU tests
 prove the path lossless. A tree of more nodes than the largest bucket, a long prompt, or a forward whose visibility
-is not a tree's, runs eagerly through the same buffers under a mask built on the host.
+is not a tree's, runs eagerly through the same buffers under a mask built on the host, over the slots written so far.
+An engine keeps caches of a few sizes (``CAPACITIES``) and puts each sequence in the smallest that holds it, since a
+graphed step attends over its whole buffer.
 
 Models with a sliding window (Gemma 3) are not handled here: ``supports(model)`` says no, and the engine keeps
 its dynamic cache for them.
@@ -98,13 +100,14 @@ class _StaticLayer(DynamicLayer):
         index = self.owner.write_index
         self.keys.index_copy_(2, index, key_states.to(self.keys.dtype))
         self.values.index_copy_(2, index, value_states.to(self.values.dtype))
-        return self.keys, self.values
+        width = self.owner.width
+        return (self.keys, self.values) if width is None else (self.keys[:, :, :width], self.values[:, :, :width])
 
     def get_seq_length(self) -> int:
         return self.owner.length
 
     def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
-        return self.keys.shape[-2] if self.is_initialized else self.owner.capacity + self.owner.pad, 0
+        return self.owner.width or self.owner.capacity + self.owner.pad, 0
 
 
 class StaticKVCache(DynamicCache):
@@ -116,6 +119,7 @@ class StaticKVCache(DynamicCache):
         self.layer_class_to_replicate = lambda: _StaticLayer(self)
         self.length = 0
         self.write_index: torch.Tensor | None = None
+        self.width: int | None = None  # an eager forward attends over the first ``width`` slots; None: all of them
         self._graphs: dict[int, _BucketStep] = {}
 
     @property
@@ -173,15 +177,19 @@ class StaticKVCache(DynamicCache):
         """An unpadded forward of the ``n`` new tokens, its mask built on the host."""
         n, end = len(positions), self.length + len(positions)
         device = model.device
-        mask = torch.zeros(n, self.capacity + self.pad, dtype=torch.bool)
-        mask[:, :start] = True
+        mask = torch.zeros(n, end, dtype=torch.bool)  # over the slots written so far only (a prompt of 8k tokens:
+        mask[:, :start] = True                        # not a mask and an attention over the whole buffer)
         mask[:, start:end] = visible.to(torch.bool).cpu()
         self.write_index = torch.arange(self.length, end, device=device)
         inputs = ({"inputs_embeds": embeds} if embeds is not None
                   else {"input_ids": torch.tensor([tokens], device=device)})
-        logits = model(**inputs, position_ids=torch.tensor([positions], device=device),
-                       attention_mask=mask[None, None].to(device), **with_cache(model, self), use_cache=True,
-                       logits_to_keep=1 if last_only else 0).logits[0]
+        self.width = end
+        try:
+            logits = model(**inputs, position_ids=torch.tensor([positions], device=device),
+                           attention_mask=mask[None, None].to(device), **with_cache(model, self), use_cache=True,
+                           logits_to_keep=1 if last_only else 0).logits[0]
+        finally:
+            self.width = None
         return logits
 
 
