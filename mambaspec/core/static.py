@@ -220,16 +220,17 @@ def capture_graph(fn: Callable[[], T], device: torch.device) -> tuple[torch.cuda
     """``fn`` captured as a CUDA graph, after two warm-up runs on a side stream (kernel selection, lazy allocations,
     Triton compilation); returns the graph and ``fn``'s outputs, which every replay overwrites."""
     t0 = time.perf_counter()
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    torch.cuda.synchronize(device)
+    with torch.cuda.device(device):  # the model's GPU, whichever is current in this thread (e.g. a server's worker)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+        torch.cuda.synchronize(device)
     _CAPTURE_S[0] += time.perf_counter() - t0
     return graph, out
 
