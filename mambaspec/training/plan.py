@@ -111,8 +111,8 @@ def _data_set(data) -> tuple[str, float]:
     attempts = data.magpie.attempts
     if attempts and not (folder / "prompts.jsonl").exists():
         raw = folder / MAGPIE_RAW
-        batches = magpie_batches(raw.read_text()) if raw.exists() else {}
-        done = len(batches | _packed_turns(data.packs)) * data.magpie.batch_size  # a run restores the packed ones
+        turns = magpie_batches(raw.read_text()) if raw.exists() else {}
+        done = len(turns | _packed_turns(data.packs)) * data.magpie.batch_size  # a run restores the packed ones
         left = max(attempts - done, 0)
         t = left * data.magpie.max_new_tokens * GENERATE_SLOT_S
         parts.append(f"the target writes {left:,} user turns{f' (of {attempts:,})' if done else ''} (~{duration(t)})")
