@@ -17,8 +17,10 @@ DEFAULT_TARGET = "smollm2-135m"
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Write ``path`` through a temporary file beside it: a kill leaves the old file or the new one, whole."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write ``path`` through a temporary file beside it: a kill leaves the old file or the new one, whole. The
+    temporary name is the process's own, so two runs that make the same file at once (two trainings restoring one
+    data set's packs) each rename a whole file of their own."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     write(tmp)
     tmp.replace(path)
 

@@ -307,3 +307,24 @@ def test_magpie_turns_are_seeded_draws_that_resume(tmp_path, eos_target):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "magpie-raw.jsonl").write_text(json.dumps(made[0]) + "\n")
     assert raw(tmp_path / "c") == made
+
+
+def test_two_runs_writing_one_file_at_once_each_rename_a_whole_file_of_their_own(tmp_path, monkeypatch):
+    """Two trainings started together restore the same data set's packs into one cache: while one writes a shard,
+    the other writes and renames it too. Each goes through its own temporary file (a shared one raced: the first
+    rename left the second process without its file)."""
+    import os
+
+    from mambaspec.config import write_atomically
+
+    path = tmp_path / "shard-00000.pt"
+
+    def other_process(tmp):
+        tmp.write_text("half")
+        with monkeypatch.context() as m:
+            m.setattr(os, "getpid", lambda: 999_999)
+            write_atomically(path, lambda t: t.write_text("whole"))
+        tmp.write_text("whole")
+
+    write_atomically(path, other_process)
+    assert path.read_text() == "whole" and [p.name for p in tmp_path.iterdir()] == [path.name]
