@@ -750,6 +750,8 @@ PretrainDataHelp = "Extra training text: .txt/.md/.py/.rst/.jsonl/.parquet files
 PretrainOutDirHelp = ("Output folder (checkpoints, metrics.csv, the model, eval.json, README.md). Default: "
                       "runs/ARCH-TARGET.")
 PretrainDataOnlyHelp = "Only make the recipe's distillation data sets (resumable), then stop."
+PretrainInitFromHelp = ("Start from this drafter's weights (a shipped name or a pretrain-drafter --out folder of the "
+                        "same arch and sizes): overrides the recipe's init_from, e.g. to fine-tune one you trained.")
 
 
 @app.command("pretrain-drafter")
@@ -761,6 +763,7 @@ def pretrain_drafter(
     out_dir_opt: Optional[str] = typer.Option(None, "--out", help=PretrainOutDirHelp),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the recipe's number of steps."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help=PretrainInitFromHelp),
     data_only: bool = typer.Option(False, "--data-only", help=PretrainDataOnlyHelp),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on held-out prompts at the end."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -780,8 +783,17 @@ def pretrain_drafter(
         _at_least("--steps", steps)
         recipe_path = recipe or recipes_dir() / "drafters" / "mamba2-smollm2-long.yaml"
         r = DrafterRecipe.load(recipe_path)
-        r = replace(r, **{k: v for k, v in (("arch", arch), ("steps", steps)) if v is not None})
+        r = replace(r, **{k: v for k, v in (("arch", arch), ("steps", steps), ("init_from", init_from))
+                          if v is not None})
         r.validate(str(recipe_path))
+        if r.init_from and not data_only:  # before hours of data-making, not after
+            from .training.loop import init_meta
+
+            try:
+                init_meta(r.init_from)
+            except MambaspecError as e:
+                said = str(e).removeprefix("init_from: ")
+                raise MambaspecError(f"{'--init-from' if init_from else 'init_from'}: {said}") from None
         out_dir = out_dir_opt or f"runs/{r.arch}-{target.replace('/', '_')}"
         _check_models(target)
         _quiet_libraries(threads)

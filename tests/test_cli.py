@@ -356,7 +356,8 @@ def test_tune_names_the_best_arm_by_what_it_measured():
 
 
 @pytest.mark.parametrize("args,flag", [(["--arch", "gru"], "--arch"), (["--steps", "0"], "--steps"),
-                                       (["--threads", "0"], "--threads")])
+                                       (["--threads", "0"], "--threads"),
+                                       (["--init-from", "no-such-drafter"], "--init-from")])
 def test_pretrain_drafter_names_the_flag(args, flag):
     res = run_cli("pretrain-drafter", *args)
     assert_clean_error(res, flag)

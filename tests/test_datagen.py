@@ -320,7 +320,7 @@ def test_two_runs_writing_one_file_at_once_each_rename_a_whole_file_of_their_own
     path = tmp_path / "shard-00000.pt"
 
     def this_run_then_the_other(tmp):
-        tmp.write_text("whole")  # this run's file is written; before it is renamed, the other run makes and renames its own
+        tmp.write_text("whole")  # whole; before its rename, the other run makes and renames its own
         with monkeypatch.context() as m:
             m.setattr(os, "getpid", lambda: 999_999)
             write_atomically(path, lambda t: t.write_text("whole"))

@@ -285,7 +285,8 @@ def _setup(recipe: DrafterRecipe, target: _TargetOnDemand, extra: list[str], ckp
     return _Setup(data, vocab, model, opt, start, wall, target_vocab, loss, data_key, loss_ema)
 
 
-def _init_meta(name: str) -> tuple[Path, dict]:
+def init_meta(name: str) -> tuple[Path, dict]:
+    """The folder and metadata of the drafter a run starts from (``init_from``); a clear error if it is none."""
     from ..loading.models import locate
 
     folder = Path(locate(name))
@@ -298,7 +299,7 @@ def _init_meta(name: str) -> tuple[Path, dict]:
 
 def _init_vocab(name: str, target_vocab: int) -> DraftVocab | None:
     """The draft vocabulary of the drafter a run starts from (its output rows are kept as they are)."""
-    _, meta = _init_meta(name)
+    _, meta = init_meta(name)
     if meta.get("target_vocab_size", target_vocab) != target_vocab:
         raise MambaspecError(f"init_from: {name} drafts for a vocabulary of {meta['target_vocab_size']:,} tokens, "
                              f"this target has {target_vocab:,}; start from a drafter of this target")
@@ -309,7 +310,7 @@ def _init_weights(model, name: str, log: Callable[[str], None]) -> None:
     """Load the weights of drafter ``name`` into the freshly built ``model`` (same arch and sizes)."""
     from safetensors.torch import load_file
 
-    folder, meta = _init_meta(name)
+    folder, meta = init_meta(name)
     state = load_file(str(folder / "model.safetensors"))
     own = model.state_dict()
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
