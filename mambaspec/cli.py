@@ -754,6 +754,15 @@ PretrainInitFromHelp = ("Start from this drafter's weights (a shipped name or a 
                         "same arch and sizes): overrides the recipe's init_from, e.g. to fine-tune one you trained.")
 
 
+def _check_init_from(name: str, flag: str) -> None:
+    from .training.loop import init_meta
+
+    try:
+        init_meta(name)
+    except MambaspecError as e:
+        raise MambaspecError(f"{flag}: {str(e).removeprefix('init_from: ')}") from None
+
+
 @app.command("pretrain-drafter")
 def pretrain_drafter(
     target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help=PretrainTargetHelp),
@@ -787,13 +796,7 @@ def pretrain_drafter(
                           if v is not None})
         r.validate(str(recipe_path))
         if r.init_from and not data_only:  # before hours of data-making, not after
-            from .training.loop import init_meta
-
-            try:
-                init_meta(r.init_from)
-            except MambaspecError as e:
-                said = str(e).removeprefix("init_from: ")
-                raise MambaspecError(f"{'--init-from' if init_from else 'init_from'}: {said}") from None
+            _check_init_from(r.init_from, "--init-from" if init_from else "init_from")
         out_dir = out_dir_opt or f"runs/{r.arch}-{target.replace('/', '_')}"
         _check_models(target)
         _quiet_libraries(threads)
