@@ -743,7 +743,8 @@ PretrainTargetHelp = "Target whose tokenizer the drafter speaks; also the teache
 PretrainArchHelp = ("mamba2, mamba, llama (the Transformer baseline) or eagle (a head over the target's hidden states; "
                     "see recipes/drafters/eagle-smollm2-long.yaml). Default: the recipe's.")
 PretrainRecipeHelp = ("Recipe YAML (model size, schedule, data). Default: recipes/drafters/mamba2-smollm2-long.yaml, "
-                      "the shipped drafter's (hours on a CPU: data made by the target, then 6,000 steps); "
+                      "the shipped drafter's first stage (hours on a CPU: data made by the target, then 6,000 steps; "
+                      "its second, recipes/drafters/broad-v2-274/mamba2.yaml, fine-tunes it); "
                       "recipes/drafters/quickstart.yaml runs in minutes. The plan and its rough times are printed "
                       "first.")
 PretrainDataHelp = "Extra training text: .txt/.md/.py/.rst/.jsonl/.parquet files or folders (repeatable)."
